@@ -1,0 +1,105 @@
+"""The queue interface shared by every backend (spool, amqp) and every user (smtp, delivery, cli).
+
+Rules every backend keeps:
+
+* ``publish`` fires only once every publication is durable (fsync'd or confirmed by the broker);
+  a 250 after DATA is sent on that callback and on nothing earlier.
+* A leased document leaves its queue only through ``settle``, which makes the outcome
+  publications durable *first* and removes the lease second, so a crash between the two repeats
+  a delivery but never loses one.
+* Documents are MailerQ JSON (one per recipient).  A publication may carry its MIME as a shared
+  :class:`Body` instead of a ``mime`` key so a message for a hundred recipients is stored once;
+  every consumer still receives the complete JSON with ``mime`` filled in.
+* The queue knows nothing of SMTP; it moves documents between named queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import attrs
+from twisted.internet.defer import Deferred
+
+#: MailerQ's named queues (their default names).
+QUEUE_NAMES: tuple[str, ...] = (
+    "outbox", "inbox", "local", "refused", "dsn", "results", "success", "failure", "retry",
+)
+
+Document = dict[str, Any]
+
+
+def mime_text(data: bytes) -> str:
+    """MIME bytes as the ``mime`` JSON string; 8-bit octets survive as surrogate escapes."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def mime_bytes(text: str) -> bytes:
+    """The inverse of :func:`mime_text`."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+@attrs.define(eq=False)
+class Body:
+    """A message body shared by the documents of one message: in memory, or in a file already
+    written (and fsync'd by the backend before the documents that point at it commit)."""
+
+    data: bytes | None = None
+    path: str | None = None
+    size: int = 0
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        if self.path is None:
+            raise ValueError("Body has neither data nor path")
+        with open(self.path, "rb") as f:
+            return f.read()
+
+
+@attrs.frozen
+class Publication:
+    """One document to be made durable on one named queue."""
+
+    queue: str
+    document: Document
+    body: Body | None = None
+
+
+@attrs.define(eq=False)
+class Lease:
+    """A document handed to a consumer; it stays in its queue until settled."""
+
+    queue: str
+    id: str
+    document: Document
+    token: Any = None
+
+
+class QueueUnavailable(Exception):
+    """The backend cannot store right now (broker down, disk full); callers answer 4xx."""
+
+
+class Queue(Protocol):
+    def start(self) -> Deferred[None]: ...
+
+    def stop(self) -> Deferred[None]: ...
+
+    def publish(self, publications: Sequence[Publication]) -> Deferred[list[str]]:
+        """Make every publication durable; fires with one id per publication, in order."""
+
+    def consume(self, queue: str, handler: Callable[[Lease], None], prefetch: int = 100) -> None:
+        """Call ``handler`` for each document of ``queue`` that is due (``nextattempt`` <= now),
+        with at most ``prefetch`` leases unsettled at once."""
+
+    def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
+        """Make ``publications`` durable, then remove the leased document."""
+
+    def release(self, lease: Lease) -> None:
+        """Give a lease back unsettled (shutdown): it is delivered again later."""
+
+    def stats(self) -> Deferred[dict[str, int]]: ...
+
+    def list(self, queue: str, limit: int = 20) -> Deferred[list[tuple[str, Document]]]: ...
+
+    def show(self, queue: str, id: str) -> Deferred[Document | None]: ...
