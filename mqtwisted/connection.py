@@ -59,6 +59,21 @@ class Connection:
         self.helo = None
 
 
+@attrs.define(eq=False)
+class MessageHandle:
+    """A message as hooks see it: ``mq_smtp_in_message`` (incoming) or the ``mq_smtp_out_*`` hooks.
+
+    On incoming messages the MQ_set* functions edit ``document`` (the JSON that is queued).  On
+    outgoing ones they set the ``wire_*`` overrides and change only what is sent (MailerQ's rule).
+    """
+
+    document: dict[str, Any]
+    outgoing: bool = False
+    wire_envelope: str | None = None
+    wire_recipient: str | None = None
+    wire_mime: bytes | None = None
+
+
 class HookRunner(Protocol):
     """The plugin layer as the SMTP server and the delivery client see it."""
 
