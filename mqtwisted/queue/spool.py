@@ -1,0 +1,401 @@
+"""The embedded queue: every named queue in one SQLite database in WAL mode, on one machine.
+
+Why SQLite: one file, crash-safe commits with ``synchronous=FULL``, and concurrent readers for the
+CLI while the MTA writes.  All database work happens on one thread of the spool's own, which drains
+every job waiting for it and commits them together (group commit): ten sessions ending DATA at the
+same moment cost one fsync, not ten.  Each job runs inside a savepoint, so one bad job fails alone.
+
+A message's body is stored once (table ``bodies``) and every recipient's document points at it;
+readers get the complete MailerQ JSON with ``mime`` filled in.  A body delivered as a file (a large
+message the server spilled to disk while streaming) is copied into the database through an
+incremental blob, so it never has to fit in memory.
+
+Leases live in memory only: after a crash every document is simply due again, which repeats
+deliveries that were in flight and loses none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue as threadqueue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable, mime_text
+
+log = Logger()
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    due REAL NOT NULL DEFAULT 0,
+    body INTEGER REFERENCES bodies(id),
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS docs_by_queue ON docs (queue, due, id);
+CREATE INDEX IF NOT EXISTS docs_by_body ON docs (body);
+"""
+
+_BLOB_CHUNK = 1 << 20
+_STOP = object()
+
+
+def _due(document: Document) -> float:
+    try:
+        return float(document.get("nextattempt") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+@attrs.define(eq=False)
+class _Job:
+    fn: Callable[[sqlite3.Connection], Any]
+    deferred: Deferred
+
+
+@attrs.define(eq=False)
+class _Consumer:
+    queue: str
+    handler: Callable[[Lease], None]
+    prefetch: int
+    leased: set[int] = attrs.field(factory=set)
+    fetching: bool = False
+    again: bool = False
+    timer: Any = None
+
+
+class SpoolQueue:
+    """The Queue interface on SQLite (see :mod:`mqtwisted.queue` for the contract)."""
+
+    def __init__(self, path: str, reactor: Any = None) -> None:
+        self.path = path
+        self._reactor = reactor
+        self._jobs: threadqueue.SimpleQueue | None = None
+        self._thread: threading.Thread | None = None
+        self._consumers: dict[str, _Consumer] = {}
+        self._running = False
+
+    # TAP files pickle the service tree: keep only configuration.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        if self._running:
+            return succeed(None)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._jobs = threadqueue.SimpleQueue()
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="mqmta-spool", daemon=True)
+        self._thread.start()
+        return self._submit(lambda db: None)
+
+    def stop(self) -> Deferred[None]:
+        if not self._running:
+            return succeed(None)
+        self._running = False
+        for consumer in self._consumers.values():
+            if consumer.timer is not None and consumer.timer.active():
+                consumer.timer.cancel()
+        self._consumers.clear()
+        done: Deferred[None] = Deferred()
+        assert self._jobs is not None
+        self._jobs.put(_Job(lambda db: _STOP, done))
+        return done
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: in WAL mode NORMAL does not fsync on commit, and a 250 promises durability.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=OFF")
+        db.executescript(_SCHEMA)
+        return db
+
+    def _run(self) -> None:
+        assert self._jobs is not None
+        try:
+            db = self._open()
+        except Exception as e:
+            failure = QueueUnavailable(f"cannot open spool {self.path!r}: {e}")
+            while True:
+                job = self._jobs.get()
+                self.reactor.callFromThread(job.deferred.errback, failure)
+        stopping = None
+        while stopping is None:
+            batch = [self._jobs.get()]
+            while True:
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except threadqueue.Empty:
+                    break
+            outcomes: list[tuple[Deferred, bool, Any]] = []
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                for job in batch:
+                    db.execute("SAVEPOINT job")
+                    try:
+                        result = job.fn(db)
+                    except Exception as e:
+                        db.execute("ROLLBACK TO job")
+                        db.execute("RELEASE job")
+                        outcomes.append((job.deferred, False, e))
+                        continue
+                    db.execute("RELEASE job")
+                    if result is _STOP:
+                        stopping = job
+                        continue
+                    outcomes.append((job.deferred, True, result))
+                db.execute("COMMIT")
+            except Exception as e:  # the commit itself failed (disk full, I/O error)
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                error = QueueUnavailable(f"spool {self.path!r}: commit failed: {e}")
+                outcomes = [(job.deferred, False, error) for job in batch if job is not stopping]
+            for deferred, ok, value in outcomes:
+                if ok:
+                    self.reactor.callFromThread(deferred.callback, value)
+                else:
+                    self.reactor.callFromThread(deferred.errback, value)
+        db.close()
+        self.reactor.callFromThread(stopping.deferred.callback, None)
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Deferred:
+        if not self._running or self._jobs is None:
+            raise QueueUnavailable(f"spool {self.path!r} is not running")
+        d: Deferred = Deferred()
+        self._jobs.put(_Job(fn, d))
+        return d
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def publish(self, publications: Sequence[Publication]) -> Deferred[list[str]]:
+        try:
+            rows = self._prepare(publications)
+        except Exception as e:
+            from twisted.internet.defer import fail
+
+            return fail(e)
+        d = self._submit(lambda db: self._insert(db, rows))
+        d.addCallback(self._published, publications)
+        return d
+
+    def _prepare(self, publications: Sequence[Publication]) -> list[tuple[str, float, Body | None, str]]:
+        # JSON encoding happens here, on the caller's thread, so the database thread only writes.
+        rows = []
+        for pub in publications:
+            doc = pub.document
+            if pub.body is not None and "mime" in doc:
+                doc = {k: v for k, v in doc.items() if k != "mime"}
+            rows.append((pub.queue, _due(pub.document), pub.body, json.dumps(doc)))
+        return rows
+
+    def _published(self, ids: list[str], publications: Sequence[Publication]) -> list[str]:
+        for queue in {pub.queue for pub in publications}:
+            self._wake(queue)
+        return ids
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, rows: list[tuple[str, float, Body | None, str]]) -> list[str]:
+        body_ids: dict[int, int] = {}
+        ids = []
+        for queue, due, body, doc in rows:
+            body_id = None
+            if body is not None:
+                body_id = body_ids.get(id(body))
+                if body_id is None:
+                    body_id = body_ids[id(body)] = _store_body(db, body)
+            cur = db.execute(
+                "INSERT INTO docs (queue, due, body, doc) VALUES (?, ?, ?, ?)",
+                (queue, due, body_id, doc),
+            )
+            ids.append(str(cur.lastrowid))
+        return ids
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def consume(self, queue: str, handler: Callable[[Lease], None], prefetch: int = 100) -> None:
+        self._consumers[queue] = _Consumer(queue, handler, max(1, prefetch))
+        self._wake(queue)
+
+    def _wake(self, queue: str) -> None:
+        consumer = self._consumers.get(queue)
+        if consumer is None or not self._running:
+            return
+        if consumer.fetching:
+            consumer.again = True
+            return
+        room = consumer.prefetch - len(consumer.leased)
+        if room <= 0:
+            return
+        consumer.fetching = True
+        consumer.again = False
+        exclude = frozenset(consumer.leased)
+        now = time.time()
+
+        def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, int | None]], float | None]:
+            rows = db.execute(
+                "SELECT id, doc, body FROM docs WHERE queue = ? AND due <= ? ORDER BY due, id LIMIT ?",
+                (queue, now, room + len(exclude)),
+            ).fetchall()
+            rows = [r for r in rows if r[0] not in exclude][:room]
+            loaded = [(i, doc, _load_body(db, body)) for i, doc, body in rows]
+            (nxt,) = db.execute(
+                "SELECT MIN(due) FROM docs WHERE queue = ? AND due > ?", (queue, now)
+            ).fetchone()
+            return loaded, nxt
+
+        self._submit(fetch).addCallbacks(
+            self._fetched, self._fetch_failed, callbackArgs=(consumer,), errbackArgs=(consumer,)
+        )
+
+    def _fetched(self, result: tuple[list, float | None], consumer: _Consumer) -> None:
+        rows, next_due = result
+        consumer.fetching = False
+        if self._consumers.get(consumer.queue) is not consumer:
+            return
+        for row_id, doc, mime in rows:
+            document = json.loads(doc)
+            if mime is not None:
+                document["mime"] = mime_text(mime)
+            consumer.leased.add(row_id)
+            lease = Lease(consumer.queue, str(row_id), document, token=row_id)
+            try:
+                consumer.handler(lease)
+            except Exception:
+                log.failure("queue consumer for {queue} raised", queue=consumer.queue)
+        self._schedule(consumer, next_due)
+        if consumer.again or (rows and len(consumer.leased) < consumer.prefetch):
+            self._wake(consumer.queue)
+
+    def _fetch_failed(self, failure: Any, consumer: _Consumer) -> None:
+        consumer.fetching = False
+        log.failure("spool fetch from {queue} failed", failure, queue=consumer.queue)
+        self._schedule(consumer, time.time() + 1.0)
+
+    def _schedule(self, consumer: _Consumer, due: float | None) -> None:
+        if due is None:
+            return
+        delay = max(0.0, due - time.time()) + 0.01
+        if consumer.timer is not None and consumer.timer.active():
+            if consumer.timer.getTime() <= self.reactor.seconds() + delay:
+                return
+            consumer.timer.cancel()
+        consumer.timer = self.reactor.callLater(delay, self._wake, consumer.queue)
+
+    def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
+        rows = self._prepare(publications)
+        row_id = int(lease.token if lease.token is not None else lease.id)
+
+        def settle(db: sqlite3.Connection) -> list[str]:
+            ids = self._insert(db, rows)
+            _delete(db, row_id)
+            return ids
+
+        d = self._submit(settle)
+
+        def settled(ids: list[str]) -> list[str]:
+            self._forget(lease.queue, row_id)
+            return self._published(ids, publications)
+
+        d.addCallback(settled)
+        return d
+
+    def release(self, lease: Lease) -> None:
+        self._forget(lease.queue, int(lease.token if lease.token is not None else lease.id))
+
+    def _forget(self, queue: str, row_id: int) -> None:
+        consumer = self._consumers.get(queue)
+        if consumer is not None and row_id in consumer.leased:
+            consumer.leased.discard(row_id)
+            self._wake(queue)
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def stats(self) -> Deferred[dict[str, int]]:
+        return self._submit(read_stats)
+
+    def list(self, queue: str, limit: int = 20) -> Deferred[list[tuple[str, Document]]]:
+        return self._submit(lambda db: read_documents(db, queue, limit))
+
+    def show(self, queue: str, id: str) -> Deferred[Document | None]:
+        return self._submit(lambda db: read_document(db, queue, id))
+
+
+def _store_body(db: sqlite3.Connection, body: Body) -> int:
+    if body.data is not None:
+        return db.execute("INSERT INTO bodies (data) VALUES (?)", (body.data,)).lastrowid
+    assert body.path is not None
+    size = os.path.getsize(body.path)
+    body_id = db.execute("INSERT INTO bodies (data) VALUES (zeroblob(?))", (size,)).lastrowid
+    with open(body.path, "rb") as src, db.blobopen("bodies", "data", body_id) as blob:
+        while chunk := src.read(_BLOB_CHUNK):
+            blob.write(chunk)
+    return body_id
+
+
+def _load_body(db: sqlite3.Connection, body_id: int | None) -> bytes | None:
+    if body_id is None:
+        return None
+    row = db.execute("SELECT data FROM bodies WHERE id = ?", (body_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _delete(db: sqlite3.Connection, row_id: int) -> None:
+    row = db.execute("DELETE FROM docs WHERE id = ? RETURNING body", (row_id,)).fetchone()
+    if row is not None and row[0] is not None:
+        db.execute(
+            "DELETE FROM bodies WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM docs WHERE body = ?1)",
+            (row[0],),
+        )
+
+
+def _complete(db: sqlite3.Connection, doc: str, body_id: int | None) -> Document:
+    document = json.loads(doc)
+    mime = _load_body(db, body_id)
+    if mime is not None:
+        document["mime"] = mime_text(mime)
+    return document
+
+
+def read_documents(db: sqlite3.Connection, queue: str, limit: int) -> list[tuple[str, Document]]:
+    """The first ``limit`` documents of ``queue`` (for the CLI; also works on a read-only handle)."""
+    rows = db.execute(
+        "SELECT id, doc, body FROM docs WHERE queue = ? ORDER BY id LIMIT ?", (queue, limit)
+    ).fetchall()
+    return [(str(i), _complete(db, doc, body)) for i, doc, body in rows]
+
+
+def read_document(db: sqlite3.Connection, queue: str, id: str) -> Document | None:
+    row = db.execute(
+        "SELECT doc, body FROM docs WHERE queue = ? AND id = ?", (queue, int(id))
+    ).fetchone()
+    return None if row is None else _complete(db, *row)
+
+
+def read_stats(db: sqlite3.Connection) -> dict[str, int]:
+    return dict(db.execute("SELECT queue, COUNT(*) FROM docs GROUP BY queue").fetchall())

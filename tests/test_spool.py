@@ -1,0 +1,103 @@
+"""The embedded spool against its contract: durability order, shared bodies, leases, due times."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor, task
+
+from mqtwisted.queue import Body, Publication
+from mqtwisted.queue.spool import SpoolQueue, read_stats
+
+
+@pytest.fixture
+def spool(tmp_path):
+    q = SpoolQueue(str(tmp_path / "spool.sqlite3"))
+    pytest_twisted.blockon(q.start())
+    yield q
+    pytest_twisted.blockon(q.stop())
+
+
+@pytest_twisted.inlineCallbacks
+def test_shared_body_stored_once_and_complete_for_readers(spool, tmp_path):
+    body = Body(data=b"Subject: hi\r\n\r\nhello\r\n")
+    ids = yield spool.publish(
+        [Publication("outbox", {"recipient": f"r{i}@example.com"}, body) for i in range(3)]
+    )
+    assert len(set(ids)) == 3
+    db = sqlite3.connect(str(tmp_path / "spool.sqlite3"))
+    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone() == (1,)
+    doc = yield spool.show("outbox", ids[1])
+    assert doc == {"recipient": "r1@example.com", "mime": "Subject: hi\r\n\r\nhello\r\n"}
+
+
+@pytest_twisted.inlineCallbacks
+def test_concurrent_publishes_share_commits(spool):
+    ds = [spool.publish([Publication("outbox", {"n": i, "mime": "x"})]) for i in range(200)]
+    results = yield defer.gatherResults(ds)
+    assert len({r[0] for r in results}) == 200
+    stats = yield spool.stats()
+    assert stats == {"outbox": 200}
+
+
+@pytest_twisted.inlineCallbacks
+def test_settle_publishes_outcome_and_removes_lease_and_body(spool, tmp_path):
+    body = Body(data=b"x\r\n")
+    yield spool.publish([Publication("outbox", {"recipient": "a@b"}, body)])
+    got = defer.Deferred()
+    spool.consume("outbox", got.callback, prefetch=1)
+    lease = yield got
+    assert lease.document["mime"] == "x\r\n"
+    yield spool.settle(lease, [Publication("success", {"recipient": "a@b", "results": []})])
+    assert (yield spool.stats()) == {"success": 1}
+    db = sqlite3.connect(str(tmp_path / "spool.sqlite3"))
+    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone() == (0,)
+
+
+@pytest_twisted.inlineCallbacks
+def test_future_nextattempt_is_not_handed_out_until_due(spool):
+    seen = []
+    spool.consume("outbox", seen.append, prefetch=10)
+    yield spool.publish([Publication("outbox", {"n": 1, "nextattempt": time.time() + 0.4})])
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert seen == []
+    yield task.deferLater(reactor, 0.6, lambda: None)
+    assert [lease.document["n"] for lease in seen] == [1]
+
+
+@pytest_twisted.inlineCallbacks
+def test_prefetch_bounds_leases_and_release_redelivers(spool):
+    seen = []
+    spool.consume("outbox", seen.append, prefetch=2)
+    yield spool.publish([Publication("outbox", {"n": i}) for i in range(5)])
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert len(seen) == 2
+    spool.release(seen[0])
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert len(seen) == 3
+    assert seen[2].document["n"] == 0  # released: first in line again
+
+
+@pytest_twisted.inlineCallbacks
+def test_file_body_streams_into_database(spool, tmp_path):
+    path = tmp_path / "big.eml"
+    path.write_bytes(b"a" * (3 << 20))
+    ids = yield spool.publish([Publication("outbox", {"n": 1}, Body(path=str(path)))])
+    doc = yield spool.show("outbox", ids[0])
+    assert len(doc["mime"]) == 3 << 20
+
+
+@pytest_twisted.inlineCallbacks
+def test_committed_before_publish_fires(tmp_path):
+    path = str(tmp_path / "spool.sqlite3")
+    q = SpoolQueue(path)
+    yield q.start()
+    yield q.publish([Publication("outbox", {"n": 1})])
+    # before any stop(): a reader on another connection sees the row, as a restart would
+    assert read_stats(sqlite3.connect(path)) == {"outbox": 1}
+    yield q.stop()
+    assert os.path.exists(path)
