@@ -1,0 +1,136 @@
+"""Between the SMTP server and the queue (Postfix's cleanup): turn an accepted transaction into
+one MailerQ document per recipient, let ``mq_smtp_in_message`` see and edit each, and publish them
+all durably.  What the server receives back is the list of queue ids, or the reply that refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
+from mqtwisted.message import extract_properties, header_block, incoming_document, message_id
+from mqtwisted.queue import Body, Publication, Queue, QueueUnavailable, mime_text
+from mqtwisted.smtp.policy import RelayPolicy
+from mqtwisted.smtp.session import MESSAGE_HOOK
+
+log = Logger()
+
+UNAVAILABLE = Reply(451, "Queue unavailable, try again later", "4.3.0")
+EXTRACT_CHOICES = ("trusted", "always", "never")
+
+
+class Cleanup:
+    """The server's ``accept`` callable.  Pickles: holds configuration and collaborators only."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        relay: RelayPolicy,
+        hostname: str,
+        hooks: HookRunner | None = None,
+        inbox: str = "outbox",
+        local: str = "local",
+        extract: str = "trusted",
+    ) -> None:
+        self.queue = queue
+        self.relay = relay
+        self.hostname = hostname
+        self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
+        self.inbox = inbox
+        self.local = local
+        self.extract = extract
+
+    def _extracts(self, conn: Connection) -> bool:
+        if self.extract == "always":
+            return True
+        if self.extract == "never":
+            return False
+        return conn.authenticated or self.relay.is_trusted(conn.remote_ip)
+
+    def __call__(self, conn: Connection, envelope: Any, body: Body) -> defer.Deferred:
+        try:
+            return self._accept(conn, envelope, body)
+        except Exception:
+            log.failure("cleanup failed for session {id}", id=conn.id)
+            return defer.succeed(Reply(451, "Local error in processing", "4.3.0"))
+
+    def _accept(self, conn: Connection, envelope: Any, body: Body) -> defer.Deferred:
+        head_source = body.data if body.data is not None else _head_of_file(body.path)
+        properties: dict[str, Any] = {}
+        if self._extracts(conn):
+            properties, stripped = extract_properties(head_source)
+            if properties:
+                body = Body(data=stripped + (b"" if body.data is not None else body.read()[len(head_source):]))
+        msgid = message_id(header_block(head_source))
+        handles = [
+            MessageHandle(
+                incoming_document(
+                    conn,
+                    envelope.sender,
+                    envelope.params,
+                    r.address,
+                    r.params,
+                    hostname=self.hostname,
+                    received=envelope.received,
+                    msgid=msgid,
+                    properties=properties,
+                )
+            )
+            for r in envelope.recipients
+        ]
+        locals_ = [r.local for r in envelope.recipients]
+        if not self.hooks.defines(MESSAGE_HOOK):
+            return self._publish(handles, locals_, body)
+        return defer.ensureDeferred(self._with_hooks(conn, handles, locals_, body))
+
+    async def _with_hooks(
+        self, conn: Connection, handles: list[MessageHandle], locals_: list[bool], body: Body
+    ) -> Any:
+        original = mime_text(body.data) if body.data is not None else None
+        for handle in handles:
+            if original is not None:
+                handle.document["mime"] = original
+            conn.response = None
+            reply = await self.hooks.run(MESSAGE_HOOK, conn, handle)
+            if reply is not None and reply.refuses:
+                return reply
+        return await self._publish(handles, locals_, body, original)
+
+    def _publish(
+        self,
+        handles: list[MessageHandle],
+        locals_: list[bool],
+        body: Body,
+        original: str | None = None,
+    ) -> defer.Deferred:
+        pubs = []
+        for handle, is_local in zip(handles, locals_, strict=True):
+            local = handle.document.pop("local", is_local) if "local" in handle.document else is_local
+            doc = handle.document
+            own_body: Body | None = body
+            if "mime" in doc:
+                if doc["mime"] is original:
+                    del doc["mime"]  # unchanged by the hooks: keep sharing the one stored body
+                else:
+                    own_body = None  # a hook replaced it: this recipient's JSON carries its own
+            pubs.append(Publication(self.local if local else self.inbox, doc, own_body))
+        d = self.queue.publish(pubs)
+        d.addErrback(self._unavailable)
+        return d
+
+    def _unavailable(self, failure: Any) -> Reply:
+        if not failure.check(QueueUnavailable):
+            log.failure("publishing to the queue failed", failure)
+        else:
+            log.warn("queue unavailable: {why}", why=failure.getErrorMessage())
+        return UNAVAILABLE
+
+
+def _head_of_file(path: str | None) -> bytes:
+    if path is None:
+        return b""
+    with open(path, "rb") as f:
+        return f.read(256 * 1024)

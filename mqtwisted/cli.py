@@ -1,0 +1,179 @@
+"""The ``mqmta`` command: queue inspection (``queue stats|list|show``), ``inject``, ``mktap``.
+
+Queue commands on the spool read the database directly (SQLite in WAL mode lets them read while
+the MTA writes); on amqp they talk to the broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mqtwisted.queue import QUEUE_NAMES
+
+
+def _spool_path(data_dir: str) -> str:
+    path = os.path.join(os.path.abspath(data_dir), "spool.sqlite3")
+    if not os.path.exists(path):
+        raise SystemExit(f"mqmta: no spool at {path} (wrong --data-dir?)")
+    return path
+
+
+def _run_queue(url: str, call: Any) -> Any:
+    """Run one queue call on a reactor of our own (amqp backend)."""
+    from twisted.internet import defer, task
+
+    from mqtwisted.queue.amqp import AmqpQueue
+
+    result: list[Any] = []
+
+    async def main(reactor: Any) -> None:
+        q = AmqpQueue(url)
+        await q.start()
+        try:
+            result.append(await call(q))
+        finally:
+            await q.stop()
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))  # exits the process
+    return result[0] if result else None
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    if args.queue_url != "spool":
+        return _queue_amqp(args)
+    from mqtwisted.queue.spool import read_document, read_documents, read_stats
+
+    db = sqlite3.connect(f"file:{_spool_path(args.data_dir)}?mode=ro", uri=True)
+    if args.action == "stats":
+        stats = read_stats(db)
+        for name in sorted(set(QUEUE_NAMES) | set(stats)):
+            print(f"{name:12} {stats.get(name, 0)}")
+    elif args.action == "list":
+        for id_, doc in read_documents(db, args.name, args.limit):
+            doc.pop("mime", None)
+            print(id_, json.dumps(doc, sort_keys=True))
+    else:
+        doc = read_document(db, args.name, args.id)
+        if doc is None:
+            print(f"mqmta: no document {args.id} in queue {args.name}", file=sys.stderr)
+            return 1
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+def _queue_amqp(args: argparse.Namespace) -> int:
+    if args.action == "stats":
+        stats = _run_queue(args.queue_url, lambda q: q.stats())
+        for name in sorted(set(QUEUE_NAMES) | set(stats or {})):
+            print(f"{name:12} {(stats or {}).get(name, 0)}")
+        return 0
+    if args.action == "list":
+        docs = _run_queue(args.queue_url, lambda q: q.list(args.name, args.limit))
+        for id_, doc in docs or []:
+            doc.pop("mime", None)
+            print(id_, json.dumps(doc, sort_keys=True))
+        return 0
+    doc = _run_queue(args.queue_url, lambda q: q.show(args.name, args.id))
+    if doc is None:
+        print(f"mqmta: no document {args.id} in queue {args.name}", file=sys.stderr)
+        return 1
+    print(json.dumps(doc, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_mktap(args: argparse.Namespace, rest: list[str]) -> int:
+    """Write a TAP file: the pickled Application that ``twistd -f FILE`` runs."""
+    import pickle
+
+    from twisted.application import service
+
+    from mqtwisted.options import MQOptions
+    from mqtwisted.service import make_service
+
+    options = MQOptions()
+    options.parseOptions(rest)
+    application = service.Application("mqmta")
+    make_service(options).setServiceParent(application)
+    with open(args.output, "wb") as f:
+        pickle.dump(application, f, protocol=2)
+    print(f"wrote {args.output}; run it with: twistd -n -f {args.output}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mqmta", description="mqmta mail transfer agent tools")
+    sub = p.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("queue", help="inspect the queues")
+    q.add_argument("--data-dir", default="mqmta-data")
+    q.add_argument("--queue", dest="queue_url", default="spool", help="spool or amqp://...")
+    qs = q.add_subparsers(dest="action", required=True)
+    qs.add_parser("stats", help="documents per named queue")
+    ql = qs.add_parser("list", help="the first documents of a queue (without mime)")
+    ql.add_argument("name")
+    ql.add_argument("--limit", type=int, default=20)
+    qw = qs.add_parser("show", help="one document as JSON")
+    qw.add_argument("name")
+    qw.add_argument("id")
+    m = sub.add_parser("mktap", help="write a TAP file from twistd mqmta options")
+    m.add_argument("-o", "--output", default="mqmta.tap")
+    i = sub.add_parser("inject", help="put a message (stdin) on the outbox")
+    i.add_argument("--from", dest="sender", required=True)
+    i.add_argument("--to", dest="recipients", nargs="+", required=True)
+    i.add_argument("--data-dir", default="mqmta-data")
+    i.add_argument("--queue", dest="queue_url", default="spool")
+    i.add_argument("--outbox", default="outbox")
+    return p
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    import time
+
+    from twisted.internet import defer, task
+
+    from mqtwisted.queue import Body, Publication
+    from mqtwisted.service import make_queue
+
+    mime = sys.stdin.buffer.read()
+    body = Body(data=mime, size=len(mime))
+    now = time.time()
+    pubs = [
+        Publication(args.outbox, {"envelope": args.sender, "recipient": r, "received": now, "tags": ["inject"]}, body)
+        for r in args.recipients
+    ]
+    options = {"queue": args.queue_url, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1}
+
+    async def main(reactor: Any) -> None:
+        q = make_queue(options)
+        await q.start()
+        try:
+            ids = await q.publish(pubs)
+        finally:
+            await q.stop()
+        for r, id_ in zip(args.recipients, ids, strict=True):
+            print(f"queued {id_} for {r}")
+
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["mktap"]:
+        known, rest = parser().parse_known_args(argv)
+        return cmd_mktap(known, rest)
+    args = parser().parse_args(argv)
+    if args.command == "queue":
+        return cmd_queue(args)
+    if args.command == "inject":
+        return cmd_inject(args)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""The incoming message model: one MailerQ JSON document per recipient (DESIGN.md §4).
+
+Fields: ``envelope``, ``recipient``, ``mime`` (shared, as a queue Body), ``hostname``,
+``received``, ``message-id``, ``connection`` {local-ip, local-port, remote-ip, remote-port, secure,
+user}, ``dsn`` {notify, ret, orcpt, envid}, ``tags``, plus properties taken from ``x-mq-*`` headers
+(smtp-extract: ``X-MQ-MaxDeliverTime: 3600`` becomes ``"maxdelivertime": 3600``; the headers are
+removed from the MIME so they never travel further).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from mqtwisted.connection import Connection
+
+_HEADER_END = re.compile(rb"\r\n\r\n")
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
+_XMQ = re.compile(rb"^x-mq-([A-Za-z0-9-]+):[ \t]*(.*(?:\r\n[ \t].*)*)\r\n", re.I | re.M)
+_HEAD_LIMIT = 256 * 1024
+
+
+def header_block(mime: bytes) -> bytes:
+    """The header section of a message (bounded, so a body with no blank line costs nothing)."""
+    head = mime[:_HEAD_LIMIT]
+    m = _HEADER_END.search(head)
+    return head[: m.start() + 2] if m else head
+
+
+def message_id(head: bytes) -> str | None:
+    m = _MESSAGE_ID.search(head)
+    if m is None:
+        return None
+    return re.sub(rb"\s+", b" ", m.group(1)).strip().decode("utf-8", "replace") or None
+
+
+def extract_properties(mime: bytes) -> tuple[dict[str, Any], bytes]:
+    """``x-mq-*`` headers as properties, and the MIME without them."""
+    head = header_block(mime)
+    if b"x-mq-" not in head.lower():
+        return {}, mime
+    props: dict[str, Any] = {}
+    for m in _XMQ.finditer(head):
+        raw = re.sub(rb"\r\n[ \t]+", b" ", m.group(2)).decode("utf-8", "replace").strip()
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        props[m.group(1).decode("ascii").lower()] = value
+    return props, _XMQ.sub(b"", head) + mime[len(head) :]
+
+
+def dsn_fields(sender_params: dict[str, str | None], rcpt_params: dict[str, str | None]) -> dict[str, Any]:
+    from mqtwisted.smtp.commands import xtext_decode
+
+    dsn: dict[str, Any] = {}
+    if rcpt_params.get("NOTIFY"):
+        dsn["notify"] = (rcpt_params["NOTIFY"] or "").upper()
+    if rcpt_params.get("ORCPT"):
+        dsn["orcpt"] = xtext_decode(rcpt_params["ORCPT"] or "")
+    if sender_params.get("RET"):
+        dsn["ret"] = (sender_params["RET"] or "").upper()
+    if sender_params.get("ENVID"):
+        dsn["envid"] = xtext_decode(sender_params["ENVID"] or "")
+    return dsn
+
+
+def incoming_document(
+    conn: Connection,
+    sender: str,
+    sender_params: dict[str, str | None],
+    recipient: str,
+    rcpt_params: dict[str, str | None],
+    *,
+    hostname: str,
+    received: float,
+    msgid: str | None,
+    properties: dict[str, Any],
+) -> dict[str, Any]:
+    doc: dict[str, Any] = dict(properties)
+    doc.update(
+        {
+            "envelope": sender,
+            "recipient": recipient,
+            "hostname": hostname,
+            "received": received,
+            "connection": {
+                "local-ip": conn.local_ip,
+                "local-port": conn.local_port,
+                "remote-ip": conn.remote_ip,
+                "remote-port": conn.remote_port,
+                "helo": conn.helo,
+                "secure": conn.secure,
+                "user": conn.user,
+            },
+            "tags": list(properties.get("tags") or []) if isinstance(properties.get("tags"), list) else [],
+        }
+    )
+    if msgid is not None:
+        doc["message-id"] = msgid
+    dsn = dsn_fields(sender_params, rcpt_params)
+    if dsn:
+        doc["dsn"] = dsn
+    return doc

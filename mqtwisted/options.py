@@ -1,0 +1,197 @@
+"""Every mqmta option, once: the command line (``twistd mqmta``, ``mqmta mktap``) and the
+MailerQ-style config file (``key: value`` lines, ``#`` comments) are both made from this table.
+The command line wins over the file; the file wins over the defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from twisted.python import usage
+
+
+class ConfigError(usage.UsageError):
+    """A bad option value or config line; the message names the file, line and key."""
+
+
+def _port_list(value: str) -> list[int]:
+    ports = []
+    for part in str(value).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        port = int(part)
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range")
+        ports.append(port)
+    return ports
+
+
+def _optional_port(value: str) -> int | None:
+    ports = _port_list(value)
+    return ports[0] if ports else None
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+def _on_off(value: str) -> bool:
+    v = str(value).strip().lower()
+    if v in ("on", "yes", "true", "1"):
+        return True
+    if v in ("off", "no", "false", "0"):
+        return False
+    raise ValueError("expected on or off")
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def _seconds(value: str) -> float:
+    n = float(value)
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
+def _intervals(value: str) -> list[float]:
+    out = [float(v) for v in _csv(value)]
+    if not out or any(v < 0 for v in out):
+        raise ValueError("expected a comma list of seconds")
+    return out
+
+
+#: name, default (as text), coerce, help.  Names are MailerQ's where it has one.
+OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
+    ("smtp-ip", "127.0.0.1", str, "address to listen on for SMTP"),
+    ("smtp-port", "2525", _port_list, "SMTP port(s), comma separated"),
+    ("smtp-secure-port", "", _optional_port, "implicit-TLS SMTP port (SMTPS), none by default"),
+    ("smtp-certificate", "", str, "PEM certificate (default: self-signed, made in data-dir)"),
+    ("smtp-key", "", str, "PEM private key for smtp-certificate"),
+    ("smtp-range", "127.0.0.0/8,::1", _csv, "networks (CIDR) that may relay without AUTH"),
+    ("local-domains", "", _csv, "domains whose mail goes to the local queue, from anyone"),
+    ("smtp-auth", "", str, "credentials: hardcoded://user:pass,... or file:///path (user:crypt-hash)"),
+    ("smtp-auth-plaintext", "off", _on_off, "offer AUTH without TLS (on/off)"),
+    ("smtp-maxsize", "26214400", _positive_int, "largest message accepted, in bytes (0: no limit)"),
+    ("smtp-max-line", "1000", _positive_int, "longest text line in DATA, octets with CRLF"),
+    ("smtp-timeout", "300", _seconds, "idle timeout of an SMTP session, seconds"),
+    ("smtp-connections", "1000", _positive_int, "maximum SMTP connections in total (0: no limit)"),
+    ("smtp-connections-per-ip", "50", _positive_int, "maximum SMTP connections per client IP (0: no limit)"),
+    ("smtp-max-recipients", "1000", _positive_int, "maximum recipients per message"),
+    ("smtp-max-errors", "20", _positive_int, "errors per session before it is closed"),
+    ("smtp-extract", "trusted", _choice("trusted", "always", "never"), "turn x-mq-* headers into JSON properties"),
+    ("hostname", "", str, "this MTA's host name (default: the machine's FQDN)"),
+    ("data-dir", "mqmta-data", str, "directory for the spool, certificates and temporary files"),
+    ("queue", "spool", str, "queue backend: spool, or amqp://user:pass@host:port/vhost"),
+    ("amqp-prefetch", "100", _positive_int, "unacknowledged messages per AMQP consumer"),
+    ("inbox", "", str, "queue for incoming mail (default: the outbox)"),
+    ("outbox", "outbox", str, "queue that delivery consumes"),
+    ("local", "local", str, "queue for mail to local-domains"),
+    ("plugin-directory", "", str, "directory of plugins (*.py modules and packages)"),
+    ("threads", "0", _positive_int, "plugin worker threads (0: number of CPUs)"),
+    ("plugin-timeout", "30", _seconds, "seconds a plugin may keep control"),
+    ("delivery", "on", _on_off, "deliver the outbox (off: this node only receives)"),
+    ("smarthost", "", str, "send all mail via host[:port]"),
+    ("dns-server", "", str, "DNS resolver host:port (default: the system's)"),
+    ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),
+    ("max-delivertime", "86400", _seconds, "give up delivering after this many seconds"),
+    ("max-attempts", "0", _positive_int, "give up after this many attempts (0: no limit)"),
+    ("max-messages-per-connection", "100", _positive_int, "messages sent over one outbound connection"),
+    ("max-connections-per-domain", "10", _positive_int, "concurrent outbound connections per destination"),
+    ("www-ip", "127.0.0.1", str, "address for the status and metrics web server"),
+    ("www-port", "8485", _optional_port, "port for /status and /metrics (empty: off)"),
+    ("log-format", "text", _choice("text", "json"), "log format"),
+    ("shutdown-timeout", "30", _seconds, "seconds to let sessions and deliveries finish on shutdown"),
+]
+
+_BY_NAME = {name: (default, coerce) for name, default, coerce, _ in OPTIONS}
+
+
+def read_config(path: str) -> dict[str, Any]:
+    """Parse a config file into coerced values, refusing unknown keys and bad values."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from e
+    values: dict[str, Any] = {}
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, colon, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if not colon:
+            raise ConfigError(f"{path}:{number}: expected 'key: value', got {raw.strip()!r}")
+        if key not in _BY_NAME or key == "config":
+            raise ConfigError(f"{path}:{number}: unknown key {key!r}")
+        values[key] = _coerce(key, value, f"{path}:{number}: key {key!r}")
+    return values
+
+
+def _coerce(key: str, value: str, where: str) -> Any:
+    try:
+        return _BY_NAME[key][1](value)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: bad value {value!r}: {e}") from e
+
+
+class MQOptions(usage.Options):
+    """``twistd mqmta`` options."""
+
+    synopsis = "[options]"
+    longdesc = "mqmta: a mail transfer agent with MailerQ's plugin API and queue model."
+    optParameters = [[name, None, default, help] for name, default, _, help in OPTIONS] + [
+        ["config", "c", None, "MailerQ-style config file (key: value lines); the command line wins"],
+    ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        import sys
+
+        args = list(sys.argv[1:] if options is None else options)
+        config = _find_config(args)
+        if config is not None:
+            for key, value in read_config(config).items():
+                self.defaults[key] = value
+                self[key] = value
+        super().parseOptions(args)
+
+    def postOptions(self) -> None:
+        for name, _, _, _ in OPTIONS:
+            value = self[name]
+            if isinstance(value, str):
+                self[name] = _coerce(name, value, f"--{name}")
+        if not self["hostname"]:
+            import socket
+
+            self["hostname"] = socket.getfqdn()
+        if not self["inbox"]:
+            self["inbox"] = self["outbox"]
+        if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
+            raise ConfigError("--smtp-certificate and --smtp-key go together")
+        self["data-dir"] = os.path.abspath(self["data-dir"])
+
+
+def _find_config(args: list[str]) -> str | None:
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None

@@ -1,0 +1,134 @@
+"""The DATA phase, per chunk rather than per line.
+
+Twisted's server calls Python once per line and switches back to command mode on an over-long
+line (so the rest of a body runs as commands).  This reader works on whole chunks with C-speed byte
+operations, never leaves DATA before the one true end marker ``CRLF . CRLF``, and records, instead
+of acting on, everything wrong with the body:
+
+* a bare CR or bare LF anywhere (SMTP smuggling relies on ``LF . CRLF`` being taken as the end
+  somewhere downstream): the message is refused at its end, so it is never relayed;
+* a line longer than the text-line limit (RFC 5321 §4.5.3.1.6);
+* more octets than the size limit: the reader stops keeping them at once.
+
+The wire is dot-unstuffed (RFC 5321 §4.5.2) as it streams.  The trick that makes the first line
+like every other: the reader starts with a virtual CRLF in front of the data.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+
+import attrs
+
+from mqtwisted.queue import Body
+
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_END = b"\r\n.\r\n"
+
+
+@attrs.define(eq=False)
+class BodyReader:
+    """Feed it the wire after ``354``; it says when the end marker arrived and what came after."""
+
+    max_size: int = 0
+    max_line: int = 1000
+    spill_size: int = 1 << 20
+    spill_dir: str | None = None
+
+    size: int = 0
+    bare_newline: bool = False
+    long_line: bool = False
+    too_big: bool = False
+    _carry: bytes = b"\r\n"
+    _skip: int = 2  # the virtual CRLF
+    _line: int = 0  # length of the unfinished last line
+    _parts: list[bytes] = attrs.field(factory=list)
+    _file: object = None
+    _path: str | None = None
+
+    def feed(self, data: bytes) -> bytes | None:
+        """Consume ``data``; return None while the body goes on, or the bytes after the end marker."""
+        data = self._carry + data
+        end = data.find(_END)
+        if end >= 0:
+            self._take(data[: end + 2])
+            self._carry = b""
+            return data[end + 5 :]
+        # Keep back what may be the start of an end marker or of a stuffed dot.
+        cut = max(0, len(data) - 4)
+        while cut > 0 and data[cut - 1] in b"\r\n":
+            cut -= 1
+        self._take(data[:cut])
+        self._carry = data[cut:]
+        return None
+
+    def _take(self, wire: bytes) -> None:
+        if not wire:
+            return
+        # No take ends in CR or LF (see feed), so a CR or LF at either edge is judged correctly.
+        if not self.bare_newline and _BARE.search(wire):
+            self.bare_newline = True
+        if not self.long_line:
+            self._check_lines(wire)
+        text = wire.replace(b"\r\n.", b"\r\n")
+        if self._skip:
+            text = text[self._skip :]
+            self._skip = 0
+        self._keep(text)
+
+    def _check_lines(self, wire: bytes) -> None:
+        first = wire.find(b"\n")
+        if first < 0:
+            self._line += len(wire)
+        else:
+            if self._line + first + 1 > self.max_line:
+                self.long_line = True
+            last = wire.rfind(b"\n")
+            if last > first and re.search(rb"[^\n]{%d}" % self.max_line, wire[first + 1 : last]):
+                self.long_line = True
+            self._line = len(wire) - last - 1
+        if self._line > self.max_line:
+            self.long_line = True
+
+    def _keep(self, text: bytes) -> None:
+        self.size += len(text)
+        if self.too_big:
+            return
+        if self.max_size and self.size > self.max_size:
+            self.too_big = True
+            self.discard()
+            return
+        if self._file is not None:
+            self._file.write(text)  # type: ignore[attr-defined]
+            return
+        self._parts.append(text)
+        if self.size > self.spill_size:
+            fd, self._path = tempfile.mkstemp(prefix="incoming-", suffix=".eml", dir=self.spill_dir)
+            self._file = os.fdopen(fd, "wb")
+            self._file.writelines(self._parts)  # type: ignore[attr-defined]
+            self._parts = []
+
+    def body(self) -> Body:
+        """The received body, in memory or in a spilled file (the queue fsyncs it)."""
+        if self._file is not None:
+            self._file.close()  # type: ignore[attr-defined]
+            self._file = None
+            return Body(path=self._path, size=self.size)
+        data = b"".join(self._parts)
+        self._parts = [data]
+        return Body(data=data, size=len(data))
+
+    def discard(self) -> None:
+        """Forget the body (refused, or stored elsewhere)."""
+        self._parts = []
+        if self._file is not None:
+            self._file.close()  # type: ignore[attr-defined]
+            self._file = None
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except OSError:
+                pass
+            self._path = None

@@ -1,0 +1,587 @@
+"""The outbound SMTP session: Twisted's ESMTPSender with its defects fixed (DESIGN.md §5).
+
+One :class:`OutboundFactory` makes one connection that sends as many messages as its
+:class:`MessageSource` hands it, ``RSET`` between them, and reports one :class:`Attempt` per
+message (or one for the connection when it fails before any message).  It never retries:
+retrying is the queue's job.
+
+Fixed against twisted.mail 26.10:
+
+* the body is dot-stuffed by line, including the first line and lines that straddle 16 KiB
+  chunks, and line endings are normalised to CRLF before sending (no ``\\r\\r\\n``, no bare LF);
+* bytes buffered behind the ``220`` reply to ``STARTTLS`` are discarded, not read as the
+  reply to the EHLO sent inside TLS (reply injection);
+* TLS and AUTH are policy (``security``, credentials), not hard requirements.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from twisted.internet import error as neterror
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.mail import smtp
+from twisted.protocols.basic import FileSender
+
+from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
+from mqtwisted.results import Attempt, from_reply
+
+log = Logger()
+
+SECURITY_LEVELS = ("none", "optional", "opportunistic", "required", "verified")
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
+
+
+def encode_body(mime: bytes) -> bytes:
+    """The DATA payload for ``mime``: CRLF line endings, leading dots doubled, ending in CRLF.
+
+    Works on whole lines before any chunking, so a ``.`` at the start of the first line or
+    of a line that crosses a transport chunk is still doubled (Twisted's transformChunk
+    misses both).  The terminating ``.`` line is not included.
+    """
+    if not mime:
+        return b""
+    data = _LINE_END.sub(b"\r\n", mime)
+    data = _LEADING_DOT.sub(b"..", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data
+
+
+def xtext(value: str) -> str:
+    """RFC 3461 xtext for ORCPT/ENVID values."""
+    out = []
+    for ch in value:
+        o = ord(ch)
+        out.append(ch if 33 <= o <= 126 and ch not in "+=" else "+%02X" % (o & 0xFF))
+    return "".join(out)
+
+
+class OutMessage:
+    """One message for one recipient, as the session sends it."""
+
+    def __init__(
+        self,
+        envelope: str,
+        recipient: str,
+        mime: bytes,
+        dsn: Mapping[str, Any] | None = None,
+        document: dict[str, Any] | None = None,
+        key: Any = None,
+    ) -> None:
+        self.envelope = envelope
+        self.recipient = recipient
+        self.mime = mime
+        self.dsn = dsn or {}
+        self.document = document if document is not None else {"envelope": envelope, "recipient": recipient}
+        self.key = key
+
+
+class MessageSource(Protocol):
+    """What a session asks for work and tells outcomes (the delivery scheduler)."""
+
+    def next_message(self, session: OutboundSender) -> OutMessage | None:
+        """The next message for this connection, or None to end it with QUIT."""
+
+    def give_back(self, message: OutMessage) -> None:
+        """``message`` was taken but never attempted (connection ended first)."""
+
+    def message_done(self, message: OutMessage, attempt: Attempt) -> None:
+        """One attempt at ``message`` ended (accepted or not)."""
+
+    def session_ended(self, session: OutboundSender, fault: Attempt | None) -> None:
+        """The connection is gone; ``fault`` is set when it failed before or between messages."""
+
+
+def _cipher(transport: Any) -> dict[str, Any] | None:
+    handle = None
+    try:
+        handle = transport.getHandle()
+    except Exception:
+        return None
+    if not hasattr(handle, "get_cipher_name"):
+        handle = getattr(transport, "_tlsConnection", None)
+    if handle is None or not hasattr(handle, "get_cipher_name"):
+        return None
+    name = handle.get_cipher_name()
+    if name is None:
+        return None
+    return {"name": name, "bits": handle.get_cipher_bits(), "version": handle.get_protocol_version_name()}
+
+
+class OutboundSender(smtp.ESMTPSender):
+    """One outbound connection; see the module docstring."""
+
+    factory: OutboundFactory
+    # Logging every line costs a copy per line; results carry the replies that matter.
+    debug = False
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.state = "connect"
+        self.mta: str | None = None
+        self.extensions: dict[bytes, bytes | None] = {}
+        self.messages = 0
+        self.current: OutMessage | None = None
+        self.handle: MessageHandle | None = None
+        self.conn = Connection(inbound=False)
+        self.fault: Attempt | None = None
+        self.cipher: dict[str, Any] | None = None
+        self._in_transaction = False
+        self._quitting = False
+        self._closed = False
+        self._final_reply: tuple[int, bytes] | None = None
+        self._sent_hook_pending = False
+
+    # -- connection ----------------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.state = "intro"
+        peer, host = self.transport.getPeer(), self.transport.getHost()
+        self.conn.remote_ip = getattr(peer, "host", "")
+        self.conn.remote_port = getattr(peer, "port", 0)
+        self.conn.local_ip = getattr(host, "host", "")
+        self.conn.local_port = getattr(host, "port", 0)
+        self.conn.transport = self.transport
+
+    def attempt(self, state: str, result: str, **kw: Any) -> Attempt:
+        """An Attempt stamped with this connection's facts."""
+        return Attempt(
+            state,
+            result,
+            time=self.factory.clock.seconds(),
+            mta=self.mta,
+            local_ip=self.conn.local_ip or None,
+            remote_ip=self.conn.remote_ip or None,
+            messages=self.messages if self.messages else None,
+            cipher=self.cipher,
+            **kw,
+        )
+
+    def _reply_attempt(self, state: str, code: int, resp: bytes, **kw: Any) -> Attempt:
+        a = from_reply(state, code, resp, time=self.factory.clock.seconds(), **kw)
+        a.mta, a.local_ip, a.remote_ip = self.mta, self.conn.local_ip or None, self.conn.remote_ip or None
+        a.messages, a.cipher = self.messages or None, self.cipher
+        if a.accepted:
+            a.dsn = b"DSN" in self.extensions
+        return a
+
+    def connectionLost(self, reason: Any = None) -> None:
+        super().connectionLost(reason)
+        if self._closed:
+            return
+        self._closed = True
+        message, self.current = self.current, None
+        fault = self.fault
+        if fault is None and not self._quitting:
+            state = self.state
+            description = "connection lost"
+            if reason is not None and not reason.check(neterror.ConnectionDone):
+                description = f"connection lost: {reason.getErrorMessage()}"
+            fault = self.attempt(state, "lost", description=description)
+        if message is not None:
+            if self._in_transaction:
+                self.factory.source.message_done(message, fault or self.attempt(self.state, "lost"))
+                fault = None if self.messages > 1 or self.state in ("mailfrom", "rcptto", "data", "message") else fault
+            else:
+                self.factory.source.give_back(message)
+        closed = getattr(self.factory.hooks, "connection_closed", None)
+        if closed is not None:
+            try:
+                closed(self.conn)
+            except Exception:
+                log.failure("hook runner connection_closed raised")
+        self.factory.session_ended(self, None if self._quitting else fault)
+
+    def timeoutConnection(self) -> None:
+        self.fault = self.attempt(self.state, "timeout", description="no reply from server in time")
+        self.transport.abortConnection()
+
+    def sendError(self, exc: Exception) -> None:
+        # Twisted's version errbacks the factory's Deferred and may retry; ours records the
+        # fault for the current state and closes, and the scheduler decides what comes next.
+        code = getattr(exc, "code", -1)
+        resp = getattr(exc, "resp", b"") or b""
+        if isinstance(exc, smtp.SMTPTimeoutError):
+            self.fault = self.attempt(self.state, "timeout", description="no reply from server in time")
+        elif isinstance(exc, smtp.SMTPProtocolError) or code is None or code < 0:
+            self.fault = self.attempt(self.state, "invalid", description=_text(resp or str(exc)))
+        elif isinstance(exc, smtp.TLSRequiredError):
+            self.fault = self.attempt("starttls", "error", description="server does not offer STARTTLS", permanent=False)
+        else:
+            self.fault = self._reply_attempt(self.state, code, resp if isinstance(resp, bytes) else str(resp).encode())
+        if self.current is not None and self._in_transaction:
+            message, self.current = self.current, None
+            self._in_transaction = False
+            self.factory.source.message_done(message, self.fault)
+        if isinstance(exc, smtp.SMTPClientError) and not exc.isFatal and self.transport.connected:
+            self._quit()
+        else:
+            self.transport.loseConnection()
+
+    def _quit(self) -> None:
+        self._quitting = True
+        self.state = "quit"
+        self._disconnectFromServer()
+
+    # -- EHLO, STARTTLS, AUTH ------------------------------------------------------------------
+
+    def esmtpState_ehlo(self, code: int, resp: bytes) -> None:
+        if self.mta is None:
+            # MailerQ's "mta": the name the server greets with.
+            words = resp.split(None, 1)
+            self.mta = words[0].decode("ascii", "replace") if words else ""
+        if self.state != "starttls":
+            self.state = "ehlo"
+        super().esmtpState_ehlo(code, resp)
+
+    def esmtpState_serverConfig(self, code: int, resp: bytes) -> None:
+        self.extensions = {}
+        for line in resp.splitlines()[1:]:
+            word, _, rest = line.partition(b" ")
+            self.extensions[word.upper()] = rest or None
+        if self._tlsMode:
+            self.cipher = _cipher(self.transport)
+            self.conn.secure = True
+            if self.cipher:
+                self.conn.tls_cipher = self.cipher["name"]
+                self.conn.tls_version = self.cipher["version"]
+        super().esmtpState_serverConfig(code, resp)
+
+    def esmtpEHLORequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        # EHLO refused and HELO not allowed (TLS/AUTH required): report the EHLO reply itself.
+        self.fault = self._reply_attempt("ehlo", code, resp or b"")
+        if self.fault.code is None or self.fault.code < 400:
+            self.fault.result = "invalid"
+        self.transport.loseConnection()
+
+    def smtpState_helo(self, code: int, resp: bytes) -> None:
+        self.state = "helo"
+        super().smtpState_helo(code, resp)
+
+    def tryTLS(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
+        if not self._tlsMode and self.factory.security in ("required", "verified") and b"STARTTLS" not in items:
+            self.fault = self.attempt("starttls", "error", description="server does not offer STARTTLS and security is " + self.factory.security, permanent=False)
+            self._quit()
+            return
+        if b"STARTTLS" in items and self.context is not None and not self._tlsMode:
+            self.state = "starttls"
+        super().tryTLS(code, resp, items)
+
+    def esmtpState_starttls(self, code: int, resp: bytes) -> None:
+        # RFC 3207 §4.2: anything the server sent after its 220 came in plaintext and must not be
+        # read as a reply inside TLS; Twisted keeps it and every later reply shifts by one.
+        injected = self.clearLineBuffer()
+        if injected:
+            log.warn("discarded {n} plaintext bytes after 220 to STARTTLS from {peer}", n=len(injected), peer=self.conn.remote_ip)
+        super().esmtpState_starttls(code, resp)
+
+    def esmtpTLSFailed(self, code: int = -1, resp: bytes | None = None) -> None:
+        self.fault = self._reply_attempt("starttls", code if code > 0 else 451, resp or b"TLS negotiation failed")
+        self.fault.permanent = False
+        self.transport.loseConnection()
+
+    def authenticate(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
+        self.state = "auth"
+        super().authenticate(code, resp, items)
+
+    def esmtpAUTHRequired(self, code: int = -1, resp: bytes | None = None) -> None:
+        self.fault = self.attempt("auth", "error", description="server offers no usable AUTH mechanism", permanent=False)
+        self._quit()
+
+    # -- the message loop ----------------------------------------------------------------------
+
+    def smtpState_from(self, code: int, resp: bytes) -> None:
+        # Reached after EHLO/TLS/AUTH, and after each RSET: take the next message or QUIT.
+        self._failresponse = self.smtpTransferFailed
+        self._next_message()
+
+    def _next_message(self) -> None:
+        message = None
+        if self.messages < self.factory.max_messages:
+            message = self.factory.source.next_message(self)
+        if message is None:
+            self._quit()
+            return
+        self.current = message
+        self.messages += 1
+        self.handle = MessageHandle(message.document, outgoing=True)
+        hooks = self.factory.hooks
+        if hooks.defines("mq_smtp_out_data"):
+            # Run before MAIL FROM so MQ_setEnvelope/MQ_setRecipient can still change the wire;
+            # the reply timeout is off meanwhile: the server owes us nothing while a plugin works.
+            self.setTimeout(None)
+            d = hooks.run("mq_smtp_out_data", self.conn, self.handle)
+            d.addCallback(self._out_data_done, message)
+            d.addErrback(self._hook_failed, message)
+        else:
+            self._send_mail_from(message)
+
+    def _out_data_done(self, reply: Reply | None, message: OutMessage) -> None:
+        if self._closed or self.current is not message:
+            return
+        self.setTimeout(self.factory.timeout)
+        if reply is not None and reply.refuses:
+            self._refused_by_hook("data", reply, message)
+            return
+        self._send_mail_from(message)
+
+    def _hook_failed(self, failure: Any, message: OutMessage) -> None:
+        log.failure("outbound hook failed", failure)
+        self._out_data_done(Reply(451, "plugin failure", "4.3.0"), message)
+
+    def _refused_by_hook(self, state: str, reply: Reply, message: OutMessage) -> None:
+        attempt = self.attempt(state, "error", code=reply.code, status=reply.enhanced, description=reply.text)
+        self.current = None
+        self._in_transaction = False
+        self.factory.source.message_done(message, attempt)
+        self._reset_then_next()
+
+    def _wire(self, message: OutMessage) -> tuple[str, str, bytes]:
+        h = self.handle
+        envelope = h.wire_envelope if h is not None and h.wire_envelope is not None else message.envelope
+        recipient = h.wire_recipient if h is not None and h.wire_recipient is not None else message.recipient
+        mime = h.wire_mime if h is not None and h.wire_mime is not None else message.mime
+        return envelope, recipient, mime
+
+    def _send_mail_from(self, message: OutMessage) -> None:
+        envelope, _, mime = self._wire(message)
+        self._body = encode_body(mime)
+        params = []
+        if b"SIZE" in self.extensions:
+            params.append(b"SIZE=%d" % len(self._body))
+        if b"8BITMIME" in self.extensions and re.search(rb"[\x80-\xff]", self._body):
+            params.append(b"BODY=8BITMIME")
+        if b"SMTPUTF8" in self.extensions and not (envelope + message.recipient).isascii():
+            params.append(b"SMTPUTF8")
+        if b"DSN" in self.extensions and message.dsn:
+            ret = str(message.dsn.get("ret") or "").upper()
+            if ret in ("FULL", "HDRS"):
+                params.append(b"RET=" + ret.encode())
+            if message.dsn.get("envid"):
+                params.append(b"ENVID=" + xtext(str(message.dsn["envid"])).encode())
+        self.state = "mailfrom"
+        self._in_transaction = True
+        self._expected = [250]
+        self._okresponse = self._send_rcpt
+        self._failresponse = self._transaction_failed
+        self.sendLine(b" ".join([b"MAIL FROM:<" + envelope.encode("utf-8") + b">", *params]))
+
+    def _send_rcpt(self, code: int, resp: bytes) -> None:
+        message = self.current
+        assert message is not None
+        _, recipient, _ = self._wire(message)
+        params = []
+        if b"DSN" in self.extensions and message.dsn:
+            notify = message.dsn.get("notify")
+            if isinstance(notify, (list, tuple)):
+                notify = ",".join(notify)
+            if notify:
+                params.append(b"NOTIFY=" + str(notify).upper().replace(" ", "").encode())
+            if message.dsn.get("orcpt"):
+                orcpt = str(message.dsn["orcpt"])
+                if ";" not in orcpt:
+                    orcpt = "rfc822;" + orcpt
+                addr_type, _, addr = orcpt.partition(";")
+                params.append(b"ORCPT=" + (addr_type + ";" + xtext(addr)).encode())
+        self.state = "rcptto"
+        self._expected = [250, 251]
+        self._okresponse = self._send_data
+        self.sendLine(b" ".join([b"RCPT TO:<" + recipient.encode("utf-8") + b">", *params]))
+
+    def _send_data(self, code: int, resp: bytes) -> None:
+        self.state = "data"
+        self._expected = [354]
+        self._okresponse = self._send_body
+        self.sendLine(b"DATA")
+
+    def _send_body(self, code: int, resp: bytes) -> None:
+        self.state = "message"
+        # Any reply before our final dot is a protocol error; it and the final reply are
+        # collected by _message_reply.
+        self._expected = range(0, 1000)
+        self._okresponse = self._message_reply
+        self._failresponse = self._message_reply
+        body, self._body = self._body, b""
+        d = FileSender().beginFileTransfer(io.BytesIO(body), self.transport, self._progress)
+        d.addCallbacks(self._body_sent, self._body_failed)
+
+    def _progress(self, chunk: bytes) -> bytes:
+        # Chunks are already encoded; only keep the idle timer from firing on a slow upload.
+        self.resetTimeout()
+        return chunk
+
+    def _body_sent(self, _: Any) -> None:
+        if self._closed:
+            return
+        self.transport.write(b".\r\n")
+        message = self.current
+        if message is not None and self.factory.hooks.defines("mq_smtp_out_sent"):
+            self._sent_hook_pending = True
+            d = self.factory.hooks.run("mq_smtp_out_sent", self.conn, self.handle)
+            d.addErrback(lambda f: (log.failure("mq_smtp_out_sent failed", f), Reply(451, "plugin failure", "4.3.0"))[1])
+            d.addCallback(self._out_sent_done, message)
+
+    def _body_failed(self, failure: Any) -> None:
+        if not self._closed:
+            self.fault = self.attempt("message", "lost", description=failure.getErrorMessage())
+            self.transport.loseConnection()
+
+    def _out_sent_done(self, reply: Reply | None, message: OutMessage) -> None:
+        self._sent_hook_pending = False
+        self._hook_reply = reply
+        if self._final_reply is not None and not self._closed:
+            code, resp = self._final_reply
+            self._final_reply = None
+            self._finish_message(code, resp)
+
+    def _message_reply(self, code: int, resp: bytes) -> None:
+        if self._sent_hook_pending:
+            # The reply to the body overtook the plugin; hold it until the plugin is done.
+            self._final_reply = (code, resp)
+            return
+        self._finish_message(code, resp)
+
+    def _finish_message(self, code: int, resp: bytes) -> None:
+        message, self.current = self.current, None
+        self._in_transaction = False
+        reply: Reply | None = getattr(self, "_hook_reply", None)
+        self._hook_reply = None
+        if message is None:
+            return
+        if reply is not None and reply.refuses:
+            attempt = self.attempt("message", "error", code=reply.code, status=reply.enhanced, description=reply.text)
+        else:
+            attempt = self._reply_attempt("message", code, resp)
+        self.factory.source.message_done(message, attempt)
+        self._reset_then_next()
+
+    def _transaction_failed(self, code: int, resp: bytes) -> None:
+        message, self.current = self.current, None
+        self._in_transaction = False
+        if message is not None:
+            self.factory.source.message_done(message, self._reply_attempt(self.state, code, resp))
+        if code == 421:
+            # The server is closing the channel: no RSET, no further messages here.
+            self.transport.loseConnection()
+            return
+        self._reset_then_next()
+
+    def _reset_then_next(self) -> None:
+        if self.messages >= self.factory.max_messages or not self.factory.source_has_more(self):
+            self._quit()
+            return
+        self.state = "rset"
+        self._expected = [250]
+        self._okresponse = lambda code, resp: self._next_message()
+        self._failresponse = self._rset_failed
+        self.sendLine(b"RSET")
+
+    def _rset_failed(self, code: int, resp: bytes) -> None:
+        self.fault = self._reply_attempt("rset", code, resp)
+        self._quit()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+class OutboundFactory(smtp.ESMTPSenderFactory):
+    """Builds the one :class:`OutboundSender` of one connection attempt."""
+
+    protocol = OutboundSender
+
+    def __init__(
+        self,
+        source: MessageSource,
+        *,
+        helo: str,
+        security: str = "opportunistic",
+        tls_hostname: str | None = None,
+        tls_options: Any = None,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 300,
+        max_messages: int = 100,
+        hooks: HookRunner | None = None,
+        clock: Any = None,
+    ) -> None:
+        if security not in SECURITY_LEVELS:
+            raise ValueError(f"unknown security level {security!r}")
+        self.done: Deferred[Attempt | None] = Deferred()
+        contextFactory = None
+        if security != "none":
+            contextFactory = tls_options if tls_options is not None else client_tls_options(security, tls_hostname)
+        super().__init__(
+            (username or "").encode(),
+            (password or "").encode() if username else None,
+            "",
+            [],
+            None,
+            Deferred(),
+            retries=0,
+            timeout=timeout,
+            contextFactory=contextFactory,
+            heloFallback=security not in ("required", "verified") and not username,
+            requireAuthentication=bool(username),
+            requireTransportSecurity=security in ("required", "verified"),
+            hostname=tls_hostname,
+        )
+        self.domain = helo.encode("idna") if not helo.isascii() else helo.encode()
+        self.source = source
+        self.security = security
+        self.max_messages = max(1, max_messages)
+        self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self._ended = False
+
+    def source_has_more(self, session: OutboundSender) -> bool:
+        has_more = getattr(self.source, "has_more", None)
+        return True if has_more is None else bool(has_more(session))
+
+    def buildProtocol(self, addr: Any) -> OutboundSender:
+        p = super().buildProtocol(addr)
+        return p
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        result = "timeout" if reason.check(neterror.TimeoutError) else "error"
+        attempt = Attempt("connect", result, description=reason.getErrorMessage(), time=self.clock.seconds())
+        self._end(None, attempt)
+
+    def clientConnectionLost(self, connector: Any, reason: Any) -> None:
+        # The protocol reports through session_ended; nothing to retry here.
+        pass
+
+    def session_ended(self, session: OutboundSender, fault: Attempt | None) -> None:
+        self._end(session, fault)
+
+    def _end(self, session: OutboundSender | None, fault: Attempt | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self.source.session_ended(session, fault)  # type: ignore[arg-type]
+        self.done.callback(fault)
+
+
+def client_tls_options(security: str, hostname: str | None, trust_root: Any = None) -> Any:
+    """TLS client options for a security level: ``verified`` checks the certificate chain and the
+    host name (service_identity); the other levels encrypt without authenticating, which is what
+    opportunistic SMTP TLS does (RFC 7435)."""
+    from twisted.internet import ssl
+
+    if security == "verified":
+        if not hostname:
+            raise ValueError("verified TLS needs a host name")
+        return ssl.optionsForClientTLS(hostname, trustRoot=trust_root)
+    return ssl.CertificateOptions(verify=False)

@@ -1,0 +1,149 @@
+"""Parsing of SMTP command lines, paths and ESMTP parameters (RFC 5321, 1870, 3461, 6152, 6531).
+
+Every function returns either the parsed value or the :class:`Reply` that refuses the input, so a
+malformed line of any kind becomes an SMTP error and never an exception.
+"""
+
+from __future__ import annotations
+
+import re
+
+import attrs
+
+from mqtwisted.connection import Reply
+
+_VERB = re.compile(r"[A-Za-z]{1,16}\Z")
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ATOM_UTF8 = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_QUOTED_UTF8 = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|[^\x00-\x7f]|\\[\x20-\x7e])*"'
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_LABEL_UTF8 = r"(?:[A-Za-z0-9]|[^\x00-\x7f])(?:(?:[A-Za-z0-9-]|[^\x00-\x7f]){0,61}(?:[A-Za-z0-9]|[^\x00-\x7f]))?"
+_LITERAL = r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]"
+
+
+def _mailbox(atom: str, quoted: str, label: str) -> re.Pattern[str]:
+    local = rf"(?:{atom}(?:\.{atom})*|{quoted})"
+    domain = rf"(?:{label}(?:\.{label})*|{_LITERAL})"
+    return re.compile(rf"{local}@{domain}\Z")
+
+
+_MAILBOX = _mailbox(_ATOM, _QUOTED, _LABEL)
+_MAILBOX_UTF8 = _mailbox(_ATOM_UTF8, _QUOTED_UTF8, _LABEL_UTF8)
+_PATH = re.compile(r"\s*<([^<>]*)>(?:\s+(.*))?\Z|\s*([^<>\s]+)(?:\s+(.*))?\Z", re.S)
+_ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
+_PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+
+MAX_ADDRESS = 254
+
+SYNTAX = Reply(501, "Syntax error in parameters or arguments", "5.5.4")
+
+
+@attrs.frozen
+class Command:
+    verb: str
+    arg: str
+
+
+@attrs.frozen
+class Path:
+    """A reverse-path or forward-path with its ESMTP parameters (upper-cased keys)."""
+
+    address: str
+    params: dict[str, str | None]
+
+
+def parse_command(line: bytes) -> Command | Reply:
+    """Split a command line (CRLF already removed) into verb and argument."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return Reply(500, "Syntax error: command is not valid UTF-8", "5.5.2")
+    if any(c < " " and c != "\t" for c in text) or "\x7f" in text:
+        return Reply(500, "Syntax error: control character in command", "5.5.2")
+    verb, _, arg = text.partition(" ")
+    if not _VERB.match(verb):
+        return Reply(500, "Syntax error: command unrecognized", "5.5.2")
+    return Command(verb.upper(), arg.strip())
+
+
+def xtext_decode(value: str) -> str:
+    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+def parse_path(arg: str, keyword: str) -> Path | Reply:
+    """Parse ``FROM:<addr> params`` or ``TO:<addr> params``."""
+    head, colon, rest = arg.partition(":")
+    if not colon or head.strip().upper() != keyword:
+        return Reply(501, f"Syntax: {'MAIL FROM' if keyword == 'FROM' else 'RCPT TO'}:<address>", "5.5.4")
+    m = _PATH.match(rest)
+    if m is None:
+        return Reply(501, "Syntax error in mailbox address", "5.1.3")
+    address = m.group(1) if m.group(1) is not None else m.group(3)
+    params_text = m.group(2) if m.group(1) is not None else m.group(4)
+    address = _ROUTE.sub("", address, count=1) if address.startswith("@") else address
+    params: dict[str, str | None] = {}
+    for token in (params_text or "").split():
+        key, eq, value = token.partition("=")
+        if not _PARAM_KEY.match(key) or (eq and not value):
+            return Reply(555, f"Malformed parameter {token[:40]!r}", "5.5.4")
+        params[key.upper()] = value if eq else None
+    return Path(address, params)
+
+
+def check_address(address: str, utf8: bool) -> Reply | None:
+    """None when ``address`` is a mailbox we accept, else why not."""
+    if len(address.encode("utf-8")) > MAX_ADDRESS:
+        return Reply(501, "Address too long", "5.1.3")
+    if not address.isascii() and not utf8:
+        return Reply(553, "Non-ASCII address requires SMTPUTF8", "5.6.7")
+    pattern = _MAILBOX_UTF8 if utf8 else _MAILBOX
+    if not pattern.match(address):
+        return Reply(501, f"Bad address syntax <{address[:80]}>", "5.1.3")
+    return None
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".")
+
+
+_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
+_RCPT_PARAMS = {"NOTIFY", "ORCPT"}
+
+
+def check_mail_params(params: dict[str, str | None], maxsize: int) -> Reply | None:
+    for key, value in params.items():
+        if key not in _MAIL_PARAMS:
+            return Reply(555, f"Unsupported parameter {key}", "5.5.4")
+        if key == "SIZE":
+            if value is None or not value.isdigit() or len(value) > 20:
+                return Reply(501, "Bad SIZE value", "5.5.4")
+            if maxsize and int(value) > maxsize:
+                return Reply(552, f"Message size exceeds fixed limit of {maxsize} bytes", "5.3.4")
+        elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME"):
+            return Reply(501, "BODY must be 7BIT or 8BITMIME", "5.5.4")
+        elif key == "SMTPUTF8" and value is not None:
+            return Reply(501, "SMTPUTF8 takes no value", "5.5.4")
+        elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
+            return Reply(501, "RET must be FULL or HDRS", "5.5.4")
+        elif key == "ENVID" and (not value or len(value) > 100 or not _XTEXT.match(value)):
+            return Reply(501, "Bad ENVID", "5.5.4")
+    return None
+
+
+def check_rcpt_params(params: dict[str, str | None]) -> Reply | None:
+    for key, value in params.items():
+        if key not in _RCPT_PARAMS:
+            return Reply(555, f"Unsupported parameter {key}", "5.5.4")
+        if key == "NOTIFY":
+            words = (value or "").upper().split(",")
+            if not value or not set(words) <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or (
+                "NEVER" in words and len(words) > 1
+            ):
+                return Reply(501, "Bad NOTIFY value", "5.5.4")
+        elif key == "ORCPT":
+            kind, semi, addr = (value or "").partition(";")
+            if not semi or not kind or not addr or len(value or "") > 500 or not _XTEXT.match(addr):
+                return Reply(501, "Bad ORCPT value", "5.5.4")
+    return None

@@ -1,0 +1,53 @@
+"""Who may send mail where: the relay rules (no open relay, ever).
+
+* mail for a ``local-domains`` domain is accepted from anyone (it goes to the ``local`` queue);
+* anything else only from an authenticated client or from an ``smtp-range`` network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import attrs
+
+from mqtwisted.connection import Connection
+from mqtwisted.smtp.commands import domain_of
+
+DEFAULT_RANGE = ("127.0.0.0/8", "::1/128")
+
+
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
+
+
+@attrs.frozen
+class RelayPolicy:
+    trusted: tuple[str, ...] = DEFAULT_RANGE
+    local_domains: frozenset[str] = frozenset()
+    _networks: tuple = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "_networks", _networks(self.trusted))
+
+    def __getstate__(self) -> dict:
+        return {"trusted": self.trusted, "local_domains": self.local_domains}
+
+    def __setstate__(self, state: dict) -> None:
+        object.__setattr__(self, "trusted", state["trusted"])
+        object.__setattr__(self, "local_domains", state["local_domains"])
+        self.__attrs_post_init__()
+
+    def is_local(self, address: str) -> bool:
+        return domain_of(address) in self.local_domains
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self._networks if net.version == addr.version)
+
+    def may_relay(self, conn: Connection) -> bool:
+        return conn.authenticated or self.is_trusted(conn.remote_ip)

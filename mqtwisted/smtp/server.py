@@ -1,0 +1,646 @@
+"""The ESMTP server: bytes in, replies out, hooks asked at each transition of the session table.
+
+Built on :class:`twisted.mail.smtp.ESMTP` (its factory, timeout and TLS plumbing), with Twisted's
+line handling replaced, because that is where its defects live (DESIGN.md §3):
+
+* input is processed strictly in order, one command at a time; while a hook or the queue decides,
+  the transport is paused, so pipelined commands wait their turn instead of being answered out of
+  order or with 503;
+* command lines are bounded; an over-long line gets ``500 5.5.2`` and is skipped, never buffered
+  without limit;
+* at STARTTLS everything the client pipelined behind it is discarded and the session starts over;
+* DATA is read per chunk by :class:`BodyReader`, which leaves DATA only at ``CRLF . CRLF``;
+* every malformed input gets an SMTP error reply; the session goes on until too many errors.
+
+What a command may do is decided by :mod:`mqtwisted.smtp.session`; what happens to an accepted
+message is the ``accept`` callable's business (the protocol does not know the queue).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer, interfaces
+from twisted.logger import Logger
+from twisted.mail import smtp
+from zope.interface import implementer
+
+from mqtwisted.connection import Connection, HookRunner, NoHooks, Reply
+from mqtwisted.smtp import commands
+from mqtwisted.smtp.body import BodyReader
+from mqtwisted.smtp.policy import RelayPolicy
+from mqtwisted.smtp.session import CLOSE_HOOK, CONNECT, END_OF_DATA, Session, Transition
+
+log = Logger()
+
+COMMAND_LINE = 512
+PATH_LINE = 1024  # MAIL/RCPT with ESMTP parameters (RFC 5321 §4.5.3.1.4; ORCPT may be 500 alone)
+AUTH_LINE = 12288  # RFC 4954 §4
+BYTES_PER_TIMEOUT_RESET = 65536
+
+
+@attrs.define
+class ServerConfig:
+    """Everything the protocol needs to know, and nothing about queues or plugins."""
+
+    hostname: str = "localhost"
+    max_size: int = 26214400
+    max_line: int = 1000
+    timeout: float = 300.0
+    max_recipients: int = 1000
+    max_errors: int = 20
+    max_connections: int = 0
+    max_connections_per_ip: int = 0
+    auth_plaintext: bool = False
+    spill_dir: str | None = None
+
+
+@attrs.frozen
+class Recipient:
+    address: str
+    params: dict[str, str | None]
+    local: bool
+
+
+@attrs.define
+class Envelope:
+    """One SMTP transaction, as handed to ``accept`` when its DATA ended."""
+
+    sender: str
+    params: dict[str, str | None]
+    recipients: list[Recipient] = attrs.field(factory=list)
+    received: float = 0.0
+
+
+Accept = Callable[[Connection, Envelope, Any], defer.Deferred]
+Authenticator = Callable[[str, str], bool]
+
+
+def _reply_lines(code: int, lines: list[str], enhanced: str | None) -> bytes:
+    prefix = f"{enhanced} " if enhanced else ""
+    out = []
+    for i, line in enumerate(lines):
+        sep = " " if i == len(lines) - 1 else "-"
+        out.append(f"{code}{sep}{prefix}{line}\r\n")
+    return "".join(out).encode("utf-8", "replace")
+
+
+@implementer(interfaces.IHandshakeListener)
+class SMTPServer(smtp.ESMTP):
+    """One inbound SMTP session."""
+
+    factory: SMTPFactory
+
+    def __init__(self, contextFactory: Any = None) -> None:
+        smtp.ESMTP.__init__(self, contextFactory=contextFactory)
+        self._buffer = b""
+        self._waiting = False
+        self._processing = False
+        self._skip_line = False
+        self._closing = False
+        self._errors = 0
+        self._reader: BodyReader | None = None
+        self._unreset = 0
+        self._auth: Any = None
+        self._envelope: Envelope | None = None
+        self.conn = Connection()
+        self.session = Session()
+
+    # -- connection life cycle -------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        config = self.factory.config
+        self.host = config.hostname.encode("ascii", "replace")
+        peer, local = self.transport.getPeer(), self.transport.getHost()
+        self.conn = Connection(
+            remote_ip=getattr(peer, "host", ""),
+            remote_port=getattr(peer, "port", 0),
+            local_ip=getattr(local, "host", ""),
+            local_port=getattr(local, "port", 0),
+            transport=self.transport,
+        )
+        self.session = Session(
+            tls_available=self.ctx is not None,
+            auth_available=self.factory.auth is not None
+            or self.factory.hooks.defines("mq_smtp_in_authenticate"),
+            auth_plaintext=config.auth_plaintext,
+        )
+        self.setTimeout(config.timeout)
+        refusal = self.factory.admit(self)
+        if refusal is not None:
+            self._send(refusal)
+            self._close()
+            return
+        self._run(CONNECT, self._greet)
+
+    def _greet(self, reply: Reply | None) -> None:
+        if reply is not None and reply.refuses:
+            self._send(reply)
+            self._close()
+            return
+        self.session.greeted()
+        self._send(Reply(220, f"{self.factory.config.hostname} ESMTP mqmta"))
+
+    def handshakeCompleted(self) -> None:
+        """TLS is up (after STARTTLS, or at once on the implicit-TLS port)."""
+        self.session.tls_established()
+        self.conn.secure = True
+        handle = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
+        try:
+            self.conn.tls_version = handle.get_protocol_version_name()
+            self.conn.tls_cipher = handle.get_cipher_name()
+            self.conn.peer_certificate = handle.get_peer_certificate()
+        except Exception:
+            pass
+        if self.factory.hooks.defines("mq_smtp_in_secure"):
+            self._run(Transition("<tls>", None, "mq_smtp_in_secure"), self._secured)
+
+    def _secured(self, reply: Reply | None) -> None:
+        if reply is not None and reply.refuses:
+            self._send(reply)
+            self._close()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.setTimeout(None)
+        self._closing = True
+        self.session.close()
+        if self._reader is not None:
+            self._reader.discard()
+            self._reader = None
+        self.factory.release(self)
+        hooks = self.factory.hooks
+        if hooks.defines(CLOSE_HOOK):
+            hooks.run(CLOSE_HOOK, self.conn)
+        closed = getattr(hooks, "connection_closed", None)
+        if closed is not None:
+            closed(self.conn)
+
+    def timeoutConnection(self) -> None:
+        self._send(Reply(421, f"{self.factory.config.hostname} Timeout, closing connection", "4.4.2"))
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self.session.close()
+        self.transport.loseConnection()
+
+    # -- input -----------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._buffer += data
+        self._process()
+
+    def _process(self) -> None:
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not self._waiting and not self._closing and self._buffer:
+                if self._reader is not None:
+                    self._feed_body()
+                elif not self._next_line():
+                    break
+        finally:
+            self._processing = False
+
+    def _next_line(self) -> bool:
+        """Handle one complete line; False when only part of a line is buffered."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            if self._skip_line:
+                self._buffer = b""
+            elif len(self._buffer) > AUTH_LINE:
+                # No line may be this long: answer now, and skip the rest up to its LF.
+                self._buffer = b""
+                self._skip_line = True
+                self._too_long()
+            return False
+        line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
+        if self._skip_line:
+            self._skip_line = False
+            return True
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) + 2 > self._line_limit(line):
+            self._too_long()
+            return True
+        self.resetTimeout()
+        if self._auth is not None:
+            self._auth_step(line)
+        else:
+            self._command(line)
+        return True
+
+    def _line_limit(self, line: bytes) -> int:
+        if self._auth is not None:
+            return AUTH_LINE
+        verb = line[:5].upper()
+        if verb.startswith(b"AUTH"):
+            return AUTH_LINE
+        if verb in (b"MAIL ", b"RCPT "):
+            return PATH_LINE
+        return COMMAND_LINE
+
+    def _too_long(self) -> None:
+        self._error(Reply(500, "Line too long", "5.5.2"))
+
+    def _feed_body(self) -> None:
+        reader = self._reader
+        assert reader is not None
+        before = reader.size
+        data, self._buffer = self._buffer, b""
+        rest = reader.feed(data)
+        self._unreset += len(data)
+        if self._unreset >= BYTES_PER_TIMEOUT_RESET or reader.size < before:
+            self._unreset = 0
+            self.resetTimeout()
+        if rest is None:
+            return
+        self._buffer = rest
+        self._reader = None
+        self.resetTimeout()
+        self._end_of_data(reader)
+
+    # -- replies and errors ----------------------------------------------------------------------
+
+    def _send(self, reply: Reply, lines: list[str] | None = None) -> None:
+        self.transport.write(_reply_lines(reply.code, lines or [reply.text], reply.enhanced))
+
+    def _error(self, reply: Reply) -> None:
+        self._errors += 1
+        if self._errors > self.factory.config.max_errors:
+            self._send(Reply(421, "Too many errors, closing connection", "4.7.0"))
+            self._close()
+            return
+        self._send(reply)
+
+    def _answer(self, reply: Reply) -> None:
+        if reply.refuses:
+            self._error(reply)
+        else:
+            self._send(reply)
+
+    # -- running hooks in order --------------------------------------------------------------------
+
+    def _run(self, transition: Transition, then: Callable[[Reply | None], None], *args: Any) -> None:
+        """Ask the transition's hook (if any plugin defines it), then call ``then`` with its verdict.
+
+        While the hook decides, reading stops: that is what keeps pipelined replies in order.
+        """
+        hooks = self.factory.hooks
+        if transition.hook is None or not hooks.defines(transition.hook):
+            then(None)
+            return
+        self.conn.response = None
+        self._wait(hooks.run(transition.hook, self.conn, *args), then)
+
+    def _wait(self, d: defer.Deferred, then: Callable[[Any], None]) -> None:
+        self._waiting = True
+        self.transport.pauseProducing()
+
+        def done(result: Any) -> None:
+            self._waiting = False
+            if self._closing:
+                return
+            self.transport.resumeProducing()
+            try:
+                then(result)
+            except Exception:
+                log.failure("SMTP session {id} failed", id=self.conn.id)
+                self._send(Reply(451, "Local error in processing", "4.3.0"))
+            self._process()
+
+        d.addErrback(self._internal_error)
+        d.addCallback(done)
+
+    def _internal_error(self, failure: Any) -> Reply:
+        log.failure("SMTP session {id}: internal error", failure, id=self.conn.id)
+        return Reply(451, "Local error in processing", "4.3.0")
+
+    # -- commands --------------------------------------------------------------------------------
+
+    def _command(self, line: bytes) -> None:
+        parsed = commands.parse_command(line)
+        if isinstance(parsed, Reply):
+            self._error(parsed)
+            return
+        allowed = self.session.allow(parsed.verb)
+        if isinstance(allowed, Reply):
+            self._error(allowed)
+            return
+        getattr(self, "smtp_" + parsed.verb)(parsed.arg, allowed)
+
+    def _reset_transaction(self) -> None:
+        self._envelope = None
+
+    def smtp_EHLO(self, arg: str, t: Transition) -> None:
+        self._hello(arg, t, esmtp=True)
+
+    def smtp_HELO(self, arg: str, t: Transition) -> None:
+        self._hello(arg, t, esmtp=False)
+
+    def _hello(self, arg: str, t: Transition, esmtp: bool) -> None:
+        if not arg or " " in arg or len(arg) > 255:
+            self._error(Reply(501, "Syntax: EHLO hostname", "5.5.4"))
+            return
+        self._reset_transaction()
+        self.conn.helo = arg
+        self.session.advance(t)
+        name = self.factory.config.hostname
+        if not esmtp:
+            self._send(Reply(250, name))
+            return
+        lines = [f"{name} Hello {arg}"] + self.session.extensions()
+        size = self.factory.config.max_size
+        lines.insert(2, f"SIZE {size}" if size else "SIZE")
+        self.transport.write(_reply_lines(250, lines, None))
+
+    def smtp_NOOP(self, arg: str, t: Transition) -> None:
+        self._send(Reply(250, "OK", "2.0.0"))
+
+    def smtp_HELP(self, arg: str, t: Transition) -> None:
+        self._send(Reply(214, "See RFC 5321; commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS AUTH", "2.0.0"))
+
+    def smtp_VRFY(self, arg: str, t: Transition) -> None:
+        if not arg:
+            self._error(Reply(501, "Syntax: VRFY address", "5.5.4"))
+            return
+        self._send(Reply(252, "Cannot VRFY user, but will accept message and attempt delivery", "2.5.0"))
+
+    def smtp_RSET(self, arg: str, t: Transition) -> None:
+        self._reset_transaction()
+        self.session.advance(t)
+        self._send(Reply(250, "Reset OK", "2.0.0"))
+
+    def smtp_QUIT(self, arg: str, t: Transition) -> None:
+        self._send(Reply(221, "Bye", "2.0.0"))
+        self._close()
+
+    def smtp_STARTTLS(self, arg: str, t: Transition) -> None:
+        if arg:
+            self._error(Reply(501, "Syntax: STARTTLS takes no argument", "5.5.4"))
+            return
+        self._send(Reply(220, "Ready to start TLS", "2.0.0"))
+        # RFC 3207 §4.2 and CVE-2011-0411: what was pipelined behind STARTTLS is not to be trusted.
+        self._buffer = b""
+        self._reset_transaction()
+        self.conn.helo = None
+        self.session.start_tls()
+        self.transport.startTLS(self.ctx)
+        # The secure hook runs from handshakeCompleted, once the handshake is really done.
+
+    # -- AUTH (RFC 4954), PLAIN and LOGIN --------------------------------------------------------
+
+    def smtp_AUTH(self, arg: str, t: Transition) -> None:
+        mech, _, initial = arg.partition(" ")
+        mech = mech.upper()
+        if mech not in ("PLAIN", "LOGIN"):
+            self._error(Reply(504, "Unrecognized authentication type", "5.5.4"))
+            return
+        self._auth = _AuthExchange(mech, t)
+        if initial:
+            self._auth_step(initial.encode("ascii", "replace"))
+        elif mech == "PLAIN":
+            self._send(Reply(334, ""))
+        else:
+            self._send(Reply(334, "VXNlcm5hbWU6"))
+
+    def _auth_step(self, line: bytes) -> None:
+        exchange = self._auth
+        if line.strip() == b"*":
+            self._auth = None
+            self._error(Reply(501, "Authentication cancelled", "5.0.0"))
+            return
+        try:
+            decoded = base64.b64decode(line.strip(), validate=True) if line.strip() != b"=" else b""
+        except (binascii.Error, ValueError):
+            self._auth = None
+            self._error(Reply(501, "Invalid base64 data", "5.5.2"))
+            return
+        prompt = exchange.take(decoded)
+        if isinstance(prompt, Reply):
+            self._auth = None
+            self._error(prompt)
+        elif prompt is not None:
+            self._send(Reply(334, prompt))
+        else:
+            self._auth = None
+            self._check_login(exchange)
+
+    def _check_login(self, exchange: _AuthExchange) -> None:
+        login, password = exchange.login, exchange.password
+        checker = self.factory.auth
+        self.conn.authenticated = bool(checker is not None and checker(login, password))
+
+        def verdict(reply: Reply | None) -> None:
+            if reply is not None and reply.refuses:
+                self.conn.authenticated = False
+                self._error(reply)
+            elif self.conn.authenticated:
+                self.conn.user = login
+                self.session.authenticated = True
+                self.session.advance(exchange.transition)
+                self._send(reply or Reply(235, "Authentication successful", "2.7.0"))
+            else:
+                self._error(Reply(535, "Authentication credentials invalid", "5.7.8"))
+
+        self._run(exchange.transition, verdict, login, password)
+
+    # -- the transaction -------------------------------------------------------------------------
+
+    def smtp_MAIL(self, arg: str, t: Transition) -> None:
+        path = commands.parse_path(arg, "FROM")
+        if isinstance(path, Reply):
+            self._error(path)
+            return
+        refusal = commands.check_mail_params(path.params, self.factory.config.max_size)
+        if refusal is None and path.address:
+            refusal = commands.check_address(path.address, "SMTPUTF8" in path.params)
+        if refusal is not None:
+            self._error(refusal)
+            return
+        envelope = Envelope(path.address, path.params)
+
+        def verdict(reply: Reply | None) -> None:
+            if reply is not None and reply.refuses:
+                self._error(reply)
+                return
+            self._envelope = envelope
+            self.session.advance(t)
+            self._send(reply or Reply(250, "Sender OK", "2.1.0"))
+
+        self._run(t, verdict, path.address)
+
+    def smtp_RCPT(self, arg: str, t: Transition) -> None:
+        envelope = self._envelope
+        assert envelope is not None
+        path = commands.parse_path(arg, "TO")
+        if isinstance(path, Reply):
+            self._error(path)
+            return
+        refusal = commands.check_rcpt_params(path.params) or commands.check_address(
+            path.address, "SMTPUTF8" in envelope.params
+        )
+        if refusal is None and len(envelope.recipients) >= self.factory.config.max_recipients:
+            refusal = Reply(452, "Too many recipients", "4.5.3")
+        local = self.factory.relay.is_local(path.address)
+        if refusal is None and not local and not self.factory.relay.may_relay(self.conn):
+            refusal = Reply(554, "Relay access denied", "5.7.1")
+        if refusal is not None:
+            self._error(refusal)
+            return
+
+        def verdict(reply: Reply | None) -> None:
+            if reply is not None and reply.refuses:
+                self._error(reply)
+                return
+            envelope.recipients.append(Recipient(path.address, path.params, local))
+            self.session.advance(t)
+            self._send(reply or Reply(250, "Recipient OK", "2.1.5"))
+
+        self._run(t, verdict, path.address)
+
+    def smtp_DATA(self, arg: str, t: Transition) -> None:
+        if arg:
+            self._error(Reply(501, "Syntax: DATA takes no argument", "5.5.4"))
+            return
+        config = self.factory.config
+        self.session.advance(t)
+        self._reader = BodyReader(
+            max_size=config.max_size, max_line=config.max_line, spill_dir=config.spill_dir
+        )
+        self._unreset = 0
+        self._send(Reply(354, "End data with <CR><LF>.<CR><LF>"))
+
+    def _end_of_data(self, reader: BodyReader) -> None:
+        envelope = self._envelope
+        assert envelope is not None
+        self._reset_transaction()
+        self.session.advance(END_OF_DATA)
+        refusal = None
+        if reader.too_big:
+            refusal = Reply(552, f"Message size exceeds fixed limit of {reader.max_size} bytes", "5.3.4")
+        elif reader.bare_newline:
+            refusal = Reply(550, "Bare CR or LF in message; lines must end with CRLF", "5.6.11")
+        elif reader.long_line:
+            refusal = Reply(550, f"Message has a line longer than {reader.max_line} octets", "5.6.0")
+        if refusal is not None:
+            reader.discard()
+            self._error(refusal)
+            return
+        envelope.received = time.time()
+        body = reader.body()
+        mime = body.read() if self.factory.hooks.defines(END_OF_DATA.hook or "") else None
+
+        def verdict(reply: Reply | None) -> None:
+            if reply is not None and reply.refuses:
+                reader.discard()
+                self._error(reply)
+                return
+            self._wait(self.factory.accept(self.conn, envelope, body), queued)
+
+        def queued(reply: Reply | list[str] | Any) -> None:
+            reader.discard()
+            if isinstance(reply, Reply):
+                self._answer(reply)
+                return
+            ids = list(reply)
+            lines = ["Ok, queued as:"] + ids if ids else ["Ok"]
+            self.transport.write(_reply_lines(250, lines, "2.0.0"))
+
+        self._run(END_OF_DATA, verdict, mime)
+
+
+@attrs.define
+class _AuthExchange:
+    """The client's side of AUTH PLAIN / LOGIN, one decoded line at a time."""
+
+    mech: str
+    transition: Transition
+    login: str = ""
+    password: str = ""
+    step: int = 0
+
+    def take(self, data: bytes) -> str | Reply | None:
+        """Consume one response; the next base64 prompt, a refusal, or None when complete."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return Reply(501, "Credentials are not valid UTF-8", "5.5.2")
+        if self.mech == "PLAIN":
+            parts = text.split("\0")
+            if len(parts) != 3 or not parts[1]:
+                return Reply(501, "Malformed PLAIN response", "5.5.2")
+            _authzid, self.login, self.password = parts
+            return None
+        self.step += 1
+        if self.step == 1:
+            self.login = text
+            return "UGFzc3dvcmQ6"
+        self.password = text
+        return None
+
+
+class SMTPFactory(smtp.SMTPFactory):
+    """Builds sessions; enforces connection limits; pickles (no live state in ``__getstate__``)."""
+
+    protocol = SMTPServer
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        accept: Accept,
+        relay: RelayPolicy,
+        hooks: HookRunner | None = None,
+        auth: Authenticator | None = None,
+        tls: Any = None,
+    ) -> None:
+        smtp.SMTPFactory.__init__(self)
+        self.config = config
+        self.accept = accept
+        self.relay = relay
+        self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
+        self.auth = auth
+        self.tls = tls
+        self.sessions: set[SMTPServer] = set()
+        self.per_ip: dict[str, int] = {}
+        self.total = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.update(sessions=set(), per_ip={}, total=0)
+        return state
+
+    def buildProtocol(self, addr: Any) -> SMTPServer:
+        p = self.protocol(contextFactory=self.tls)
+        p.factory = self
+        return p
+
+    def admit(self, session: SMTPServer) -> Reply | None:
+        ip = session.conn.remote_ip
+        config = self.config
+        if config.max_connections and len(self.sessions) >= config.max_connections:
+            return Reply(421, f"{config.hostname} Too many connections, try again later", "4.7.0")
+        if config.max_connections_per_ip and self.per_ip.get(ip, 0) >= config.max_connections_per_ip:
+            return Reply(421, f"{config.hostname} Too many connections from {ip}", "4.7.0")
+        self.sessions.add(session)
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.total += 1
+        return None
+
+    def release(self, session: SMTPServer) -> None:
+        if session in self.sessions:
+            self.sessions.discard(session)
+            ip = session.conn.remote_ip
+            left = self.per_ip.get(ip, 1) - 1
+            if left:
+                self.per_ip[ip] = left
+            else:
+                self.per_ip.pop(ip, None)

@@ -1,0 +1,74 @@
+"""Server certificates: the operator's, or a self-signed one made on first start so STARTTLS works
+at once on the embedded default."""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.internet import ssl
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
+
+
+def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
+    """Write a self-signed certificate for ``hostname`` (key file mode 0600)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+
+
+@implementer(IOpenSSLContextFactory)
+class ServerTLS:
+    """Certificate and key paths; the OpenSSL context is made on first use and never pickled."""
+
+    def __init__(self, cert_path: str, key_path: str) -> None:
+        self.cert_path = cert_path
+        self.key_path = key_path
+        self._options: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cert_path": self.cert_path, "key_path": self.key_path, "_options": None}
+
+    def getContext(self) -> Any:
+        """The old-style context factory interface (used by startTLS and listenSSL)."""
+        return self.context().getContext()
+
+    def context(self) -> Any:
+        if self._options is None:
+            with open(self.cert_path, "rb") as c, open(self.key_path, "rb") as k:
+                pem = c.read() + b"\n" + k.read()
+            cert = ssl.PrivateCertificate.loadPEM(pem)
+            self._options = ssl.CertificateOptions(
+                privateKey=cert.privateKey.original,
+                certificate=cert.original,
+                raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+            )
+        return self._options
