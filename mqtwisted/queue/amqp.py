@@ -1,0 +1,777 @@
+"""The RabbitMQ backend: MailerQ's named queues on a broker shared by several mqmta nodes.
+
+Topology (every name optionally prefixed, so test runs and tenants don't see each other):
+
+* one durable classic queue per named queue (``outbox``, ``inbox`` …), fed through the default
+  exchange, so any AMQP client can publish plain MailerQ JSON to ``outbox`` or read ``results``;
+* a durable headers exchange ``mq-delay`` and durable queues ``mq-delay-<seconds>`` with that queue
+  TTL and dead-lettering to the default exchange.  A document whose ``nextattempt`` lies in the
+  future is published to the exchange with its *target queue as routing key* and a header choosing
+  the bucket; when the TTL expires the broker dead-letters it with its original routing key, i.e.
+  straight back into the target queue.  Nothing polls.  Buckets are rounded *down*, so a document
+  never comes back late by more than the smallest bucket; one that comes back early (or that an
+  outside client published with a future ``nextattempt``) is simply delayed again by the consumer.
+
+Durability: messages are persistent (delivery mode 2) and every publication waits for its
+publisher confirm; ``publish`` fires only when the broker confirmed all of them, and errbacks with
+:class:`QueueUnavailable` when the broker is down, refuses, or does not answer within ``timeout``.
+``settle`` publishes the outcomes the same way and acks the leased delivery only after that.
+
+Connection: one TCP connection per node with a confirm-mode publishing channel and one channel per
+consumer (so ``basic_qos`` bounds each consumer on its own).  When the connection is lost, pending
+publications fail, every unacked lease is void (the broker redelivers those documents, perhaps to
+another node), and the queue reconnects by itself with exponential backoff and restarts its
+consumers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import pika
+from pika import exceptions as pika_exceptions
+from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtwisted.queue import (
+    QUEUE_NAMES,
+    Document,
+    Lease,
+    Publication,
+    QueueUnavailable,
+    mime_text,
+)
+
+log = Logger()
+
+#: Delay buckets in seconds.  Dense at the low end (tests, short retries), MailerQ's retry
+#: schedule (600, 1800, 3600, 7200) exactly, and coarse above; a delay is served greedily by the
+#: largest bucket not longer than what remains, so a week costs a handful of hops at most.
+DELAY_BUCKETS: tuple[int, ...] = (
+    1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400,
+)
+
+#: Queues whose documents honour ``nextattempt``: the ones the MTA itself processes.  Result
+#: queues (``results``, ``retry`` …) are records for outside consumers; a ``retry`` copy carries
+#: the future ``nextattempt`` of the message and must still be visible at once.
+DEFAULT_DELAYED: tuple[str, ...] = ("outbox", "inbox", "local", "dsn")
+
+_DELAY_HEADER = "x-mq-delay"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_PERSISTENT = 2
+
+
+def encode_document(document: Document) -> bytes:
+    """MailerQ JSON as UTF-8.  ``mime`` may hold surrogate-escaped 8-bit octets (see
+    :func:`mime_text`); those, and only those, are written as ``\\udcXX`` escapes so the payload
+    stays valid UTF-8 for every consumer and Python's json reads the octets back unchanged."""
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text).encode("utf-8")
+
+
+def decode_document(payload: bytes) -> Document:
+    """The inverse of :func:`encode_document`, lenient about raw 8-bit octets from other clients."""
+    document = json.loads(payload.decode("utf-8", "surrogateescape"))
+    if not isinstance(document, dict):
+        raise ValueError("document is not a JSON object")
+    return document
+
+
+def _due(document: Document) -> float:
+    try:
+        return float(document.get("nextattempt") or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def delay_bucket(remaining: float) -> int:
+    """The bucket to wait in for a document due in ``remaining`` seconds (rounded down, at
+    least the smallest bucket)."""
+    best = DELAY_BUCKETS[0]
+    for bucket in DELAY_BUCKETS:
+        if bucket <= remaining:
+            best = bucket
+    return best
+
+
+@attrs.define(eq=False)
+class _Consumer:
+    queue: str
+    handler: Callable[[Lease], None]
+    prefetch: int
+    channel: TwistedChannel | None = None
+    tag: str | None = None
+    cancelled: bool = False
+
+
+@attrs.define(eq=False)
+class _Delivery:
+    """A lease's token: valid only while its channel is the consumer's current, open channel."""
+
+    consumer: _Consumer
+    channel: TwistedChannel
+    tag: int
+
+    def valid(self) -> bool:
+        return (
+            not self.consumer.cancelled
+            and self.consumer.channel is self.channel
+            and self.channel.is_open
+        )
+
+
+@attrs.frozen
+class _Outgoing:
+    exchange: str
+    routing_key: str
+    payload: bytes
+    properties: pika.BasicProperties
+    id: str
+
+
+class AmqpQueue:
+    """The Queue interface on RabbitMQ (see :mod:`mqtwisted.queue` for the contract).
+
+    :param url: ``amqp://user:pass@host:port/vhost`` (``amqps://`` for TLS; pika's URL query
+        options such as ``heartbeat`` apply).
+    :param prefetch: unsettled leases per consumer when ``consume`` is not given one.
+    :param prefix: prepended to every queue and exchange name.
+    :param timeout: seconds to wait for a connection or for publisher confirms before failing
+        with :class:`QueueUnavailable`.
+    :param max_backoff: longest pause between reconnection attempts.
+    :param delayed: queues whose documents wait for their ``nextattempt``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        prefetch: int = 100,
+        reactor: Any = None,
+        *,
+        prefix: str = "",
+        timeout: float = 10.0,
+        max_backoff: float = 30.0,
+        delayed: Sequence[str] = DEFAULT_DELAYED,
+    ) -> None:
+        self.url = url
+        self.prefetch = max(1, prefetch)
+        self.prefix = prefix
+        self.timeout = timeout
+        self.max_backoff = max_backoff
+        self.delayed = frozenset(delayed)
+        self._reactor = reactor
+        self._params = pika.URLParameters(url)
+        if "heartbeat" not in url:
+            # pika would accept the broker's 60 s; a dead peer without a FIN should be noticed
+            # sooner than that, since SMTP sessions wait on our confirms meanwhile.
+            self._params.heartbeat = 15
+        self._running = False
+        self._connection: TwistedProtocolConnection | None = None
+        self._publisher: TwistedChannel | None = None
+        self._blocked = False
+        self._returned: set[str] = set()
+        self._consumers: dict[str, _Consumer] = {}
+        self._attempts = 0
+        self._retry_call: Any = None
+        self._connecting: Deferred | None = None
+        self._waiters: list[Deferred] = []
+
+    # TAP files pickle the service tree: keep only configuration.
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "prefetch": self.prefetch, "prefix": self.prefix,
+            "timeout": self.timeout, "max_backoff": self.max_backoff,
+            "delayed": sorted(self.delayed),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(  # type: ignore[misc]
+            state["url"], state["prefetch"], prefix=state["prefix"], timeout=state["timeout"],
+            max_backoff=state["max_backoff"], delayed=state["delayed"],
+        )
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    @property
+    def connected(self) -> bool:
+        return self._publisher is not None and self._publisher.is_open
+
+    def name(self, queue: str) -> str:
+        """The broker's name for one of our queues."""
+        return self.prefix + queue
+
+    @property
+    def _delay_exchange(self) -> str:
+        return f"{self.prefix}mq-delay"
+
+    def _bucket_name(self, seconds: int) -> str:
+        return f"{self._delay_exchange}-{seconds}"
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Connect.  Fires once connected, or after ``timeout`` seconds without a broker (logged;
+        the queue keeps trying in the background and publishes fail until it succeeds): a node
+        must come up, and answer 451, while the broker is down."""
+        if self._running:
+            return succeed(None)
+        self._running = True
+        self._connect()
+        return self.wait_connected(self.timeout).addErrback(self._start_timed_out)
+
+    def _start_timed_out(self, failure: Failure) -> None:
+        failure.trap(QueueUnavailable)
+        log.warn("AMQP broker {url} not reachable yet; retrying in the background",
+                 url=self._safe_url())
+
+    def wait_connected(self, timeout: float | None = None) -> Deferred[None]:
+        """Fires when the queue is connected (at once if it is); errbacks with
+        :class:`QueueUnavailable` after ``timeout`` seconds."""
+        if self.connected:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        self._waiters.append(d)
+        if timeout is not None:
+            call = self.reactor.callLater(timeout, self._waiter_timeout, d)
+            d.addBoth(_cancel_call, call)
+        return d
+
+    def _waiter_timeout(self, d: Deferred) -> None:
+        if d in self._waiters:
+            self._waiters.remove(d)
+            d.errback(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
+
+    def stop(self) -> Deferred[None]:
+        """Disconnect.  Unsettled leases go back to the broker, which redelivers them."""
+        if not self._running:
+            return succeed(None)
+        self._running = False
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
+        for consumer in self._consumers.values():
+            consumer.cancelled = True
+        self._consumers.clear()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.errback(QueueUnavailable("queue stopped"))
+        conn, self._connection = self._connection, None
+        self._publisher = None
+        if conn is None:
+            # Still at the TCP connect (or between attempts): endpoints cancel cleanly.
+            if self._connecting is not None and not self._connecting.called:
+                self._connecting.cancel()
+            return succeed(None)
+        if conn.closed is None:  # not open yet: abort the handshake
+            if conn.transport is not None:
+                conn.transport.abortConnection()
+            return succeed(None)
+        closed = conn.closed
+        conn.close()
+        d: Deferred[None] = Deferred()
+        closed.addBoth(lambda _: d.callback(None) if not d.called else None)
+        # A broker that no longer answers must not hang shutdown.
+        timer = self.reactor.callLater(self.timeout, _abort, conn, d)
+        d.addBoth(_cancel_call, timer)
+        return d
+
+    def _safe_url(self) -> str:
+        return f"{self._params.host}:{self._params.port}{self._params.virtual_host}"
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._retry_call = None
+        if not self._running:
+            return
+        self._attempts += 1
+        self._connecting = defer.ensureDeferred(self._open())
+        self._connecting.addErrback(self._connect_failed)
+
+    async def _open(self) -> None:
+        params = self._params
+        if params.ssl_options is not None:
+            from twisted.internet.ssl import optionsForClientTLS
+
+            endpoint: Any = SSL4ClientEndpoint(
+                self.reactor, params.host, params.port,
+                optionsForClientTLS(params.ssl_options.server_hostname or params.host),
+                timeout=self.timeout,
+            )
+        else:
+            endpoint = TCP4ClientEndpoint(self.reactor, params.host, params.port,
+                                          timeout=self.timeout)
+        conn = await connectProtocol(endpoint, TwistedProtocolConnection(params, self.reactor))
+        if not self._running:
+            _abort_transport(conn)
+            return
+        self._connection = conn
+        if conn.ready is None:
+            raise QueueUnavailable("connection lost during the AMQP handshake")
+        # The AMQP handshake has no timeout of its own in pika's Twisted adapter.
+        abort = self.reactor.callLater(self.timeout, _abort_transport, conn)
+        try:
+            await conn.ready
+        finally:
+            if abort.active():
+                abort.cancel()
+        if not self._running or self._connection is not conn:
+            conn.close()
+            return
+        impl = conn._impl
+        impl.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
+        impl.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
+        self._blocked = False
+        conn.closed.addBoth(self._lost, conn)
+
+        setup = await conn.channel()
+        await self._declare(setup)
+        setup.close()
+
+        publisher = await conn.channel()
+        await publisher.confirm_delivery()
+        publisher.add_on_return_callback(self._on_return)
+        publisher.on_closed.addBoth(self._channel_closed, conn, "publishing")
+        if not self._running or self._connection is not conn:
+            return
+        self._publisher = publisher
+        self._attempts = 0
+        log.info("AMQP connected to {url}", url=self._safe_url())
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+        for consumer in list(self._consumers.values()):
+            self._start_consumer(consumer)
+
+    async def _declare(self, channel: TwistedChannel) -> None:
+        for queue in QUEUE_NAMES:
+            await channel.queue_declare(self.name(queue), durable=True)
+        exchange = self._delay_exchange
+        await channel.exchange_declare(exchange, exchange_type="headers", durable=True)
+        for seconds in DELAY_BUCKETS:
+            bucket = self._bucket_name(seconds)
+            await channel.queue_declare(bucket, durable=True, arguments={
+                "x-message-ttl": seconds * 1000,
+                # Empty exchange = the default one; with no dead-letter routing key the
+                # message keeps its original one, which is its target queue.
+                "x-dead-letter-exchange": "",
+            })
+            await channel.queue_bind(bucket, exchange, arguments={
+                "x-match": "all", _DELAY_HEADER: seconds,
+            })
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if failure.check(defer.CancelledError) or not self._running:
+            return
+        log.warn("AMQP connection to {url} failed: {why}", url=self._safe_url(),
+                 why=failure.getErrorMessage() or failure.type.__name__)
+        conn, self._connection = self._connection, None
+        self._publisher = None
+        if conn is not None and conn.transport is not None:
+            conn.transport.abortConnection()
+        self._schedule_reconnect()
+
+    def _schedule_reconnect(self) -> None:
+        if not self._running or self._retry_call is not None:
+            return
+        delay = min(self.max_backoff, 0.25 * 2 ** min(self._attempts, 10))
+        delay *= random.uniform(0.75, 1.25)  # nodes cut off together must not return together
+        self._retry_call = self.reactor.callLater(delay, self._connect)
+
+    def _lost(self, reason: Any, conn: TwistedProtocolConnection) -> None:
+        if self._connection is not conn:
+            return
+        self._connection = None
+        self._publisher = None
+        for consumer in self._consumers.values():
+            consumer.channel = None
+        if self._running:
+            log.warn("AMQP connection to {url} lost ({why}); reconnecting",
+                     url=self._safe_url(), why=reason)
+            self._schedule_reconnect()
+
+    def _channel_closed(self, reason: Any, conn: TwistedProtocolConnection, what: str) -> None:
+        # A long-lived channel closed under a live connection means a channel error we did not
+        # expect.  One recovery path for everything: drop the connection and reconnect.
+        if self._connection is conn and self._running and conn.is_open:
+            log.error("AMQP {what} channel closed ({why}); reconnecting", what=what, why=reason)
+            conn.close()
+
+    def _set_blocked(self, blocked: bool) -> None:
+        # Memory or disk alarm on the broker: publishes would wait for the full timeout.
+        self._blocked = blocked
+        log.warn("AMQP broker {state} publishers", state="blocks" if blocked else "unblocks")
+
+    def _on_return(self, message: Any) -> None:
+        message_id = message.properties.message_id
+        if message_id:
+            self._returned.add(message_id)
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    def _prepare(self, publications: Sequence[Publication]) -> list[_Outgoing]:
+        """Encode on the caller's turn; a body shared by several documents is read and
+        converted once but inlined into each (an AMQP consumer needs the whole JSON)."""
+        mimes: dict[int, str] = {}
+        now = time.time()
+        out = []
+        for pub in publications:
+            doc = pub.document
+            if pub.body is not None:
+                mime = mimes.get(id(pub.body))
+                if mime is None:
+                    mime = mimes[id(pub.body)] = mime_text(pub.body.read())
+                doc = {**doc, "mime": mime}
+            out.append(self._outgoing(pub.queue, encode_document(doc), _due(doc) - now))
+        return out
+
+    def _outgoing(self, queue: str, payload: bytes, remaining: float,
+                  headers: dict[str, Any] | None = None) -> _Outgoing:
+        message_id = uuid.uuid4().hex
+        headers = dict(headers or {})
+        exchange = ""
+        if remaining > 0 and queue in self.delayed:
+            exchange = self._delay_exchange
+            headers[_DELAY_HEADER] = delay_bucket(remaining)
+        else:
+            headers.pop(_DELAY_HEADER, None)
+        properties = pika.BasicProperties(
+            content_type="application/json",
+            delivery_mode=_PERSISTENT,
+            message_id=message_id,
+            headers=headers or None,
+        )
+        return _Outgoing(exchange, self.name(queue), payload, properties, message_id)
+
+    def publish(self, publications: Sequence[Publication]) -> Deferred[list[str]]:
+        try:
+            outgoing = self._prepare(publications)
+        except Exception as e:
+            return fail(e)
+        return self._send(outgoing)
+
+    def _send(self, outgoing: list[_Outgoing]) -> Deferred[list[str]]:
+        """Publish and wait for every confirm; never fires with success for anything the broker
+        did not confirm, and never waits longer than ``timeout``."""
+        channel = self._publisher
+        if not self._running or channel is None or not channel.is_open:
+            return fail(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
+        if self._blocked:
+            return fail(QueueUnavailable(f"AMQP broker {self._safe_url()} blocks publishers"))
+        if not outgoing:
+            return succeed([])
+        confirms = []
+        for msg in outgoing:
+            # mandatory: a queue someone deleted must fail the publish, not swallow it.
+            try:
+                confirm = channel.basic_publish(
+                    msg.exchange, msg.routing_key, msg.payload, msg.properties, mandatory=True,
+                )
+            except Exception as e:  # channel closing under us
+                confirm = fail(e)
+            confirms.append(confirm)
+        result: Deferred[list[str]] = Deferred()
+        gathered = defer.DeferredList(confirms, consumeErrors=True)
+        gathered.addCallback(self._confirmed, outgoing, result)
+        timer = self.reactor.callLater(self.timeout, self._confirm_timeout, result)
+        result.addBoth(_cancel_call, timer)
+        return result
+
+    def _confirmed(self, results: list[tuple[bool, Any]], outgoing: list[_Outgoing],
+                   result: Deferred) -> None:
+        returned = [msg.id for msg in outgoing if msg.id in self._returned]
+        self._returned.difference_update(returned)
+        if result.called:  # timed out already
+            return
+        for ok, value in results:
+            if not ok:
+                result.errback(_unavailable(value))
+                return
+        if returned:
+            result.errback(QueueUnavailable(f"AMQP broker returned {len(returned)} message(s) "
+                                            "as unroutable (queue deleted?)"))
+            return
+        result.callback([msg.id for msg in outgoing])
+
+    def _confirm_timeout(self, result: Deferred) -> None:
+        if not result.called:
+            result.errback(QueueUnavailable(
+                f"AMQP broker {self._safe_url()} did not confirm within {self.timeout:g} s"))
+
+    # -- consuming -----------------------------------------------------------------------------
+
+    def consume(self, queue: str, handler: Callable[[Lease], None],
+                prefetch: int | None = None) -> None:
+        """Lease documents of ``queue`` to ``handler`` (see the Queue protocol).  ``prefetch``
+        defaults to the constructor's.  Runs across reconnections by itself."""
+        old = self._consumers.pop(queue, None)
+        if old is not None:
+            old.cancelled = True
+            if old.channel is not None and old.channel.is_open:
+                old.channel.close()
+        consumer = _Consumer(queue, handler, max(1, prefetch or self.prefetch))
+        self._consumers[queue] = consumer
+        if self.connected:
+            self._start_consumer(consumer)
+
+    def _start_consumer(self, consumer: _Consumer) -> None:
+        d = defer.ensureDeferred(self._run_consumer(consumer, self._connection))
+        d.addErrback(self._consumer_failed, consumer)
+
+    async def _run_consumer(self, consumer: _Consumer,
+                            conn: TwistedProtocolConnection | None) -> None:
+        if conn is None:
+            return
+        channel = await conn.channel()
+        if consumer.cancelled or self._connection is not conn:
+            channel.close()
+            return
+        consumer.channel = channel
+        channel.on_closed.addBoth(self._consumer_channel_closed, consumer, channel, conn)
+        await channel.basic_qos(prefetch_count=consumer.prefetch)
+        messages, consumer.tag = await channel.basic_consume(self.name(consumer.queue))
+        while True:
+            message = await messages.get()
+            if consumer.cancelled or consumer.channel is not channel:
+                return
+            self._deliver(consumer, channel, message)
+
+    def _consumer_channel_closed(self, reason: Any, consumer: _Consumer,
+                                 channel: TwistedChannel, conn: TwistedProtocolConnection) -> None:
+        if consumer.channel is channel:
+            consumer.channel = None
+            if not consumer.cancelled:
+                self._channel_closed(reason, conn, f"{consumer.queue} consumer")
+
+    def _consumer_failed(self, failure: Failure, consumer: _Consumer) -> None:
+        # The delivery queue closes with the channel; reconnection restarts the consumer.
+        if consumer.cancelled or not self._running:
+            return
+        if failure.check(pika_exceptions.ChannelClosed, pika_exceptions.ConnectionClosed,
+                         pika_exceptions.ConsumerCancelled):
+            if failure.check(pika_exceptions.ConsumerCancelled) and self.connected:
+                # Cancelled by the broker (queue deleted, node down): try again shortly.
+                self.reactor.callLater(1.0, self._restart_consumer, consumer)
+            return
+        log.failure("AMQP consumer for {queue} failed", failure, queue=consumer.queue)
+        self.reactor.callLater(1.0, self._restart_consumer, consumer)
+
+    def _restart_consumer(self, consumer: _Consumer) -> None:
+        if self._consumers.get(consumer.queue) is consumer and self.connected:
+            if consumer.channel is not None and consumer.channel.is_open:
+                consumer.channel.close()
+            consumer.channel = None
+            self._start_consumer(consumer)
+
+    def _deliver(self, consumer: _Consumer, channel: TwistedChannel, message: Any) -> None:
+        tag = message.method.delivery_tag
+        try:
+            document = decode_document(message.body)
+        except ValueError as e:
+            # Not MailerQ JSON: no handler can do anything with it, and requeueing would spin.
+            # Rejected without requeue it is dropped, or dead-lettered where the operator set
+            # a dead-letter exchange on the queue.
+            log.error("AMQP {queue}: rejecting a message that is not a JSON object: {why}",
+                      queue=consumer.queue, why=e)
+            channel.basic_reject(tag, requeue=False)
+            return
+        remaining = _due(document) - time.time()
+        if remaining > 0 and consumer.queue in self.delayed:
+            self._redelay(consumer, channel, tag, message, remaining)
+            return
+        properties = message.properties
+        lease = Lease(consumer.queue, _message_id(properties, message.body), document,
+                      token=_Delivery(consumer, channel, tag))
+        try:
+            consumer.handler(lease)
+        except Exception:
+            log.failure("queue consumer for {queue} raised", queue=consumer.queue)
+
+    def _redelay(self, consumer: _Consumer, channel: TwistedChannel, tag: int, message: Any,
+                 remaining: float) -> None:
+        # The same bytes and id go back into a delay bucket; the original is acked only once
+        # the broker confirmed the copy.
+        headers = dict(message.properties.headers or {})
+        msg = self._outgoing(consumer.queue, message.body, remaining, headers)
+        msg = attrs.evolve(msg, id=_message_id(message.properties, message.body))
+        msg.properties.message_id = msg.id
+        delivery = _Delivery(consumer, channel, tag)
+
+        def confirmed(_: Any) -> None:
+            if delivery.valid():
+                channel.basic_ack(tag)
+
+        def failed(failure: Failure) -> None:
+            log.warn("AMQP {queue}: could not delay a document ({why}); retrying later",
+                     queue=consumer.queue, why=failure.getErrorMessage())
+            # Back to the queue after a pause, so an unreachable delay path does not spin.
+            self.reactor.callLater(1.0, self._nack, delivery)
+
+        self._send([msg]).addCallbacks(confirmed, failed)
+
+    def _nack(self, delivery: _Delivery) -> None:
+        if delivery.valid():
+            delivery.channel.basic_nack(delivery.tag, requeue=True)
+
+    def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
+        """Publish ``publications`` with confirms, then ack the lease.  A lease whose channel was
+        lost is void (the broker redelivers its document): that errbacks with
+        :class:`QueueUnavailable` without publishing anything."""
+        delivery = lease.token
+        if not isinstance(delivery, _Delivery) or not delivery.valid():
+            return fail(QueueUnavailable(
+                f"lease {lease.id} on {lease.queue} is void (channel lost); it will be redelivered"))
+        try:
+            outgoing = self._prepare(publications)
+        except Exception as e:
+            return fail(e)
+
+        def acknowledge(ids: list[str]) -> list[str]:
+            if not delivery.valid():
+                raise QueueUnavailable(
+                    f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
+                    "the document will be delivered again")
+            delivery.channel.basic_ack(delivery.tag)
+            return ids
+
+        return self._send(outgoing).addCallback(acknowledge)
+
+    def release(self, lease: Lease) -> None:
+        delivery = lease.token
+        if isinstance(delivery, _Delivery):
+            self._nack(delivery)
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    async def _with_channel(self, work: Callable[[TwistedChannel], Any]) -> Any:
+        conn = self._connection
+        if conn is None or not self.connected:
+            raise QueueUnavailable(f"AMQP broker {self._safe_url()} not connected")
+        channel = await conn.channel()
+        try:
+            return await work(channel)
+        finally:
+            if channel.is_open:
+                # Closing also requeues whatever basic_get left unacked.
+                channel.close()
+
+    def stats(self) -> Deferred[dict[str, int]]:
+        """Ready messages per named queue (passive declares), plus ``mq-delay``: documents
+        waiting for their ``nextattempt``.  Leased (unacked) documents are not counted."""
+
+        async def count(channel: TwistedChannel) -> dict[str, int]:
+            counts = {}
+            for queue in QUEUE_NAMES:
+                frame = await channel.queue_declare(self.name(queue), passive=True)
+                counts[queue] = frame.method.message_count
+            delayed = 0
+            for seconds in DELAY_BUCKETS:
+                frame = await channel.queue_declare(self._bucket_name(seconds), passive=True)
+                delayed += frame.method.message_count
+            counts["mq-delay"] = delayed
+            return counts
+
+        return self._inspect(count)
+
+    def list(self, queue: str, limit: int = 20) -> Deferred[list[tuple[str, Document]]]:
+        """Peek at the first ``limit`` ready documents (basic_get, then requeued in place).
+        Documents leased to consumers or waiting in a delay bucket are not seen."""
+
+        async def peek(channel: TwistedChannel) -> list[tuple[str, Document]]:
+            found: list[tuple[str, Document]] = []
+            await self._scan(channel, queue, limit, lambda i, doc: found.append((i, doc)))
+            return found
+
+        return self._inspect(peek)
+
+    def show(self, queue: str, id: str, scan: int = 10000) -> Deferred[Document | None]:
+        """The document ``id`` if it is among the first ``scan`` ready ones of ``queue``."""
+
+        async def find(channel: TwistedChannel) -> Document | None:
+            found: list[Document] = []
+
+            def visit(message_id: str, document: Document) -> bool:
+                if message_id == id:
+                    found.append(document)
+                return bool(found)
+
+            await self._scan(channel, queue, scan, visit)
+            return found[0] if found else None
+
+        return self._inspect(find)
+
+    async def _scan(self, channel: TwistedChannel, queue: str, limit: int,
+                    visit: Callable[[str, Document], Any]) -> None:
+        """basic_get up to ``limit`` messages, hand each to ``visit`` (which returns true to
+        stop), then give all of them back with one multiple nack."""
+        last = None
+        try:
+            for _ in range(limit):
+                message = await channel.basic_get(self.name(queue))
+                if message is None:
+                    break
+                last = message.method.delivery_tag
+                try:
+                    document = decode_document(message.body)
+                except ValueError:
+                    document = {"invalid": message.body.decode("utf-8", "replace")}
+                if visit(_message_id(message.properties, message.body), document):
+                    break
+        finally:
+            if last is not None and channel.is_open:
+                channel.basic_nack(last, multiple=True, requeue=True)
+
+    def _inspect(self, work: Callable[[TwistedChannel], Any]) -> Deferred:
+        d = defer.ensureDeferred(self._with_channel(work))
+        return d.addErrback(lambda f: Failure(_unavailable(f)))
+
+
+def _message_id(properties: pika.BasicProperties, body: bytes) -> str:
+    # Documents from other clients may carry no message id: a digest of the bytes is stable
+    # across redeliveries and listings, which is what ``show`` needs.
+    return properties.message_id or "sha1-" + hashlib.sha1(body).hexdigest()[:20]
+
+
+def _unavailable(failure: Any) -> Exception:
+    value = failure.value if isinstance(failure, Failure) else failure
+    if isinstance(value, QueueUnavailable):
+        return value
+    return QueueUnavailable(f"AMQP: {type(value).__name__}: {value}")
+
+
+def _cancel_call(result: Any, call: Any) -> Any:
+    if call.active():
+        call.cancel()
+    return result
+
+
+def _abort_transport(conn: TwistedProtocolConnection) -> None:
+    if conn.transport is not None:
+        conn.transport.abortConnection()
+
+
+def _abort(conn: TwistedProtocolConnection, d: Deferred) -> None:
+    _abort_transport(conn)
+    if not d.called:
+        d.callback(None)
