@@ -57,9 +57,8 @@ def encode_body(mime: bytes) -> bytes:
 def xtext(value: str) -> str:
     """RFC 3461 xtext for ORCPT/ENVID values."""
     out = []
-    for ch in value:
-        o = ord(ch)
-        out.append(ch if 33 <= o <= 126 and ch not in "+=" else "+%02X" % (o & 0xFF))
+    for o in value.encode("utf-8"):
+        out.append(chr(o) if 33 <= o <= 126 and o not in b"+=" else "+%02X" % o)
     return "".join(out)
 
 
@@ -138,6 +137,15 @@ class OutboundSender(smtp.ESMTPSender):
         self._closed = False
         self._final_reply: tuple[int, bytes] | None = None
         self._sent_hook_pending = False
+        self._hook_reply: Reply | None = None
+        self._body = b""
+        self._body_done = False
+        #: messages with an outcome on this connection; 0 means the connection itself failed
+        self.reported = 0
+
+    def _report(self, message: OutMessage, attempt: Attempt) -> None:
+        self.reported += 1
+        self.factory.source.message_done(message, attempt)
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -181,15 +189,13 @@ class OutboundSender(smtp.ESMTPSender):
         message, self.current = self.current, None
         fault = self.fault
         if fault is None and not self._quitting:
-            state = self.state
             description = "connection lost"
             if reason is not None and not reason.check(neterror.ConnectionDone):
                 description = f"connection lost: {reason.getErrorMessage()}"
-            fault = self.attempt(state, "lost", description=description)
+            fault = self.attempt(self.state, "lost", description=description)
         if message is not None:
             if self._in_transaction:
-                self.factory.source.message_done(message, fault or self.attempt(self.state, "lost"))
-                fault = None if self.messages > 1 or self.state in ("mailfrom", "rcptto", "data", "message") else fault
+                self._report(message, fault or self.attempt(self.state, "lost", description="connection lost"))
             else:
                 self.factory.source.give_back(message)
         closed = getattr(self.factory.hooks, "connection_closed", None)
@@ -198,7 +204,7 @@ class OutboundSender(smtp.ESMTPSender):
                 closed(self.conn)
             except Exception:
                 log.failure("hook runner connection_closed raised")
-        self.factory.session_ended(self, None if self._quitting else fault)
+        self.factory.session_ended(self, fault)
 
     def timeoutConnection(self) -> None:
         self.fault = self.attempt(self.state, "timeout", description="no reply from server in time")
@@ -217,11 +223,14 @@ class OutboundSender(smtp.ESMTPSender):
             self.fault = self.attempt("starttls", "error", description="server does not offer STARTTLS", permanent=False)
         else:
             self.fault = self._reply_attempt(self.state, code, resp if isinstance(resp, bytes) else str(resp).encode())
+            if self.state == "auth":
+                # Bad smarthost credentials are the operator's to fix: retry, do not bounce.
+                self.fault.permanent = False
         if self.current is not None and self._in_transaction:
             message, self.current = self.current, None
             self._in_transaction = False
-            self.factory.source.message_done(message, self.fault)
-        if isinstance(exc, smtp.SMTPClientError) and not exc.isFatal and self.transport.connected:
+            self._report(message, self.fault)
+        if isinstance(exc, smtp.SMTPClientError) and not exc.isFatal and not self.transport.disconnecting:
             self._quit()
         else:
             self.transport.loseConnection()
@@ -265,6 +274,12 @@ class OutboundSender(smtp.ESMTPSender):
     def smtpState_helo(self, code: int, resp: bytes) -> None:
         self.state = "helo"
         super().smtpState_helo(code, resp)
+        # Twisted leaves the EHLO fallback as the failure handler: a refused HELO would loop.
+        self._failresponse = self._helo_failed
+
+    def _helo_failed(self, code: int, resp: bytes) -> None:
+        self.fault = self._reply_attempt("helo", code, resp)
+        self._quit()
 
     def tryTLS(self, code: int, resp: bytes, items: dict[bytes, Any]) -> None:
         if not self._tlsMode and self.factory.security in ("required", "verified") and b"STARTTLS" not in items:
@@ -341,7 +356,7 @@ class OutboundSender(smtp.ESMTPSender):
         attempt = self.attempt(state, "error", code=reply.code, status=reply.enhanced, description=reply.text)
         self.current = None
         self._in_transaction = False
-        self.factory.source.message_done(message, attempt)
+        self._report(message, attempt)
         self._reset_then_next()
 
     def _wire(self, message: OutMessage) -> tuple[str, str, bytes]:
@@ -410,6 +425,7 @@ class OutboundSender(smtp.ESMTPSender):
         self._okresponse = self._message_reply
         self._failresponse = self._message_reply
         body, self._body = self._body, b""
+        self._body_done = False
         d = FileSender().beginFileTransfer(io.BytesIO(body), self.transport, self._progress)
         d.addCallbacks(self._body_sent, self._body_failed)
 
@@ -421,6 +437,7 @@ class OutboundSender(smtp.ESMTPSender):
     def _body_sent(self, _: Any) -> None:
         if self._closed:
             return
+        self._body_done = True
         self.transport.write(b".\r\n")
         message = self.current
         if message is not None and self.factory.hooks.defines("mq_smtp_out_sent"):
@@ -443,6 +460,15 @@ class OutboundSender(smtp.ESMTPSender):
             self._finish_message(code, resp)
 
     def _message_reply(self, code: int, resp: bytes) -> None:
+        if not self._body_done:
+            # The server answered in the middle of the body: the session cannot be resynchronised.
+            message, self.current = self.current, None
+            self._in_transaction = False
+            self.fault = self._reply_attempt("message", code, resp)
+            if message is not None:
+                self._report(message, self.fault)
+            self.transport.loseConnection()
+            return
         if self._sent_hook_pending:
             # The reply to the body overtook the plugin; hold it until the plugin is done.
             self._final_reply = (code, resp)
@@ -452,22 +478,21 @@ class OutboundSender(smtp.ESMTPSender):
     def _finish_message(self, code: int, resp: bytes) -> None:
         message, self.current = self.current, None
         self._in_transaction = False
-        reply: Reply | None = getattr(self, "_hook_reply", None)
-        self._hook_reply = None
+        reply, self._hook_reply = self._hook_reply, None
         if message is None:
             return
         if reply is not None and reply.refuses:
             attempt = self.attempt("message", "error", code=reply.code, status=reply.enhanced, description=reply.text)
         else:
             attempt = self._reply_attempt("message", code, resp)
-        self.factory.source.message_done(message, attempt)
+        self._report(message, attempt)
         self._reset_then_next()
 
     def _transaction_failed(self, code: int, resp: bytes) -> None:
         message, self.current = self.current, None
         self._in_transaction = False
         if message is not None:
-            self.factory.source.message_done(message, self._reply_attempt(self.state, code, resp))
+            self._report(message, self._reply_attempt(self.state, code, resp))
         if code == 421:
             # The server is closing the channel: no RSET, no further messages here.
             self.transport.loseConnection()
@@ -534,7 +559,8 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
             heloFallback=security not in ("required", "verified") and not username,
             requireAuthentication=bool(username),
             requireTransportSecurity=security in ("required", "verified"),
-            hostname=tls_hostname,
+            # None: Twisted would otherwise build a verifying context of its own.
+            hostname=None,
         )
         self.domain = helo.encode("idna") if not helo.isascii() else helo.encode()
         self.source = source
@@ -549,10 +575,6 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
     def source_has_more(self, session: OutboundSender) -> bool:
         has_more = getattr(self.source, "has_more", None)
         return True if has_more is None else bool(has_more(session))
-
-    def buildProtocol(self, addr: Any) -> OutboundSender:
-        p = super().buildProtocol(addr)
-        return p
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         result = "timeout" if reason.check(neterror.TimeoutError) else "error"
