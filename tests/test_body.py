@@ -1,0 +1,102 @@
+"""The DATA reader: end marker, dot-unstuffing, limits, under every packet split."""
+
+from __future__ import annotations
+
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from mqtwisted.smtp.body import BodyReader
+
+
+def feed_split(reader: BodyReader, wire: bytes, cuts: list[int]) -> bytes | None:
+    rest = None
+    points = sorted({c % (len(wire) + 1) for c in cuts}) + [len(wire)]
+    start = 0
+    for p in points:
+        if p <= start:
+            continue
+        rest = reader.feed(wire[start:p])
+        start = p
+        if rest is not None:
+            return rest + wire[start:]
+    return rest
+
+
+def stuff(body: bytes) -> bytes:
+    """What a correct client sends for ``body`` (CRLF lines)."""
+    lines = body.split(b"\r\n")
+    return b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+
+
+lines = st.lists(
+    st.binary(max_size=40).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")) | st.sampled_from([b".", b"..", b".x", b""]),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines, st.lists(st.integers(min_value=0, max_value=5000), max_size=8))
+def test_unstuffed_body_equals_what_client_meant_under_any_split(body_lines, cuts):
+    body = b"".join(line + b"\r\n" for line in body_lines)
+    wire = stuff(body[:-2]) + b"\r\n" + b".\r\n" if body else b".\r\n"
+    reader = BodyReader()
+    rest = feed_split(reader, wire + b"NEXT", cuts)
+    assert rest == b"NEXT"
+    assert reader.body().read() == body
+    assert not reader.bare_newline and not reader.long_line
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_no_end_is_ever_found_except_crlf_dot_crlf(junk, cuts):
+    wire = junk + b"\r\n.\r\n"
+    # the first end marker, counting the virtual CRLF before the first line
+    assume((b"\r\n" + wire).find(b"\r\n.\r\n") == len(junk) + 2)
+    reader = BodyReader()
+    rest = feed_split(reader, wire, cuts)
+    assert rest == b""
+    assert reader.body().read() == (b"\r\n" + junk).replace(b"\r\n.", b"\r\n")[2:] + b"\r\n"
+
+
+def test_bare_lf_and_bare_cr_are_flagged():
+    for body in (b"a\nb\r\n", b"a\rb\r\n", b"\n\r\n", b"a\r\r\n"):
+        reader = BodyReader()
+        assert reader.feed(body + b".\r\n") == b""
+        assert reader.bare_newline, body
+
+
+def test_smuggled_end_is_content_not_an_end():
+    reader = BodyReader()
+    rest = reader.feed(b"x\r\n\n.\r\nMAIL FROM:<e@x>\r\n")
+    assert rest is None and reader.bare_newline
+
+
+def test_long_line_flagged_across_chunks():
+    reader = BodyReader(max_line=1000)
+    reader.feed(b"a" * 600)
+    reader.feed(b"a" * 397 + b"\r\n")  # 997 + CRLF = 999 octets: fine
+    assert not reader.long_line
+    reader.feed(b"b" * 999)
+    reader.feed(b"\r\n.\r\n")  # 1001 octets
+    assert reader.long_line
+
+
+def test_size_limit_stops_keeping_bytes():
+    reader = BodyReader(max_size=1000)
+    for _ in range(100):
+        reader.feed(b"x" * 98 + b"\r\n")
+    assert reader.too_big
+    assert reader.feed(b".\r\n") == b""
+    assert reader._parts == []
+
+
+def test_large_body_spills_to_a_file(tmp_path):
+    reader = BodyReader(spill_size=1000, spill_dir=str(tmp_path))
+    chunk = (b"y" * 98 + b"\r\n") * 100
+    for _ in range(5):
+        reader.feed(chunk)
+    reader.feed(b".\r\n")
+    body = reader.body()
+    assert body.path is not None and body.read() == chunk * 5
+    reader.discard()
+    assert list(tmp_path.iterdir()) == []
