@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
@@ -40,6 +40,7 @@ class Dialog:
         self.protocol = protocol
         self.transport = transport
         self._seen = 0
+        self.clock: task.Clock | None = None
 
     def send(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
@@ -103,9 +104,12 @@ def ours(
         tls=tls,
     )
     proto = factory.buildProtocol(None)
+    clock = task.Clock()
+    proto.callLater = clock.callLater  # timeouts on a test clock, never on the real reactor
     transport = PausableTransport(peer)
     proto.makeConnection(transport)
     dialog = Dialog(proto, transport)
+    dialog.clock = clock
     if greet:
         assert dialog.codes() == [220]
     return dialog, recorder

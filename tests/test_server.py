@@ -1,0 +1,227 @@
+"""The server's state machine in memory: commands, AUTH, limits, timeouts, hooks' verdicts."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from mqtwisted.auth import load_checker
+from mqtwisted.connection import Reply
+from mqtwisted.smtp.session import IN_HOOKS, TABLE, Session, State
+from tests.smtpdialog import SlowHooks, ours
+
+TX = b"EHLO c.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+
+
+def b64(s: str) -> bytes:
+    return base64.b64encode(s.encode())
+
+
+def test_every_state_answers_quit_and_rset():
+    for state, row in TABLE.items():
+        assert {"QUIT", "RSET", "NOOP", "EHLO"} <= set(row), state
+
+
+def test_table_hooks_are_inbound_hooks():
+    hooks = {t.hook for row in TABLE.values() for t in row.values() if t.hook}
+    assert hooks <= set(IN_HOOKS)
+
+
+def test_session_refuses_out_of_state_commands():
+    s = Session()
+    assert isinstance(s.allow("EHLO"), Reply)  # before the greeting nothing is read
+    s.greeted()
+    assert s.allow("DATA").code == 503
+    assert s.allow("XYZZY").code == 500
+    assert s.allow("BDAT").code == 502
+
+
+def test_full_transaction_and_rset():
+    dialog, rec = ours()
+    dialog.send(TX + b"Subject: t\r\n\r\nhi\r\n.\r\nRSET\r\nQUIT\r\n")
+    assert dialog.codes() == [250, 250, 250, 354, 250, 250, 221]
+    assert dialog.closed
+    conn, env, body = rec.messages[0]
+    assert env.sender == "a@example.com" and [r.address for r in env.recipients] == ["b@example.com"]
+    assert body == b"Subject: t\r\n\r\nhi\r\n"
+
+
+def test_null_sender_and_dsn_parameters_kept():
+    dialog, rec = ours()
+    dialog.send(
+        b"EHLO c\r\nMAIL FROM:<> RET=HDRS ENVID=abc+2Bd SIZE=100 BODY=8BITMIME\r\n"
+        b"RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;b+40example.com\r\nDATA\r\n.\r\n"
+    )
+    assert dialog.codes() == [250, 250, 250, 354, 250]
+    env = rec.messages[0][1]
+    assert env.sender == "" and env.params["RET"] == "HDRS"
+    assert env.recipients[0].params == {"NOTIFY": "SUCCESS,FAILURE", "ORCPT": "rfc822;b+40example.com"}
+
+
+@pytest.mark.parametrize(
+    "line,code",
+    [
+        (b"MAIL FROM:<a@example.com> FOO=1", 555),
+        (b"MAIL FROM:<a@example.com> SIZE=abc", 501),
+        (b"MAIL FROM:<a@example.com> SIZE=999999999999", 552),
+        (b"MAIL FROM:<not an address>", 501),
+        (b"MAIL FROM:a@", 501),
+        (b"MAIL TO:<a@example.com>", 501),
+        (b"MAIL FROM:<j\xc3\xb6@example.com>", 553),
+        (b"MAIL", 501),
+    ],
+)
+def test_bad_mail_commands_get_errors_and_session_goes_on(line, code):
+    dialog, _ = ours()
+    dialog.send(b"EHLO c\r\n" + line + b"\r\nNOOP\r\n")
+    assert dialog.codes() == [250, code, 250]
+
+
+def test_smtputf8_allows_utf8_addresses():
+    dialog, rec = ours()
+    dialog.send("EHLO c\r\nMAIL FROM:<jö@exämple.com> SMTPUTF8\r\nRCPT TO:<ü@example.com>\r\n".encode())
+    assert dialog.codes() == [250, 250, 250]
+
+
+def test_size_enforced_while_streaming():
+    dialog, rec = ours(max_size=1000)
+    dialog.send(TX)
+    dialog.replies()
+    for _ in range(50):
+        dialog.send(b"x" * 98 + b"\r\n")
+    dialog.send(b".\r\nNOOP\r\n")
+    assert dialog.codes() == [552, 250]
+    assert rec.messages == []
+
+
+def test_max_recipients():
+    dialog, _ = ours(max_recipients=2)
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\n" + b"RCPT TO:<b@example.com>\r\n" * 3)
+    assert dialog.codes() == [250, 250, 250, 250, 452]
+
+
+def test_too_many_errors_closes():
+    dialog, _ = ours(max_errors=3)
+    dialog.send(b"FOO\r\n" * 5)
+    codes = dialog.codes()
+    assert codes == [500, 500, 500, 421] and dialog.closed
+
+
+def test_relay_policy_local_domain_from_anyone_foreign_refused():
+    dialog, rec = ours(peer="198.51.100.7")
+    dialog.send(
+        b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.org>\r\nRCPT TO:<u@local.test>\r\nDATA\r\n.\r\n"
+    )
+    assert dialog.codes() == [250, 250, 554, 250, 354, 250]
+    assert [(r.address, r.local) for r in rec.messages[0][1].recipients] == [("u@local.test", True)]
+
+
+def test_auth_not_offered_without_tls():
+    dialog, _ = ours(auth=load_checker("hardcoded://u:p"), tls=object())
+    dialog.send(b"EHLO c\r\nAUTH PLAIN " + b64("\0u\0p") + b"\r\n")
+    (code, lines), (code2, _) = dialog.replies()
+    assert not any(line.startswith("AUTH") for line in lines) and "STARTTLS" in lines
+    assert code2 == 538
+
+
+@pytest.mark.parametrize("good", [True, False])
+def test_auth_plain_and_login(good):
+    password = "p" if good else "wrong"
+    dialog, _ = ours(auth=load_checker("hardcoded://u:p"), auth_plaintext=True, peer="198.51.100.7")
+    dialog.send(b"EHLO c\r\nAUTH PLAIN " + b64(f"\0u\0{password}") + b"\r\n")
+    assert dialog.codes() == [250, 235 if good else 535]
+    dialog, _ = ours(auth=load_checker("hardcoded://u:p"), auth_plaintext=True, peer="198.51.100.7")
+    dialog.send(b"EHLO c\r\nAUTH LOGIN\r\n" + b64("u") + b"\r\n" + b64(password) + b"\r\n")
+    assert dialog.codes() == [250, 334, 334, 235 if good else 535]
+    # authenticated users may relay; others not
+    dialog.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<x@example.org>\r\n")
+    assert dialog.codes() == [250, 250 if good else 554]
+
+
+def test_auth_garbage_and_cancel():
+    dialog, _ = ours(auth=load_checker("hardcoded://u:p"), auth_plaintext=True)
+    dialog.send(b"EHLO c\r\nAUTH PLAIN !!!\r\nAUTH LOGIN\r\n*\r\nAUTH CRAM-MD5\r\nNOOP\r\n")
+    assert dialog.codes() == [250, 501, 334, 501, 504, 250]
+
+
+def test_idle_timeout_answers_421_and_closes():
+    dialog, _ = ours(timeout=300)
+    clock = dialog.clock
+    clock.advance(299)
+    assert not dialog.closed
+    dialog.send(b"NOOP\r\n")
+    clock.advance(299)
+    assert not dialog.closed
+    clock.advance(2)
+    assert dialog.codes()[-1] == 421 and dialog.closed
+
+
+def test_slow_drip_of_bytes_is_not_kept_alive():
+    dialog, _ = ours(timeout=10)
+    clock = dialog.clock
+    for _ in range(20):
+        if dialog.closed:
+            break
+        dialog.send(b"N")  # never a full line
+        clock.advance(1)
+    assert dialog.closed
+
+
+def test_hook_refusal_at_each_step():
+    hooks = SlowHooks(
+        {"mq_smtp_in_mailfrom", "mq_smtp_in_rcptto"},
+        verdicts={"mq_smtp_in_rcptto": Reply(550, "no such user", "5.1.1")},
+    )
+    dialog, rec = ours(hooks=hooks)
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+    while hooks.pending:
+        hooks.release_all()
+    assert dialog.codes() == [250, 250, 550, 503]
+    assert [h for h, _ in hooks.calls] == ["mq_smtp_in_mailfrom", "mq_smtp_in_rcptto"]
+
+
+def test_connect_hook_refusal_greets_with_it_and_closes():
+    hooks = SlowHooks({"mq_smtp_in_connect"}, verdicts={"mq_smtp_in_connect": Reply(554, "go away", "5.7.1")})
+    dialog, _ = ours(hooks=hooks, greet=False)
+    assert dialog.codes() == []
+    hooks.release_all()
+    assert dialog.codes() == [554] and dialog.closed
+
+
+def test_data_hook_sees_the_whole_mime_and_may_refuse():
+    hooks = SlowHooks({"mq_smtp_in_data"}, verdicts={"mq_smtp_in_data": Reply(554, "spam", "5.7.1")})
+    dialog, rec = ours(hooks=hooks)
+    dialog.send(TX + b"Subject: s\r\n\r\n..dot\r\n.\r\n")
+    hooks.release_all()
+    assert dialog.codes()[-1] == 554 and rec.messages == []
+    assert hooks.calls == [("mq_smtp_in_data", (b"Subject: s\r\n\r\n.dot\r\n",))]
+
+
+def test_connection_limits():
+    from mqtwisted.smtp.policy import RelayPolicy
+    from mqtwisted.smtp.server import ServerConfig, SMTPFactory
+    from tests.smtpdialog import Dialog, PausableTransport, Recorder
+
+    factory = SMTPFactory(
+        ServerConfig(hostname="mx.test", max_connections=3, max_connections_per_ip=2), Recorder(), RelayPolicy()
+    )
+    dialogs = []
+    for ip in ["10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.3"]:
+        p = factory.buildProtocol(None)
+        t = PausableTransport(ip)
+        p.makeConnection(t)
+        dialogs.append(Dialog(p, t))
+    assert [d.codes()[0] for d in dialogs] == [220, 220, 421, 220, 421]
+    dialogs[0].protocol.connectionLost(None)
+    p = factory.buildProtocol(None)
+    p.makeConnection(PausableTransport("10.0.0.1"))
+    assert p.transport.value().startswith(b"220")
+    assert factory.per_ip == {"10.0.0.1": 2, "10.0.0.2": 1}
+
+
+def test_session_state_after_data_is_ready():
+    dialog, _ = ours()
+    dialog.send(TX + b".\r\n")
+    dialog.replies()
+    assert dialog.protocol.session.state is State.READY
