@@ -68,7 +68,8 @@ DELAY_BUCKETS: tuple[int, ...] = (
 #: the future ``nextattempt`` of the message and must still be visible at once.
 DEFAULT_DELAYED: tuple[str, ...] = ("outbox", "inbox", "local", "dsn")
 
-_DELAY_HEADER = "x-mq-delay"
+# Not "x-…": the headers exchange ignores x- headers when matching.
+_DELAY_HEADER = "mq-delay"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _PERSISTENT = 2
 
@@ -114,9 +115,18 @@ class _Consumer:
     queue: str
     handler: Callable[[Lease], None]
     prefetch: int
+    #: the connection this consumer was started on: at most one start per connection
+    conn: TwistedProtocolConnection | None = None
     channel: TwistedChannel | None = None
-    tag: str | None = None
     cancelled: bool = False
+    retry: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.retry is not None and self.retry.active():
+            self.retry.cancel()
+        if self.channel is not None and self.channel.is_open:
+            self.channel.close()
 
 
 @attrs.define(eq=False)
@@ -271,7 +281,7 @@ class AmqpQueue:
             self._retry_call.cancel()
         self._retry_call = None
         for consumer in self._consumers.values():
-            consumer.cancelled = True
+            consumer.cancel()
         self._consumers.clear()
         waiters, self._waiters = self._waiters, []
         for d in waiters:
@@ -358,11 +368,11 @@ class AmqpQueue:
         self._publisher = publisher
         self._attempts = 0
         log.info("AMQP connected to {url}", url=self._safe_url())
+        for consumer in list(self._consumers.values()):
+            self._start_consumer(consumer)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
-        for consumer in list(self._consumers.values()):
-            self._start_consumer(consumer)
 
     async def _declare(self, channel: TwistedChannel) -> None:
         for queue in QUEUE_NAMES:
@@ -406,6 +416,7 @@ class AmqpQueue:
         self._publisher = None
         for consumer in self._consumers.values():
             consumer.channel = None
+            consumer.conn = None
         if self._running:
             log.warn("AMQP connection to {url} lost ({why}); reconnecting",
                      url=self._safe_url(), why=reason)
@@ -527,34 +538,33 @@ class AmqpQueue:
         defaults to the constructor's.  Runs across reconnections by itself."""
         old = self._consumers.pop(queue, None)
         if old is not None:
-            old.cancelled = True
-            if old.channel is not None and old.channel.is_open:
-                old.channel.close()
+            old.cancel()
         consumer = _Consumer(queue, handler, max(1, prefetch or self.prefetch))
         self._consumers[queue] = consumer
         if self.connected:
             self._start_consumer(consumer)
 
     def _start_consumer(self, consumer: _Consumer) -> None:
-        d = defer.ensureDeferred(self._run_consumer(consumer, self._connection))
-        d.addErrback(self._consumer_failed, consumer)
-
-    async def _run_consumer(self, consumer: _Consumer,
-                            conn: TwistedProtocolConnection | None) -> None:
-        if conn is None:
+        conn = self._connection
+        if conn is None or consumer.conn is conn or consumer.cancelled:
             return
+        consumer.conn = conn
+        d = defer.ensureDeferred(self._run_consumer(consumer, conn))
+        d.addErrback(self._consumer_failed, consumer, conn)
+
+    async def _run_consumer(self, consumer: _Consumer, conn: TwistedProtocolConnection) -> None:
         channel = await conn.channel()
-        if consumer.cancelled or self._connection is not conn:
+        if consumer.cancelled or consumer.conn is not conn:
             channel.close()
             return
         consumer.channel = channel
         channel.on_closed.addBoth(self._consumer_channel_closed, consumer, channel, conn)
         await channel.basic_qos(prefetch_count=consumer.prefetch)
-        messages, consumer.tag = await channel.basic_consume(self.name(consumer.queue))
+        messages, _tag = await channel.basic_consume(self.name(consumer.queue))
         while True:
             message = await messages.get()
             if consumer.cancelled or consumer.channel is not channel:
-                return
+                return  # the channel is closing; the broker requeues what it had sent
             self._deliver(consumer, channel, message)
 
     def _consumer_channel_closed(self, reason: Any, consumer: _Consumer,
@@ -564,24 +574,27 @@ class AmqpQueue:
             if not consumer.cancelled:
                 self._channel_closed(reason, conn, f"{consumer.queue} consumer")
 
-    def _consumer_failed(self, failure: Failure, consumer: _Consumer) -> None:
-        # The delivery queue closes with the channel; reconnection restarts the consumer.
+    def _consumer_failed(self, failure: Failure, consumer: _Consumer,
+                         conn: TwistedProtocolConnection) -> None:
         if consumer.cancelled or not self._running:
             return
-        if failure.check(pika_exceptions.ChannelClosed, pika_exceptions.ConnectionClosed,
-                         pika_exceptions.ConsumerCancelled):
-            if failure.check(pika_exceptions.ConsumerCancelled) and self.connected:
-                # Cancelled by the broker (queue deleted, node down): try again shortly.
-                self.reactor.callLater(1.0, self._restart_consumer, consumer)
-            return
-        log.failure("AMQP consumer for {queue} failed", failure, queue=consumer.queue)
-        self.reactor.callLater(1.0, self._restart_consumer, consumer)
+        if self._connection is not conn or not conn.is_open:
+            return  # connection lost: the reconnection restarts every consumer
+        if failure.check(pika_exceptions.ConsumerCancelled):
+            # Cancelled by the broker (queue deleted, node failover): declare and try again.
+            log.warn("AMQP consumer for {queue} cancelled by the broker; restarting",
+                     queue=consumer.queue)
+        else:
+            log.failure("AMQP consumer for {queue} failed", failure, queue=consumer.queue)
+        consumer.retry = self.reactor.callLater(1.0, self._restart_consumer, consumer)
 
     def _restart_consumer(self, consumer: _Consumer) -> None:
+        consumer.retry = None
         if self._consumers.get(consumer.queue) is consumer and self.connected:
             if consumer.channel is not None and consumer.channel.is_open:
                 consumer.channel.close()
             consumer.channel = None
+            consumer.conn = None
             self._start_consumer(consumer)
 
     def _deliver(self, consumer: _Consumer, channel: TwistedChannel, message: Any) -> None:

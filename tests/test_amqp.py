@@ -1,0 +1,346 @@
+"""The RabbitMQ backend against a real broker: confirms, MailerQ JSON for other clients, delay
+buckets, settle order, inspection, several nodes, and the broker cut off and back."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from mqtwisted.queue import Body, Publication, QueueUnavailable, mime_bytes
+from mqtwisted.queue.amqp import AmqpQueue, decode_document, delay_bucket, encode_document
+from tests.conftest_amqp import (
+    AMQP_URL,
+    Leases,
+    Relay,
+    amqp_prefix_fixture,  # noqa: F401  (fixture amqp_prefix)
+    amqp_queue_fixture,  # noqa: F401  (fixture amqp_queue)
+    blocking_channel,
+    closed_port,
+    leaked_calls,
+    sleep,
+    wait_for,
+)
+
+# -- no broker needed ---------------------------------------------------------------------------
+
+
+def test_delay_bucket_rounds_down_with_a_floor():
+    assert delay_bucket(0.3) == 1
+    assert delay_bucket(1.0) == 1
+    assert delay_bucket(599.9) == 300
+    assert delay_bucket(600) == 600
+    assert delay_bucket(10**7) == 86400
+
+
+def test_encoding_keeps_8bit_octets_and_stays_utf8():
+    raw = "Subject: caf\u00e9\r\n\r\n".encode() + bytes(range(128, 256))
+    payload = encode_document({"mime": raw.decode("utf-8", "surrogateescape")})
+    payload.decode("utf-8")  # valid UTF-8 for every other consumer
+    assert "café".encode() in payload  # real UTF-8 stays readable, not \\u-escaped
+    assert mime_bytes(decode_document(payload)["mime"]) == raw
+
+
+@pytest_twisted.inlineCallbacks
+def test_unreachable_broker_fails_fast_and_never_hangs():
+    q = AmqpQueue(f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", timeout=1.0,
+                  max_backoff=0.2)
+    started = time.monotonic()
+    yield q.start()  # comes up anyway: the node must answer 451 while the broker is down
+    assert time.monotonic() - started < 2.0
+    assert not q.connected
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable):
+        yield q.publish([Publication("outbox", {"n": 1})])
+    assert time.monotonic() - started < 0.1
+    with pytest.raises(QueueUnavailable):
+        yield q.stats()
+    yield q.stop()
+    yield sleep(0.05)
+    assert leaked_calls() == []
+
+
+# -- against the broker -------------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_published_documents_are_persistent_complete_json(amqp_queue, amqp_prefix):
+    body = Body(data=b"Subject: hi\r\n\r\n\xe9t\xe9\r\n")
+    ids = yield amqp_queue.publish([
+        Publication("outbox", {"recipient": "a@example.com", "envelope": "s@example.org"}, body),
+        Publication("outbox", {"recipient": "b@example.com", "envelope": "s@example.org"}, body),
+    ])
+    assert len(set(ids)) == 2
+    conn, ch = blocking_channel()
+    try:
+        got = []
+        for _ in range(2):
+            method, props, payload = ch.basic_get(amqp_prefix + "outbox", auto_ack=True)
+            assert method is not None
+            assert props.delivery_mode == 2
+            assert props.content_type == "application/json"
+            got.append((props.message_id, json.loads(payload)))
+        # durable: redeclaring it as transient is refused by the broker
+        with pytest.raises(Exception, match="PRECONDITION_FAILED"):
+            ch.queue_declare(amqp_prefix + "outbox", durable=False)
+    finally:
+        if conn.is_open:
+            conn.close()
+    assert [i for i, _ in got] == ids
+    for (_, doc), rcpt in zip(got, ["a@example.com", "b@example.com"], strict=True):
+        assert doc["recipient"] == rcpt
+        assert mime_bytes(doc["mime"]) == body.data  # every copy complete, 8-bit intact
+
+
+@pytest_twisted.inlineCallbacks
+def test_plain_json_from_any_client_is_consumed(amqp_queue, amqp_prefix):
+    conn, ch = blocking_channel()
+    doc = {"envelope": "s@example.org", "recipient": "r@example.com", "mime": "Subject: x\r\n\r\n"}
+    ch.basic_publish("", amqp_prefix + "outbox", b"this is not json")
+    ch.basic_publish("", amqp_prefix + "outbox", json.dumps(doc).encode())
+    conn.close()
+    leases = Leases()
+    amqp_queue.consume("outbox", leases)
+    lease = yield leases.next()
+    assert lease.document == doc
+    assert lease.id.startswith("sha1-")  # no message id: a stable digest instead
+    yield amqp_queue.settle(lease, [Publication("results", {**doc, "results": []})])
+    stats = yield amqp_queue.stats()
+    assert stats["outbox"] == 0  # the garbage was rejected, not requeued to spin
+    assert stats["results"] == 1
+    assert len(leases.seen) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_nextattempt_waits_in_a_delay_bucket_without_spinning(amqp_queue):
+    leases = Leases()
+    amqp_queue.consume("outbox", leases)
+    due = time.time() + 2.5
+    yield amqp_queue.publish([Publication("outbox", {"n": 1, "nextattempt": due})])
+    stats = yield amqp_queue.stats()
+    assert stats["outbox"] == 0 and stats["mq-delay"] == 1
+    lease = yield leases.next(timeout=8)
+    assert time.time() >= due
+    assert time.time() < due + 1.5  # rounded down, so late by less than the smallest bucket
+    assert lease.document["n"] == 1
+    assert len(leases.seen) == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_consumer_delays_a_document_that_is_not_due(amqp_queue, amqp_prefix):
+    # An outside client puts a future nextattempt straight into the outbox.
+    conn, ch = blocking_channel()
+    due = time.time() + 1.5
+    ch.basic_publish("", amqp_prefix + "outbox", json.dumps({"n": 2, "nextattempt": due}).encode())
+    conn.close()
+    leases = Leases()
+    amqp_queue.consume("outbox", leases)
+    yield sleep(0.5)
+    assert leases.seen == []
+    stats = yield amqp_queue.stats()
+    assert stats["mq-delay"] == 1
+    lease = yield leases.next(timeout=8)
+    assert time.time() >= due
+    assert lease.document["n"] == 2
+
+
+@pytest_twisted.inlineCallbacks
+def test_result_queues_are_not_delayed(amqp_queue):
+    # A retry copy carries the message's future nextattempt; watchers must see it at once.
+    yield amqp_queue.publish([Publication("retry", {"n": 1, "nextattempt": time.time() + 600})])
+    stats = yield amqp_queue.stats()
+    assert stats["retry"] == 1 and stats["mq-delay"] == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_settle_acks_only_after_the_broker_confirmed(amqp_queue):
+    yield amqp_queue.publish([Publication("outbox", {"n": 1})])
+    leases = Leases()
+    amqp_queue.consume("outbox", leases)
+    lease = yield leases.next()
+    events = []
+    publisher = amqp_queue._publisher
+    held: list[defer.Deferred] = []
+    real_publish = publisher.basic_publish
+
+    def holding_publish(*args, **kwargs):
+        confirm = real_publish(*args, **kwargs)
+        gate = defer.Deferred()
+        held.append(gate)
+        gate.addCallback(lambda _: confirm)
+        confirm.addCallback(lambda r: events.append("confirmed") or r)
+        return gate
+
+    consumer_channel = lease.token.channel
+    real_ack = consumer_channel.basic_ack
+    publisher.basic_publish = holding_publish
+    consumer_channel.basic_ack = lambda *a, **k: (events.append("acked"), real_ack(*a, **k))[1]
+    try:
+        settled = amqp_queue.settle(lease, [Publication("success", {"n": 1})])
+        yield sleep(0.3)
+        assert "acked" not in events and not settled.called
+        held[0].callback(None)
+        yield settled
+    finally:
+        del publisher.basic_publish
+        del consumer_channel.basic_ack
+    assert events == ["confirmed", "acked"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_unroutable_outcome_fails_settle_and_keeps_the_document(amqp_queue, amqp_prefix):
+    yield amqp_queue.publish([Publication("outbox", {"n": 1})])
+    leases = Leases()
+    amqp_queue.consume("outbox", leases, prefetch=1)
+    lease = yield leases.next()
+    conn, ch = blocking_channel()
+    ch.queue_delete(amqp_prefix + "failure")  # an operator deleted the result queue
+    conn.close()
+    with pytest.raises(QueueUnavailable):
+        yield amqp_queue.settle(lease, [Publication("failure", {"n": 1})])
+    amqp_queue.release(lease)
+    again = yield leases.next()
+    assert again.id == lease.id and again.document == {"n": 1}
+
+
+@pytest_twisted.inlineCallbacks
+def test_prefetch_bounds_unsettled_leases(amqp_queue):
+    yield amqp_queue.publish([Publication("outbox", {"n": i}) for i in range(5)])
+    leases = Leases()
+    amqp_queue.consume("outbox", leases, prefetch=2)
+    yield wait_for(lambda: len(leases.seen) == 2)
+    yield sleep(0.3)
+    assert len(leases.seen) == 2
+    yield amqp_queue.settle(leases.seen[0], [])
+    yield wait_for(lambda: len(leases.seen) == 3)
+    assert [lease.document["n"] for lease in leases.seen] == [0, 1, 2]
+
+
+@pytest_twisted.inlineCallbacks
+def test_list_and_show_leave_documents_in_place(amqp_queue):
+    ids = yield amqp_queue.publish([Publication("outbox", {"n": i}) for i in range(3)])
+    listed = yield amqp_queue.list("outbox", limit=2)
+    assert listed == [(ids[0], {"n": 0}), (ids[1], {"n": 1})]
+    assert (yield amqp_queue.show("outbox", ids[2])) == {"n": 2}
+    assert (yield amqp_queue.show("outbox", "nope")) is None
+    assert (yield amqp_queue.stats())["outbox"] == 3
+    leases = Leases()
+    amqp_queue.consume("outbox", leases)
+    yield wait_for(lambda: len(leases.seen) == 3)
+    assert [lease.id for lease in leases.seen] == ids  # order kept
+
+
+@pytest_twisted.inlineCallbacks
+def test_two_nodes_share_the_outbox_and_take_over_unsettled(amqp_prefix):
+    nodes = [AmqpQueue(AMQP_URL, prefix=amqp_prefix, timeout=3, max_backoff=0.5)
+             for _ in range(2)]
+    yield defer.gatherResults([n.start() for n in nodes])
+    handled: dict[int, list[int]] = {0: [], 1: []}
+    held: list = []
+
+    def handler(i):
+        def handle(lease):
+            if i == 1 and len(held) < 5:
+                held.append(lease)  # node 1 "dies" holding these
+                return
+            handled[i].append(lease.document["n"])
+            nodes[i].settle(lease, [])
+        return handle
+
+    nodes[0].consume("outbox", handler(0), prefetch=10)
+    nodes[1].consume("outbox", handler(1), prefetch=10)
+    yield nodes[0].publish([Publication("outbox", {"n": i}) for i in range(200)])
+    yield wait_for(lambda: len(held) == 5 and len(handled[0]) + len(handled[1]) == 195)
+    yield nodes[1].stop()
+    yield wait_for(lambda: len(handled[0]) + len(handled[1]) == 200)
+    everything = sorted(handled[0] + handled[1])
+    assert everything == list(range(200))  # each exactly once, the held ones by node 0
+    assert {lease.document["n"] for lease in held} <= set(handled[0])
+    yield nodes[0].stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_broker_cut_off_and_back(amqp_prefix):
+    relay = Relay()
+    relay.start()
+    q = AmqpQueue(relay.url, prefix=amqp_prefix, timeout=2.0, max_backoff=0.5)
+    yield q.start()
+    assert q.connected
+    leases = Leases()
+    q.consume("outbox", leases, prefetch=10)
+    yield q.publish([Publication("outbox", {"n": 1})])
+    before = yield leases.next()
+
+    yield relay.stop()
+    yield wait_for(lambda: not q.connected, timeout=5)
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable):
+        yield q.publish([Publication("outbox", {"n": 2})])
+    assert time.monotonic() - started < 0.5  # promptly: SMTP answers 451 at once
+    with pytest.raises(QueueUnavailable):  # the lease of the lost channel is void
+        yield q.settle(before, [Publication("success", {"n": 1})])
+    yield sleep(1.0)  # a few reconnection attempts against a closed port
+
+    relay.start()
+    yield q.wait_connected(timeout=10)
+    yield q.publish([Publication("outbox", {"n": 3})])  # publishing resumed by itself
+    redelivered = yield leases.next()  # consuming resumed: first the unsettled one again
+    assert redelivered.document == {"n": 1} and redelivered.id == before.id
+    fresh = yield leases.next()
+    assert fresh.document == {"n": 3}
+    yield q.settle(redelivered, [Publication("success", {"n": 1})])
+    yield q.settle(fresh, [Publication("success", {"n": 3})])
+    assert (yield q.stats())["success"] == 2
+    yield q.stop()
+    yield relay.stop()
+    yield sleep(0.05)
+    assert leaked_calls() == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_hung_broker_times_out_publishes_then_recovers(amqp_prefix):
+    relay = Relay()
+    relay.start()
+    q = AmqpQueue(relay.url, prefix=amqp_prefix, timeout=1.5, max_backoff=0.5)
+    yield q.start()
+    relay.blackhole = True  # connection up, nothing answers: no FIN, no RST
+    started = time.monotonic()
+    with pytest.raises(QueueUnavailable):
+        yield q.publish([Publication("outbox", {"n": 1})])
+    assert 1.0 < time.monotonic() - started < 3.0  # bounded by the timeout, never a hang
+    yield relay.stop()  # the partition ends with the connection gone
+    yield wait_for(lambda: not q.connected, timeout=5)
+    relay.start()
+    yield q.wait_connected(timeout=10)
+    yield q.publish([Publication("outbox", {"n": 2})])
+    yield q.stop()
+    yield relay.stop()
+
+
+@pytest.mark.slow
+@pytest_twisted.inlineCallbacks
+def test_publish_throughput_with_confirms(amqp_queue, capsys):
+    doc = {"envelope": "s@example.org", "recipient": "r@example.com", "mime": "x" * 2000}
+    count = 5000
+    started = time.monotonic()
+    # 100 concurrent "sessions", each waiting for its confirm before the next message.
+    pending = iter(range(count))
+
+    @defer.inlineCallbacks
+    def session():
+        for _ in pending:
+            yield amqp_queue.publish([Publication("outbox", doc)])
+
+    yield defer.gatherResults([session() for _ in range(100)])
+    rate = count / (time.monotonic() - started)
+    with capsys.disabled():
+        print(f"\nAMQP publish with confirms: {rate:.0f} messages/s (2 KB, 100 concurrent)")
+    assert (yield amqp_queue.stats())["outbox"] == count
+    assert rate > 200
+
+
+def test_reactor_is_clean_after_the_module():
+    assert [c for c in reactor.getDelayedCalls() if c.active() and "amqp" in repr(c.func)] == []
