@@ -16,6 +16,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# twistd of this interpreter, whatever is first on PATH
+TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -54,7 +58,7 @@ class MTAProcess:
 
     def start(self, *twistd_args: str, service_args: bool = True) -> MTAProcess:
         os.makedirs(self.data_dir, exist_ok=True)
-        cmd = [sys.executable, "-m", "twisted.scripts.twistd", "-n", "--pidfile=", *twistd_args]
+        cmd = [sys.executable, "-c", TWISTD, "-n", "--pidfile=", *twistd_args]
         if service_args:
             cmd += [
                 "mqmta", f"--data-dir={self.data_dir}", f"--smtp-port={self.port}", "--www-port=",
