@@ -67,7 +67,8 @@ def _ip_literal(name: str) -> str | None:
         return None
 
 
-_NXDOMAIN = (error.DNSNameError, error.DomainError)
+# Every twisted.names error subclasses DomainError; only these two mean "no such name".
+_NXDOMAIN = (error.DNSNameError, error.AuthoritativeDomainError)
 
 
 class MXResolver:
@@ -105,18 +106,12 @@ class MXResolver:
         return self._resolver
 
     def close(self) -> None:
-        """Drop the resolver's sockets and timers (tests check for leaks)."""
+        """Drop the resolver's TCP connections (UDP ports close after each query)."""
         resolver, self._resolver = self._resolver, None
         for r in getattr(resolver, "resolvers", [resolver]):
-            for call in list(getattr(r, "_parseCall", None) and [r._parseCall] or []):
-                if call.active():
-                    call.cancel()
-            for conn in getattr(r, "connections", []):
+            for conn in list(getattr(r, "connections", [])):
                 if conn.transport is not None:
                     conn.transport.loseConnection()
-            proto = getattr(r, "protocol", None)
-            if proto is not None and getattr(proto, "transport", None) is not None:
-                proto.transport.stopListening()
 
     def resolve(self, domain: str, port: int = 25) -> Deferred[list[Target]]:
         """The MX targets for ``domain`` in order of preference (equal ones shuffled)."""

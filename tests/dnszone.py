@@ -1,0 +1,92 @@
+"""A real twisted.names authoritative server on loopback (UDP and TCP on one port), serving a
+zone given as a dict.  Reusable fixture: ``zone = DNSZone(records); port = zone.start(); ...;
+await zone.stop()``.
+
+Records: ``{"example.com": [("MX", 10, "mx1.example.com"), ("A", "127.0.0.1"), ("AAAA", "::1")]}``.
+Names in ``servfail`` answer SERVFAIL; names in ``silent`` never answer (client timeouts); any
+other unknown name is NXDOMAIN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.internet.error import CannotListenError
+from twisted.names import dns, error, server
+from twisted.names.common import ResolverBase
+
+_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "CNAME": dns.CNAME}
+
+
+def _payload(kind: str, args: tuple) -> Any:
+    if kind == "A":
+        return dns.Record_A(args[0], ttl=60)
+    if kind == "AAAA":
+        return dns.Record_AAAA(args[0], ttl=60)
+    if kind == "MX":
+        return dns.Record_MX(args[0], args[1], ttl=60)
+    if kind == "CNAME":
+        return dns.Record_CNAME(args[0], ttl=60)
+    raise ValueError(kind)
+
+
+class ZoneResolver(ResolverBase):
+    def __init__(self, records: dict[str, list[tuple]], servfail: set[str], silent: set[str]) -> None:
+        super().__init__()
+        self.records = {k.lower().rstrip("."): v for k, v in records.items()}
+        self.servfail = servfail
+        self.silent = silent
+        self.queries: list[tuple[str, int]] = []
+        self._hung: list[defer.Deferred] = []
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> defer.Deferred:
+        key = name.decode().lower().rstrip(".")
+        self.queries.append((key, type))
+        if key in self.silent:
+            d: defer.Deferred = defer.Deferred()
+            self._hung.append(d)
+            return d
+        if key in self.servfail:
+            return defer.fail(RuntimeError("scripted SERVFAIL"))
+        if key not in self.records:
+            return defer.fail(error.AuthoritativeDomainError(name))
+        answers = [
+            dns.RRHeader(name, _TYPES[kind], dns.IN, 60, _payload(kind, tuple(args)), auth=True)
+            for kind, *args in self.records[key]
+            if _TYPES[kind] == type or type == dns.ALL_RECORDS
+        ]
+        return defer.succeed((answers, [], []))
+
+
+class DNSZone:
+    def __init__(self, records: dict[str, list[tuple]], servfail: set[str] = frozenset(), silent: set[str] = frozenset()) -> None:
+        self.resolver = ZoneResolver(records, set(servfail), set(silent))
+        self.port = 0
+        self._listeners: list[Any] = []
+
+    def start(self) -> int:
+        factory = server.DNSServerFactory(authorities=[self.resolver])
+        factory.noisy = False
+        udp_proto = dns.DNSDatagramProtocol(factory)
+        udp_proto.noisy = False
+        for _ in range(20):
+            udp = reactor.listenUDP(0, udp_proto, interface="127.0.0.1")
+            port = udp.getHost().port
+            try:
+                tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            self._listeners = [udp, tcp]
+            self.port = port
+            return port
+        raise RuntimeError("no free port for the DNS zone")
+
+    def stop(self) -> defer.Deferred:
+        for d in self.resolver._hung:
+            if not d.called:
+                d.errback(RuntimeError("zone stopped"))
+        self.resolver._hung.clear()
+        listeners, self._listeners = self._listeners, []
+        return defer.DeferredList([defer.maybeDeferred(x.stopListening) for x in listeners])
