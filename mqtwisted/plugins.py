@@ -1,0 +1,567 @@
+"""Loading plugin modules and dispatching hooks with MailerQ's take-control semantics.
+
+:class:`PluginRunner` is the :class:`mqtwisted.connection.HookRunner` the SMTP server and the
+delivery client call.  :class:`PluginService` wraps it for ``twistd`` (start, stop, pickling).
+
+One hook call (a *step*) runs every plugin that defines the hook, in load order.  Plugins whose hook
+is a plain function run back to back in the connection's context thread, so a step costs a single
+thread hop however many plugins it passes through.  The step leaves the thread only when a plugin
+takes control (returns True), is ``async``/returns a Deferred (those run on the reactor), raises,
+or when every plugin has had its turn.  All bookkeeping happens on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtwisted import api
+from mqtwisted.connection import Connection, Reply
+from mqtwisted.contexts import ContextPool, MQ_Context, current_plugin
+
+log = Logger()
+
+#: Hooks that run with a connection and may take control, in the order a session meets them.
+CONNECTION_HOOKS = (
+    "mq_smtp_in_connect",
+    "mq_smtp_in_secure",
+    "mq_smtp_in_authenticate",
+    "mq_smtp_in_mailfrom",
+    "mq_smtp_in_rcptto",
+    "mq_smtp_in_data",
+    "mq_smtp_in_message",
+    "mq_smtp_in_close",
+    "mq_smtp_out_data",
+    "mq_smtp_out_sent",
+)
+LIFECYCLE_HOOKS = ("mq_initialize", "mq_cleanup", "mq_context_initialize", "mq_context_cleanup")
+
+ERROR_REPLY = Reply(451, "Local error in processing", "4.3.0")
+TIMEOUT_REPLY = Reply(451, "Plugin did not answer in time, try again later", "4.4.7")
+SHUTDOWN_REPLY = Reply(421, "Service shutting down", "4.3.2")
+
+
+class PluginError(Exception):
+    """A plugin could not be loaded; the MTA must not start."""
+
+
+@attrs.define(eq=False)
+class Plugin:
+    name: str
+    path: str
+    module: ModuleType
+
+    def hook(self, name: str) -> Callable[..., Any] | None:
+        fn = getattr(self.module, name, None)
+        return fn if callable(fn) else None
+
+
+def _module_name(name: str) -> str:
+    return "mqtwisted_plugin_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def load_plugin(path: str) -> Plugin:
+    """Import one plugin (a ``*.py`` file or a package directory) and check its ``mq_version``."""
+    base = os.path.basename(path.rstrip(os.sep))
+    name = base[:-3] if base.endswith(".py") else base
+    modname = _module_name(name)
+    try:
+        if os.path.isdir(path):
+            spec = importlib.util.spec_from_file_location(
+                modname, os.path.join(path, "__init__.py"), submodule_search_locations=[path]
+            )
+        else:
+            spec = importlib.util.spec_from_file_location(modname, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        # In sys.modules before it runs: packages' relative imports and dataclasses need that.
+        sys.modules[modname] = module
+        spec.loader.exec_module(module)
+    except BaseException as e:
+        sys.modules.pop(modname, None)
+        raise PluginError(
+            f"plugin {name!r} ({path}) failed to import:\n{traceback.format_exc()}"
+        ) from e
+    plugin = Plugin(name, path, module)
+    version_fn = plugin.hook("mq_version")
+    if version_fn is None:
+        raise PluginError(f"plugin {name!r} ({path}) defines no mq_version()")
+    try:
+        version = version_fn()
+    except Exception as e:
+        raise PluginError(
+            f"plugin {name!r} ({path}): mq_version() raised:\n{traceback.format_exc()}"
+        ) from e
+    if version != api.MQ_API_VERSION:
+        raise PluginError(
+            f"plugin {name!r} ({path}) was written for plugin API version {version!r}, "
+            f"but this MTA implements version {api.MQ_API_VERSION}"
+        )
+    return plugin
+
+
+def plugin_paths(directory: str) -> list[str]:
+    """The plugins in ``directory``, in alphabetical order of file name."""
+    if not os.path.isdir(directory):
+        raise PluginError(f"plugin directory {directory!r} does not exist")
+    paths = []
+    for entry in sorted(os.listdir(directory)):
+        if entry.startswith((".", "_")):
+            continue  # __pycache__, editor droppings, disabled plugins
+        path = os.path.join(directory, entry)
+        if entry.endswith(".py") and os.path.isfile(path):
+            paths.append(path)
+        elif os.path.isfile(os.path.join(path, "__init__.py")):
+            paths.append(path)
+    return paths
+
+
+def load_plugins(directory: str) -> list[Plugin]:
+    plugins = [load_plugin(p) for p in plugin_paths(directory)]
+    for p in plugins:
+        log.info("loaded plugin {name} from {path}", name=p.name, path=p.path)
+    return plugins
+
+
+@attrs.define(eq=False)
+class _Entry:
+    """One plugin's implementation of one hook."""
+
+    plugin: str
+    fn: Callable[..., Any]
+    #: run on the reactor thread (async def, or learnt from a returned Deferred)
+    on_reactor: bool
+
+
+@attrs.define(eq=False)
+class _Step:
+    """One hook call for one connection, moving through the plugins."""
+
+    hook: str
+    conn: Connection
+    args: tuple
+    entries: tuple[_Entry, ...]
+    deferred: defer.Deferred
+    index: int = 0
+    #: incremented each time a plugin is called; MQ_continue & co. carry the turn they are for
+    turn: int = 0
+    #: running (a plugin is being called), control (a plugin holds it), done
+    state: str = "running"
+    #: a control call that arrived before the plugin's True did (it may call MQ_continue itself)
+    pending: tuple[int, str] | None = None
+    timeout: Any = None
+
+
+class PluginRunner:
+    """Runs hooks of the loaded plugins on their contexts.  Implements ``HookRunner``.
+
+    ``start()`` calls ``mq_initialize`` and starts the context threads; ``stop()`` (idempotent)
+    stops the threads (``mq_context_cleanup`` in each) and then calls ``mq_cleanup``.
+    """
+
+    def __init__(
+        self,
+        plugins: Sequence[Plugin],
+        threads: int | None = None,
+        timeout: float = 30.0,
+        reactor: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.plugins = list(plugins)
+        self.timeout = timeout
+        self.reactor = reactor
+        self.pool = ContextPool(
+            threads or os.cpu_count() or 1, self._context_initialize, self._context_cleanup, reactor
+        )
+        for ctx in self.pool.contexts:
+            ctx.runner = self
+        self._hooks: dict[str, tuple[_Entry, ...]] = {}
+        for hook in CONNECTION_HOOKS:
+            entries = []
+            for p in self.plugins:
+                fn = p.hook(hook)
+                if fn is not None:
+                    entries.append(_Entry(p.name, fn, _runs_on_reactor(fn)))
+            if entries:
+                self._hooks[hook] = tuple(entries)
+        self._active: dict[int, _Step] = {}
+        self._waiting: dict[int, deque[_Step]] = {}
+        self._pinned: dict[int, MQ_Context] = {}
+        self._started = False
+        self._shutdown = False
+        self._stopping: defer.Deferred[None] | None = None
+        #: set by from_directory: what pickling needs to build the runner again
+        self.directory: str | None = None
+        self.threads = threads
+
+    @classmethod
+    def from_directory(
+        cls, directory: str, threads: int | None = None, timeout: float = 30.0
+    ) -> PluginRunner:
+        runner = cls(load_plugins(directory), threads=threads, timeout=timeout)
+        runner.directory = directory
+        return runner
+
+    def __reduce__(self) -> tuple:
+        # TAP files pickle the service tree, and the SMTP factory holds this runner.  Only the
+        # configuration is stored; unpickling loads the plugins again (and fails as loudly as a
+        # fresh start would).  Pickle's memo keeps the factory and the service on one runner.
+        if self.directory is None:
+            raise TypeError("only a PluginRunner built by from_directory() can be pickled")
+        return (_restore_runner, (self.directory, self.threads, self.timeout))
+
+    @property
+    def contexts(self) -> list[MQ_Context]:
+        return self.pool.contexts
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._call_each("mq_initialize")
+        self.pool.start()
+
+    def stop(self) -> defer.Deferred[None]:
+        """Stop the contexts, then call ``mq_cleanup`` once.  Safe to call more than once."""
+        if self._stopping is None:
+            self._shutdown = True
+            for step in list(self._active.values()):
+                self._finish(step, SHUTDOWN_REPLY)
+            if self._started:
+                self._stopping = self.pool.stop()
+                self._stopping.addCallback(lambda _: self._call_each("mq_cleanup"))
+            else:
+                self._stopping = defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stopping.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    def _call_each(self, hook: str, *args: Any) -> None:
+        for p in self.plugins:
+            fn = p.hook(hook)
+            if fn is None:
+                continue
+            current_plugin.set(p.name)
+            try:
+                fn(*args)
+            except Exception:
+                log.failure("plugin {plugin}: {hook} failed", plugin=p.name, hook=hook)
+            finally:
+                current_plugin.set("")
+
+    def _context_initialize(self, ctx: MQ_Context) -> None:
+        self._call_each("mq_context_initialize", ctx)
+
+    def _context_cleanup(self, ctx: MQ_Context) -> None:
+        self._call_each("mq_context_cleanup", ctx)
+
+    # -- HookRunner ------------------------------------------------------------------------------
+
+    def defines(self, hook: str) -> bool:
+        return hook in self._hooks
+
+    def context_for(self, conn: Connection) -> MQ_Context:
+        """The context ``conn`` is pinned to (pinning it now if it is new)."""
+        ctx = conn.context
+        if ctx is None:
+            ctx = conn.context = self.pool.pick()
+            ctx.connections += 1
+            self._pinned[conn.id] = ctx
+        return ctx
+
+    def connection_closed(self, conn: Connection) -> None:
+        """The connection is gone: it no longer counts towards its context's load.
+
+        ``conn.context`` stays set, so a close hook still queued runs on the same context.
+        """
+        ctx = self._pinned.pop(conn.id, None)
+        if ctx is not None:
+            ctx.connections -= 1
+
+    def run(self, hook: str, conn: Connection, *args: Any) -> defer.Deferred[Reply | None]:
+        entries = self._hooks.get(hook)
+        if entries is None:
+            return defer.succeed(None)
+        d: defer.Deferred[Reply | None] = defer.Deferred()
+        if self._shutdown:
+            d.callback(SHUTDOWN_REPLY)
+            return d
+        self.context_for(conn)
+        step = _Step(hook, conn, args, entries, d)
+        if conn.id in self._active:
+            # One hook at a time per connection: e.g. close arriving while a plugin holds control.
+            self._waiting.setdefault(conn.id, deque()).append(step)
+        else:
+            self._begin(step)
+        return d
+
+    # -- the step state machine (reactor thread) ---------------------------------------------------
+
+    def _begin(self, step: _Step) -> None:
+        self._active[step.conn.id] = step
+        step.timeout = self.reactor.callLater(self.timeout, self._expired, step)
+        self._advance(step)
+
+    def _advance(self, step: _Step) -> None:
+        """Run the plugins from ``step.index`` on."""
+        if step.index >= len(step.entries):
+            self._finish(step, step.conn.response)
+        elif step.entries[step.index].on_reactor:
+            self._call_on_reactor(step)
+        else:
+            step.state = "running"
+            step.conn.context.submit(self._work, step)
+
+    def _work(self, step: _Step) -> None:
+        """In the context thread: call plain hooks back to back until one needs the reactor."""
+        entries = step.entries
+        ctx = step.conn.context
+        conn = step.conn
+        args = step.args
+        i = step.index
+        report = self.reactor.callFromThread
+        while i < len(entries):
+            entry = entries[i]
+            if entry.on_reactor:
+                report(self._reached_reactor_hook, step, i)
+                return
+            if step.state == "done":
+                return  # timed out or shut down meanwhile: the rest is moot
+            step.index = i
+            step.turn += 1
+            current_plugin.set(entry.plugin)
+            try:
+                verdict = entry.fn(ctx, conn, *args)
+            except Exception:
+                report(self._failed, step, i, Failure())
+                return
+            finally:
+                current_plugin.set("")
+            if verdict is True:
+                report(self._took_control, step, i, step.turn)
+                return
+            if verdict is not None and verdict is not False:
+                if isinstance(verdict, defer.Deferred) or inspect.isawaitable(verdict):
+                    # A plain function that returned a Deferred: it wants the reactor.  From now
+                    # on it is called there (the first call could not know).
+                    entry.on_reactor = True
+                    report(self._await_verdict, step, i, step.turn, verdict)
+                    return
+                if verdict:
+                    report(self._took_control, step, i, step.turn)
+                    return
+            i += 1
+        report(self._all_done, step, i)
+
+    def _reached_reactor_hook(self, step: _Step, i: int) -> None:
+        if step.state == "done":
+            return
+        step.index = i
+        self._call_on_reactor(step)
+
+    def _all_done(self, step: _Step, i: int) -> None:
+        if step.state == "done":
+            return
+        step.index = i
+        if step.pending is not None:
+            self._stale(step, step.pending[1])
+            step.pending = None
+        self._finish(step, step.conn.response)
+
+    def _call_on_reactor(self, step: _Step) -> None:
+        entry = step.entries[step.index]
+        step.state = "running"
+        step.turn += 1
+        token = current_plugin.set(entry.plugin)
+        try:
+            verdict = entry.fn(step.conn.context, step.conn, *step.args)
+        except Exception:
+            self._failed(step, step.index, Failure())
+            return
+        finally:
+            current_plugin.reset(token)
+        self._await_verdict(step, step.index, step.turn, verdict)
+
+    def _await_verdict(self, step: _Step, i: int, turn: int, verdict: Any) -> None:
+        if step.state == "done":
+            return
+        step.index = i
+        if inspect.iscoroutine(verdict):
+            # ensureDeferred copies the current contextvars: set the plugin first.
+            token = current_plugin.set(step.entries[i].plugin)
+            try:
+                verdict = defer.Deferred.fromCoroutine(verdict)
+            finally:
+                current_plugin.reset(token)
+        elif inspect.isawaitable(verdict) and not isinstance(verdict, defer.Deferred):
+            verdict = defer.ensureDeferred(verdict)
+        if isinstance(verdict, defer.Deferred):
+            verdict.addCallbacks(
+                lambda v: self._verdict(step, i, turn, v),
+                lambda f: self._failed(step, i, f),
+            )
+        else:
+            self._verdict(step, i, turn, verdict)
+
+    def _verdict(self, step: _Step, i: int, turn: int, verdict: Any) -> None:
+        if step.state == "done" or step.turn != turn:
+            return
+        if verdict:
+            self._took_control(step, i, turn)
+        else:
+            step.index = i + 1
+            self._advance(step)
+
+    def _took_control(self, step: _Step, i: int, turn: int) -> None:
+        if step.state == "done":
+            return
+        step.index = i
+        step.state = "control"
+        pending, step.pending = step.pending, None
+        if pending is not None:
+            if pending[0] == turn:
+                self._control(step, pending[0], pending[1])
+            else:
+                self._stale(step, pending[1])
+
+    def _failed(self, step: _Step, i: int, failure: Failure) -> None:
+        if step.state == "done":
+            return
+        log.failure(
+            "plugin {plugin}: {hook} raised; answering 451 4.3.0",
+            failure,
+            plugin=step.entries[i].plugin,
+            hook=step.hook,
+        )
+        self._finish(step, ERROR_REPLY)
+
+    def _expired(self, step: _Step) -> None:
+        step.timeout = None
+        if step.state == "done":
+            return
+        entry = step.entries[min(step.index, len(step.entries) - 1)]
+        log.error(
+            "plugin {plugin}: {hook} did not hand back control within {timeout} s "
+            "(connection {id}); answering 451 4.4.7",
+            plugin=entry.plugin,
+            hook=step.hook,
+            timeout=self.timeout,
+            id=step.conn.id,
+        )
+        self._finish(step, TIMEOUT_REPLY)
+
+    def _finish(self, step: _Step, reply: Reply | None) -> None:
+        if step.state == "done":
+            return
+        step.state = "done"
+        if step.timeout is not None and step.timeout.active():
+            step.timeout.cancel()
+        step.timeout = None
+        conn_id = step.conn.id
+        if self._active.get(conn_id) is step:
+            del self._active[conn_id]
+        waiting = self._waiting.get(conn_id)
+        nxt = None
+        if waiting:
+            nxt = waiting.popleft()
+            if not waiting:
+                del self._waiting[conn_id]
+            # Claim the slot before firing: the callback may ask for the next hook at once.
+            self._active[conn_id] = nxt
+        step.deferred.callback(reply)
+        if nxt is not None:
+            if self._shutdown:
+                del self._active[conn_id]
+                nxt.state = "done"
+                nxt.deferred.callback(SHUTDOWN_REPLY)
+            else:
+                self._begin(nxt)
+
+    # -- control calls (any thread) ----------------------------------------------------------------
+
+    def control(self, conn: Connection, kind: str) -> None:
+        """``MQ_continue``/``MQ_complete``/``MQ_retry``: hand control back.  Thread-safe."""
+        # Read the step and its turn now, in the caller's thread: a late call must not be
+        # mistaken for a hand-back of some later step.
+        step = self._active.get(conn.id)
+        if step is None:
+            log.warn("MQ_{kind} for connection {id}, which no plugin holds", kind=kind, id=conn.id)
+            return
+        turn = step.turn
+        self.reactor.callFromThread(self._control, step, turn, kind)
+
+    def _control(self, step: _Step, turn: int, kind: str) -> None:
+        if step.state == "done" or turn != step.turn:
+            self._stale(step, kind)
+            return
+        if step.state != "control":
+            if step.pending is not None:
+                self._stale(step, kind)
+            else:
+                step.pending = (turn, kind)
+            return
+        # A fresh timeout for what follows: each hand-over gets the full plugin-timeout.
+        if step.timeout is not None and step.timeout.active():
+            step.timeout.reset(self.timeout)
+        if kind == "complete":
+            self._finish(step, step.conn.response)
+            return
+        step.index = 0 if kind == "retry" else step.index + 1
+        self._advance(step)
+
+    def _stale(self, step: _Step, kind: str) -> None:
+        log.warn(
+            "MQ_{kind} for connection {id} ignored: control was already handed back ({hook})",
+            kind=kind,
+            id=step.conn.id,
+            hook=step.hook,
+        )
+
+
+def _restore_runner(directory: str, threads: int | None, timeout: float) -> PluginRunner:
+    # A module-level function: twisted.persisted.styles pickles bound methods in its own way.
+    return PluginRunner.from_directory(directory, threads=threads, timeout=timeout)
+
+
+def _runs_on_reactor(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or bool(getattr(fn, "mq_on_reactor", False))
+
+
+class PluginService(service.Service):
+    """The plugin layer as a twistd service: ``runner`` is the HookRunner to hand to the SMTP
+    factory and to delivery.
+
+    Plugins are loaded in the constructor, so a bad plugin stops ``twistd`` before anything
+    listens.  It pickles (TAP files): the runner pickles as its configuration only.
+    """
+
+    name = "plugins"
+
+    def __init__(self, directory: str, threads: int | None = None, timeout: float = 30.0) -> None:
+        self.runner = PluginRunner.from_directory(directory, threads=threads, timeout=timeout)
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.runner.start()
+
+    def stopService(self) -> defer.Deferred[None]:
+        service.Service.stopService(self)
+        return self.runner.stop()
