@@ -1,0 +1,160 @@
+"""Delivery over real loopback sockets: a twisted.names zone for MX, Postfix's smtp-sink as the
+receiver, the SQLite spool as the queue, and scripted servers with a self-signed certificate."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, ssl, task
+from twisted.internet.defer import Deferred
+
+from mqtwisted.delivery import DeliveryOptions, DeliveryService
+from mqtwisted.queue import Publication
+from tests.deliveryhelpers import StaticResolver, doc
+from tests.dnszone import DNSZone
+from tests.memqueue import MemoryQueue
+from tests.smtppeers import ScriptedFactory
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await task.deferLater(reactor, 0.05, lambda: None)
+
+
+def open_connections(svc: DeliveryService) -> int:
+    return sum(len(d.runners) for d in svc.destinations.values())
+
+
+@pytest.fixture
+def sink():
+    if shutil.which("smtp-sink") is None:
+        pytest.skip("smtp-sink (Postfix) not installed")
+    port = free_port()
+    proc = subprocess.Popen(["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+@pytest_twisted.ensureDeferred
+async def test_end_to_end_spool_dns_smtp_sink(tmp_path, sink: int) -> None:
+    from mqtwisted.queue.spool import SpoolQueue
+
+    zone = DNSZone({"example.com": [("MX", 10, "mx.example.com")], "mx.example.com": [("A", "127.0.0.1")]})
+    zone.start()
+    queue = SpoolQueue(str(tmp_path / "spool.db"))
+    queue.start()
+    n = 300
+    await queue.publish([Publication("outbox", doc(f"u{i}@example.com")) for i in range(n)])
+    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", dns_server=f"127.0.0.1:{zone.port}", port=sink, security="none"))
+    svc.startService()
+    try:
+        async def count() -> int:
+            return (await queue.stats()).get("success", 0)
+
+        done = {"n": 0}
+
+        async def poll() -> None:
+            while done["n"] < n:
+                done["n"] = await count()
+                await task.deferLater(reactor, 0.1, lambda: None)
+
+        await Deferred.fromCoroutine(_timeout(poll(), 60))
+        stats = await queue.stats()
+        assert stats.get("success") == n and stats.get("results") == n and stats.get("outbox", 0) == 0
+        results = await queue.list("success", limit=n)
+        assert max(d["results"][0]["messages"] for _, d in results) > 1
+        assert all(d["results"][0]["to"] == "127.0.0.1" for _, d in results)
+    finally:
+        await svc.stopService()
+        await until(lambda: open_connections(svc) == 0)
+        svc.resolver.close()
+        await queue.stop()
+        await zone.stop()
+
+
+async def _timeout(coro, seconds: float):
+    d = Deferred.fromCoroutine(coro)
+    d.addTimeout(seconds, reactor)
+    return await d
+
+
+def _tls_server(**kw) -> ScriptedFactory:
+    cert = ssl.KeyPair.generate().selfSignedCert(1, CN="mx.example.com")
+    return ScriptedFactory(tls=cert.options(), **kw)
+
+
+async def _deliver_one(server: ScriptedFactory, security: str, **extra) -> MemoryQueue:
+    port = reactor.listenTCP(0, server, interface="127.0.0.1")
+    queue = MemoryQueue(reactor)
+    resolver = StaticResolver({"example.com": [("mx.example.com", ["127.0.0.1"])]})
+    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", port=port.getHost().port, security=security, **extra), resolver=resolver)
+    svc.startService()
+    try:
+        await queue.publish([Publication("outbox", doc())])
+        await until(lambda: queue.docs("results") or queue.docs("retry"), 20)
+    finally:
+        await svc.stopService()
+        await until(lambda: open_connections(svc) == 0)
+        await port.stopListening()
+        queue.stop()
+    return queue
+
+
+@pytest_twisted.ensureDeferred
+async def test_opportunistic_tls_with_self_signed_certificate() -> None:
+    server = _tls_server()
+    queue = await _deliver_one(server, "opportunistic")
+    (res,) = queue.docs("success")
+    cipher = res["results"][0]["cipher"]
+    assert cipher["name"] and cipher["version"].startswith("TLS")
+    assert server.messages[0]["tls"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_verified_rejects_self_signed_certificate() -> None:
+    server = _tls_server()
+    queue = await _deliver_one(server, "verified")
+    (retry,) = queue.docs("retry")
+    r = retry["results"][0]
+    assert r["state"] == "starttls" and r["result"] in ("lost", "error")
+    assert server.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_required_without_starttls_fails_in_starttls() -> None:
+    server = ScriptedFactory()
+    queue = await _deliver_one(server, "required")
+    (retry,) = queue.docs("retry")
+    assert retry["results"][0]["state"] == "starttls"
+    assert server.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_optional_falls_back_to_plaintext_when_tls_breaks() -> None:
+    server = ScriptedFactory(extensions=("STARTTLS",), replies={"STARTTLS": ["454 4.7.0 TLS not available"]})
+    queue = await _deliver_one(server, "optional")
+    assert queue.docs("success")
+    assert server.messages[0]["tls"] is False
