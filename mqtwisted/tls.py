@@ -67,8 +67,9 @@ class ServerTLS:
                 pem = c.read() + b"\n" + k.read()
             cert = ssl.PrivateCertificate.loadPEM(pem)
             self._options = ssl.CertificateOptions(
-                privateKey=cert.privateKey.original,
-                certificate=cert.original,
+                # pyOpenSSL deprecates its own PKey objects: hand it the cryptography key
+                privateKey=cert.privateKey.original.to_cryptography_key(),
+                certificate=cert.original.to_cryptography(),
                 raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             )
         return self._options
