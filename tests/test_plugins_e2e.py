@@ -1,0 +1,328 @@
+"""Plugins in a whole MTA over real TCP, with STARTTLS and AUTH, driven by smtplib."""
+
+from __future__ import annotations
+
+import shutil
+import smtplib
+import sqlite3
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task, threads
+
+from mqtwisted.testing import start_mta
+from tests.test_plugins_support import write_plugins
+
+MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+EXAMPLES = Path(__file__).resolve().parent.parent / "plugins"
+
+RECORDER = """
+def _rec(ctx, conn, hook, *extra):
+    CALLS.append((hook, conn.id, ctx, threading.current_thread().name) + extra)
+    return False
+
+def mq_context_initialize(ctx):
+    CALLS.append(("mq_context_initialize", None, ctx, threading.current_thread().name))
+
+def mq_context_cleanup(ctx):
+    CALLS.append(("mq_context_cleanup", None, ctx, threading.current_thread().name))
+
+def mq_smtp_in_connect(ctx, conn):
+    return _rec(ctx, conn, "connect")
+
+def mq_smtp_in_secure(ctx, conn):
+    return _rec(ctx, conn, "secure", mq.MQ_secure(conn), mq.MQ_tlsVersion(conn))
+
+def mq_smtp_in_authenticate(ctx, conn, login, password):
+    return _rec(ctx, conn, "authenticate", login, password)
+
+def mq_smtp_in_mailfrom(ctx, conn, address):
+    return _rec(ctx, conn, "mailfrom", address, mq.MQ_helo(conn), mq.MQ_authenticated(conn))
+
+def mq_smtp_in_rcptto(ctx, conn, address):
+    return _rec(ctx, conn, "rcptto", address)
+
+def mq_smtp_in_data(ctx, conn, mime):
+    return _rec(ctx, conn, "data", mime)
+
+def mq_smtp_in_message(ctx, conn, message):
+    mq.MQ_json(message).setdefault("tags", []).append("recorded")
+    mq.MQ_json(message)["recorder-saw"] = mq.MQ_recipient(message)
+    return _rec(ctx, conn, "message", mq.MQ_recipient(message))
+
+def mq_smtp_in_close(ctx, conn):
+    return _rec(ctx, conn, "close")
+"""
+
+
+def no_verify() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def send(port, *, starttls=False, login=None, rcpts=("b@example.com",), sender="a@example.com"):
+    """One session; returns the (code, message) of every step, or raises on refusal."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo("client.test")
+        if starttls:
+            s.starttls(context=no_verify())
+            s.ehlo("client.test")
+        if login:
+            s.login(*login)
+        return s.sendmail(sender, list(rcpts), MSG)
+
+
+def in_thread(fn, *a, **kw):
+    return threads.deferToThread(fn, *a, **kw)
+
+
+def sleep(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def plugin_module(name: str):
+    return sys.modules["mqtwisted_plugin_" + name]
+
+
+@pytest.fixture
+def mtas():
+    running = []
+
+    def start(data_dir, **options):
+        d = start_mta(str(data_dir), **options)
+        d.addCallback(lambda m: (running.append(m), m)[1])
+        return d
+
+    yield start
+    for m in running:
+        pytest_twisted.blockon(m.stop())
+
+
+@pytest_twisted.inlineCallbacks
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        yield sleep(0.01)
+
+
+@pytest_twisted.inlineCallbacks
+def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mtas):
+    plugins = write_plugins(tmp_path / "plugins", {"recorder.py": RECORDER})
+    mta = yield mtas(
+        tmp_path / "data",
+        plugin_directory=str(plugins),
+        threads="2",
+        smtp_auth="hardcoded://user:secret",
+    )
+    calls = plugin_module("recorder").CALLS
+    rcpts = ["r1@example.com", "r2@example.org"]
+    yield in_thread(send, mta.port, starttls=True, login=("user", "secret"), rcpts=rcpts)
+    yield wait_for(lambda: any(c[0] == "close" for c in calls))
+
+    # mq_context_initialize: once per worker thread, in that thread
+    inits = [c for c in calls if c[0] == "mq_context_initialize"]
+    assert sorted((c[2].index, c[3]) for c in inits) == [(0, "mq-context-0"), (1, "mq-context-1")]
+
+    session = [c for c in calls if c[1] is not None]
+    assert [c[0] for c in session] == [
+        "connect",
+        "secure",
+        "authenticate",
+        "mailfrom",
+        "rcptto",
+        "rcptto",
+        "data",
+        "message",
+        "message",
+        "close",
+    ]
+    # one connection, one context, one thread, for every hook
+    assert len({c[1] for c in session}) == 1
+    ctx = session[0][2]
+    assert all(c[2] is ctx and c[3] == ctx.name for c in session)
+    by_hook = {c[0]: c[4:] for c in session}
+    assert by_hook["secure"][0] is True and by_hook["secure"][1].startswith("TLS")
+    assert by_hook["authenticate"] == ("user", "secret")
+    assert by_hook["mailfrom"] == ("a@example.com", "client.test", True)
+    assert [c[4] for c in session if c[0] == "rcptto"] == rcpts
+    assert by_hook["data"][0] == MSG
+    assert [c[4] for c in session if c[0] == "message"] == rcpts  # once per recipient
+
+    docs = yield mta.documents()
+    assert sorted(d["recipient"] for d in docs) == rcpts
+    for d in docs:
+        assert "recorded" in d["tags"] and d["recorder-saw"] == d["recipient"]
+
+
+TAKER = """
+import os
+from twisted.internet import reactor
+
+def mq_smtp_in_mailfrom(ctx, conn, address):
+    # hand back from another thread
+    threading.Timer(0.1, mq.MQ_continue, (conn,)).start()
+    CALLS.append("mailfrom")
+    return True
+
+def mq_smtp_in_rcptto(ctx, conn, address):
+    # hand back from a timer, which runs in this context's thread
+    def resume(c):
+        CALLS.append("timer in " + threading.current_thread().name)
+        mq.MQ_continue(c)
+    mq.MQ_startTimer(ctx, 0.1, resume, conn)
+    CALLS.append("rcptto in " + threading.current_thread().name)
+    return True
+
+def mq_smtp_in_data(ctx, conn, mime):
+    CALLS.append("data")
+    if CALLS.count("data") == 1:
+        threading.Timer(0.05, mq.MQ_retry, (conn,)).start()
+        return True
+    return False
+"""
+COUNTER = """
+def mq_smtp_in_data(ctx, conn, mime):
+    CALLS.append("data")
+    return False
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_take_control_from_thread_and_timer_and_retry_over_tcp(tmp_path, mtas):
+    plugins = write_plugins(tmp_path / "plugins", {"a_count.py": COUNTER, "b_take.py": TAKER})
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
+    start = time.monotonic()
+    refused = yield in_thread(send, mta.port)
+    assert refused == {}
+    assert time.monotonic() - start >= 0.25
+    calls = plugin_module("b_take").CALLS
+    ctx_thread = calls[1].split(" in ")[1]
+    assert calls == [
+        "mailfrom",
+        "rcptto in " + ctx_thread,
+        "timer in " + ctx_thread,
+        "data",
+        "data",
+    ]
+    # MQ_retry re-ran the step from the first plugin
+    assert plugin_module("a_count").CALLS == ["data", "data"]
+    docs = yield mta.documents()
+    assert len(docs) == 1
+
+
+SLEEPER = """
+def mq_smtp_in_rcptto(ctx, conn, address):
+    if address.startswith("slow"):
+        time.sleep(2)
+    return False
+"""
+
+
+@pytest_twisted.inlineCallbacks
+def test_blocked_context_does_not_delay_a_connection_on_another(tmp_path, mtas):
+    plugins = write_plugins(tmp_path / "plugins", {"sleeper.py": SLEEPER})
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
+    start = time.monotonic()
+    slow = in_thread(send, mta.port, rcpts=["slow@example.com"])
+    yield sleep(0.3)  # the slow session is inside its rcptto hook now
+    yield in_thread(send, mta.port, rcpts=["fast@example.com"])
+    fast_done = time.monotonic() - start
+    yield slow
+    slow_done = time.monotonic() - start
+    assert fast_done < 1.5 < 2 <= slow_done
+
+
+@pytest_twisted.inlineCallbacks
+def test_failing_plugin_answers_451_and_the_mta_goes_on(tmp_path, mtas):
+    plugins = write_plugins(
+        tmp_path / "plugins",
+        {"boom.py": "def mq_smtp_in_rcptto(ctx, conn, address):\n    return 1 / 0\n"},
+    )
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        yield in_thread(send, mta.port)
+    assert e.value.recipients["b@example.com"][0] == 451
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        yield in_thread(send, mta.port)
+    assert (yield mta.documents()) == []
+
+
+# -- the example plugins ---------------------------------------------------------------------------
+
+
+def copy_examples(tmp_path: Path, *names: str) -> Path:
+    d = tmp_path / "plugins"
+    d.mkdir()
+    for name in names:
+        shutil.copy(EXAMPLES / name, d / name)
+    return d
+
+
+@pytest_twisted.inlineCallbacks
+def test_allowlist_refuses_unlisted_recipients(tmp_path, mtas, monkeypatch):
+    plugins = copy_examples(tmp_path, "allowlist.py")
+    listing = tmp_path / "allow.txt"
+    listing.write_text("# who may receive\nok@example.com\n@example.org\n")
+    monkeypatch.setenv("MQ_ALLOWLIST", str(listing))
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
+    refused = yield in_thread(
+        send, mta.port, rcpts=["ok@example.com", "any@example.org", "no@example.com"]
+    )
+    assert refused["no@example.com"][0] == 550 and b"not allowed" in refused["no@example.com"][1]
+    docs = yield mta.documents()
+    assert sorted(d["recipient"] for d in docs) == ["any@example.org", "ok@example.com"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_sqlite_login_one_connection_per_context(tmp_path, mtas, monkeypatch):
+    plugins = copy_examples(tmp_path, "sqlitelogin.py")
+    db_path = tmp_path / "logins.sqlite3"
+    monkeypatch.setenv("MQ_LOGIN_DB", str(db_path))
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
+    module = plugin_module("sqlitelogin")
+    db = sqlite3.connect(str(db_path))
+    module.add_user(db, "ann", "s3cret")
+    db.close()
+    yield in_thread(send, mta.port, starttls=True, login=("ann", "s3cret"))
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        yield in_thread(send, mta.port, starttls=True, login=("ann", "wrong"))
+    runner = mta.service.getServiceNamed("plugins").runner
+    conns = [ctx.data["sqlitelogin"] for ctx in runner.contexts]
+    assert all(isinstance(c, sqlite3.Connection) for c in conns) and conns[0] is not conns[1]
+    docs = yield mta.documents()
+    assert [d["connection"]["user"] for d in docs] == ["ann"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_greylist_holds_then_refuses_then_accepts(tmp_path, mtas, monkeypatch):
+    plugins = copy_examples(tmp_path, "greylist.py")
+    monkeypatch.setenv("MQ_GREYLIST_DELAY", "0.5")
+    monkeypatch.setenv("MQ_GREYLIST_PAUSE", "0.3")
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="1")
+    start = time.monotonic()
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+        yield in_thread(send, mta.port)
+    assert e.value.recipients["b@example.com"][0] == 451
+    assert time.monotonic() - start >= 0.3  # held by take-control until the timer
+    yield sleep(0.5)
+    assert (yield in_thread(send, mta.port)) == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_tagger_and_hooklog(tmp_path, mtas):
+    plugins = copy_examples(tmp_path, "hooklog.py", "tagger.py")
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
+    yield in_thread(send, mta.port, rcpts=["r1@example.com", "r2@example.com"])
+    docs = yield mta.documents()
+    assert len(docs) == 2
+    for d in docs:
+        assert d["tags"] == ["via-mqmta"]
+        assert d["mime"].startswith("X-MQ-Received-By: mx.test\r\n")
+        assert d["mime"].endswith(MSG.decode())
