@@ -465,7 +465,7 @@ class DeliveryService(service.Service):
             self._timers[token] = (call, lease)
             return
         job = Job(lease, doc)
-        problem = self._invalid(doc)
+        problem = self._invalid(doc, may_build_mime=self.hooks.defines("mq_smtp_out_data"))
         if problem:
             self._final(job, Attempt("process", "invalid", description=problem, time=now, permanent=True))
             return
@@ -485,11 +485,12 @@ class DeliveryService(service.Service):
         self._received(lease)
 
     @staticmethod
-    def _invalid(doc: Mapping[str, Any]) -> str | None:
+    def _invalid(doc: Mapping[str, Any], may_build_mime: bool = False) -> str | None:
         recipient = doc.get("recipient")
         if not isinstance(recipient, str) or "@" not in recipient or not recipient.rsplit("@", 1)[1]:
             return "recipient missing or not an address"
-        if not isinstance(doc.get("mime"), str):
+        # Without mime a plugin may still build it in mq_smtp_out_data (plugins/template_mime.py).
+        if not isinstance(doc.get("mime"), str) and not may_build_mime:
             return "mime missing"
         if not isinstance(doc.get("envelope", ""), str):
             return "envelope is not a string"
@@ -526,7 +527,7 @@ class DeliveryService(service.Service):
 
     def out_message(self, job: Job) -> OutMessage:
         doc = job.document
-        mime = mime_bytes(doc["mime"])
+        mime = mime_bytes(doc["mime"]) if isinstance(doc.get("mime"), str) else b""
         if isinstance(doc.get("headers"), Mapping):
             mime = edit_headers(mime, doc["headers"])
         dsn = doc.get("dsn") if isinstance(doc.get("dsn"), Mapping) else None

@@ -1,0 +1,68 @@
+"""RFC 3464 reports and the template plugin."""
+
+from __future__ import annotations
+
+import email
+import importlib.util
+import pathlib
+
+from mqtwisted.bounce import build_dsn, wants_failure_dsn
+from mqtwisted.connection import MessageHandle
+from mqtwisted.results import Attempt
+from tests.deliveryhelpers import RecordingHooks, doc, make
+from tests.smtppeers import ScriptedFactory
+
+
+def test_dsn_structure_parses() -> None:
+    d = doc(dsn={"orcpt": "orig@example.com", "envid": "X"})
+    a = Attempt("rcptto", "error", 550, "5.1.1", "no such user", mta="mx.example.com")
+    out = build_dsn(d, a, reporting_mta="mqmta.test", now=0)
+    assert out["envelope"] == "" and out["recipient"] == "sender@example.org"
+    msg = email.message_from_bytes(out["mime"].encode())
+    assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
+    parts = msg.get_payload()
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/delivery-status", "message/rfc822"]
+    status = parts[1].as_string()
+    assert "Original-Recipient: rfc822;orig@example.com" in status
+    assert "Diagnostic-Code: smtp; 550 5.1.1 no such user" in status and "Remote-MTA: dns; mx.example.com" in status
+    assert "hello" in parts[2].as_string()
+
+
+def test_wants_failure_dsn() -> None:
+    assert wants_failure_dsn({"envelope": "a@b"})
+    assert not wants_failure_dsn({"envelope": ""})
+    assert not wants_failure_dsn({"envelope": "a@b", "dsn": {"notify": "SUCCESS"}})
+    assert wants_failure_dsn({"envelope": "a@b", "dsn": {"notify": ["SUCCESS", "FAILURE"]}})
+
+
+def _plugin():
+    path = pathlib.Path(__file__).parent.parent / "plugins" / "template_mime.py"
+    spec = importlib.util.spec_from_file_location("template_mime", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_template_plugin_builds_mime_on_the_wire_only() -> None:
+    plugin = _plugin()
+    hooks = RecordingHooks(out_data=lambda conn, handle: (plugin.mq_smtp_out_data(None, conn, handle), None)[1])
+    server = ScriptedFactory()
+    svc, queue, net, _ = make({"10.0.0.1": server}, hooks=hooks)
+    svc.startService()
+    d = doc(template={"from": "n@example.org", "subject": "Hi {$name}", "text": "Dear {$name}", "html": "<b>{$name}</b>"}, data={"name": "Ann"})
+    del d["mime"]
+    from mqtwisted.queue import Publication
+
+    queue.publish([Publication("outbox", d)])
+    net.run()
+    body = server.messages[0]["body"]
+    assert b"Subject: Hi Ann" in body and b"multipart/alternative" in body and b"Dear Ann" in body
+    (res,) = queue.docs("success")
+    assert "mime" not in res and res["template"]["subject"] == "Hi {$name}"
+
+
+def test_template_render() -> None:
+    plugin = _plugin()
+    h = MessageHandle({"recipient": "r@x", "template": {"subject": "{$a}{$missing}"}, "data": {"a": 1}}, outgoing=True)
+    plugin.mq_smtp_out_data(None, None, h)
+    assert b"Subject: 1" in h.wire_mime and b"To: r@x" in h.wire_mime
