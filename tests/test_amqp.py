@@ -156,6 +156,24 @@ def test_result_queues_are_not_delayed(amqp_queue):
 
 
 @pytest_twisted.inlineCallbacks
+def test_queues_of_other_names_are_declared_on_first_use(amqp_queue, amqp_prefix):
+    # Delivery may be configured with its own queue names, or a message may name its own.
+    assert (yield amqp_queue.list("custom-results")) == []
+    yield amqp_queue.publish([Publication("custom-results", {"n": 1})])
+    leases = Leases()
+    amqp_queue.consume("custom-outbox", leases)
+    due = time.time() + 1.2
+    yield amqp_queue.publish([Publication("custom-outbox", {"n": 2, "nextattempt": due})])
+    lease = yield leases.next(timeout=6)
+    assert time.time() >= due and lease.document["n"] == 2
+    assert [doc for _, doc in (yield amqp_queue.list("custom-results"))] == [{"n": 1}]
+    conn, ch = blocking_channel()
+    for name in ("custom-results", "custom-outbox"):
+        ch.queue_delete(amqp_prefix + name)
+    conn.close()
+
+
+@pytest_twisted.inlineCallbacks
 def test_settle_acks_only_after_the_broker_confirmed(amqp_queue):
     yield amqp_queue.publish([Publication("outbox", {"n": 1})])
     leases = Leases()
@@ -231,6 +249,30 @@ def test_list_and_show_leave_documents_in_place(amqp_queue):
     amqp_queue.consume("outbox", leases)
     yield wait_for(lambda: len(leases.seen) == 3)
     assert [lease.id for lease in leases.seen] == ids  # order kept
+
+
+@pytest_twisted.inlineCallbacks
+def test_consumer_channel_closed_by_broker_restarts_only_that_consumer(amqp_queue):
+    yield amqp_queue.publish([Publication("outbox", {"n": 1}), Publication("local", {"n": 2})])
+    outbox, local = Leases(), Leases()
+    amqp_queue.consume("outbox", outbox, prefetch=1)
+    amqp_queue.consume("local", local, prefetch=1)
+    lease = yield outbox.next()
+    other = yield local.next()
+    conn = amqp_queue._connection
+    lease.token.channel.basic_ack(424242)  # unknown tag: the broker closes that channel (406)
+    again = yield outbox.next()
+    assert again.id == lease.id  # redelivered on the consumer's new channel
+    with pytest.raises(QueueUnavailable):
+        yield amqp_queue.settle(lease, [])  # the old lease is void
+    assert amqp_queue._connection is conn and amqp_queue.connected
+    yield amqp_queue.settle(other, [])  # the other consumer's lease was untouched
+    yield amqp_queue.settle(again, [])
+    assert counts_of((yield amqp_queue.stats())) == {}
+
+
+def counts_of(stats):
+    return {k: v for k, v in stats.items() if v}
 
 
 @pytest_twisted.inlineCallbacks

@@ -63,9 +63,11 @@ DELAY_BUCKETS: tuple[int, ...] = (
     1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400,
 )
 
-#: Queues whose documents honour ``nextattempt``: the ones the MTA itself processes.  Result
-#: queues (``results``, ``retry`` …) are records for outside consumers; a ``retry`` copy carries
-#: the future ``nextattempt`` of the message and must still be visible at once.
+#: Queues whose documents are published into a delay bucket when ``nextattempt`` lies ahead
+#: (besides any queue this process consumes): the ones an MTA processes.  Result queues
+#: (``results``, ``retry`` …) are records for outside consumers; a ``retry`` copy carries the
+#: message's future ``nextattempt`` and must still be visible at once.  A consumer of this class
+#: hands out only due documents whatever the queue (the Queue contract).
 DEFAULT_DELAYED: tuple[str, ...] = ("outbox", "inbox", "local", "dsn")
 
 # Not "x-…": the headers exchange ignores x- headers when matching.
@@ -164,7 +166,8 @@ class AmqpQueue:
     :param timeout: seconds to wait for a connection or for publisher confirms before failing
         with :class:`QueueUnavailable`.
     :param max_backoff: longest pause between reconnection attempts.
-    :param delayed: queues whose documents wait for their ``nextattempt``.
+    :param delayed: queues whose documents are published into a delay bucket when their
+        ``nextattempt`` lies ahead (see :data:`DEFAULT_DELAYED`).
     """
 
     def __init__(
@@ -195,6 +198,7 @@ class AmqpQueue:
         self._publisher: TwistedChannel | None = None
         self._blocked = False
         self._returned: set[str] = set()
+        self._declared: set[str] = set()
         self._consumers: dict[str, _Consumer] = {}
         self._attempts = 0
         self._retry_call: Any = None
@@ -375,8 +379,8 @@ class AmqpQueue:
             d.callback(None)
 
     async def _declare(self, channel: TwistedChannel) -> None:
-        for queue in QUEUE_NAMES:
-            await channel.queue_declare(self.name(queue), durable=True)
+        self._declared = set()
+        await self._ensure_declared(self._connection, [self.name(q) for q in QUEUE_NAMES])
         exchange = self._delay_exchange
         await channel.exchange_declare(exchange, exchange_type="headers", durable=True)
         for seconds in DELAY_BUCKETS:
@@ -390,6 +394,35 @@ class AmqpQueue:
             await channel.queue_bind(bucket, exchange, arguments={
                 "x-match": "all", _DELAY_HEADER: seconds,
             })
+
+    async def _ensure_declared(self, conn: TwistedProtocolConnection | None,
+                               names: Any) -> None:
+        """Declare (durable) the queues among ``names`` not declared on this connection yet.
+
+        Delivery may name queues of its own (``queue-outbox`` options, a message's ``queues``);
+        publishing to a queue that does not exist would be returned, and dead-lettering into one
+        would silently drop the document.  A queue the operator created with other arguments
+        (a quorum queue, a length limit) is refused with 406; it is then used as it is."""
+        missing = [n for n in names if n not in self._declared]
+        if not missing:
+            return
+        if conn is None:
+            raise QueueUnavailable(f"AMQP broker {self._safe_url()} not connected")
+        # A channel of its own: a 406 closes the channel it happens on.
+        channel = await conn.channel()
+        try:
+            for name in missing:
+                try:
+                    await channel.queue_declare(name, durable=True)
+                except pika_exceptions.ChannelClosedByBroker as e:
+                    if e.reply_code != 406:
+                        raise
+                    channel = await conn.channel()
+                    await channel.queue_declare(name, passive=True)
+                self._declared.add(name)
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def _connect_failed(self, failure: Failure) -> None:
         if failure.check(defer.CancelledError) or not self._running:
@@ -423,8 +456,9 @@ class AmqpQueue:
             self._schedule_reconnect()
 
     def _channel_closed(self, reason: Any, conn: TwistedProtocolConnection, what: str) -> None:
-        # A long-lived channel closed under a live connection means a channel error we did not
-        # expect.  One recovery path for everything: drop the connection and reconnect.
+        # The publishing channel closed under a live connection: a channel error we did not
+        # expect (its pending confirms have failed already).  Reconnecting is the one recovery
+        # path that is well trodden, so take it.
         if self._connection is conn and self._running and conn.is_open:
             log.error("AMQP {what} channel closed ({why}); reconnecting", what=what, why=reason)
             conn.close()
@@ -462,7 +496,9 @@ class AmqpQueue:
         message_id = uuid.uuid4().hex
         headers = dict(headers or {})
         exchange = ""
-        if remaining > 0 and queue in self.delayed:
+        # Publish-side delay is where it is cheap and expected; a document that arrives early
+        # anyway (another node's queue names, an outside client) is delayed by the consumer.
+        if remaining > 0 and (queue in self.delayed or queue in self._consumers):
             exchange = self._delay_exchange
             headers[_DELAY_HEADER] = delay_bucket(remaining)
         else:
@@ -485,13 +521,33 @@ class AmqpQueue:
     def _send(self, outgoing: list[_Outgoing]) -> Deferred[list[str]]:
         """Publish and wait for every confirm; never fires with success for anything the broker
         did not confirm, and never waits longer than ``timeout``."""
-        channel = self._publisher
-        if not self._running or channel is None or not channel.is_open:
+        if not self._running or not self.connected:
             return fail(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
         if self._blocked:
             return fail(QueueUnavailable(f"AMQP broker {self._safe_url()} blocks publishers"))
         if not outgoing:
             return succeed([])
+        result: Deferred[list[str]] = Deferred()
+        timer = self.reactor.callLater(self.timeout, self._confirm_timeout, result)
+        result.addBoth(_cancel_call, timer)
+        targets = {msg.routing_key for msg in outgoing}
+        if targets <= self._declared:
+            self._publish_all(outgoing, result)
+        else:
+            declared = defer.ensureDeferred(self._ensure_declared(self._connection, targets))
+            declared.addCallbacks(
+                lambda _: self._publish_all(outgoing, result),
+                lambda f: None if result.called else result.errback(_unavailable(f)),
+            )
+        return result
+
+    def _publish_all(self, outgoing: list[_Outgoing], result: Deferred) -> None:
+        channel = self._publisher
+        if result.called:  # timed out while declaring
+            return
+        if channel is None or not channel.is_open:
+            result.errback(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
+            return
         confirms = []
         for msg in outgoing:
             # mandatory: a queue someone deleted must fail the publish, not swallow it.
@@ -502,12 +558,8 @@ class AmqpQueue:
             except Exception as e:  # channel closing under us
                 confirm = fail(e)
             confirms.append(confirm)
-        result: Deferred[list[str]] = Deferred()
         gathered = defer.DeferredList(confirms, consumeErrors=True)
         gathered.addCallback(self._confirmed, outgoing, result)
-        timer = self.reactor.callLater(self.timeout, self._confirm_timeout, result)
-        result.addBoth(_cancel_call, timer)
-        return result
 
     def _confirmed(self, results: list[tuple[bool, Any]], outgoing: list[_Outgoing],
                    result: Deferred) -> None:
@@ -559,6 +611,7 @@ class AmqpQueue:
             return
         consumer.channel = channel
         channel.on_closed.addBoth(self._consumer_channel_closed, consumer, channel, conn)
+        await self._ensure_declared(conn, [self.name(consumer.queue)])
         await channel.basic_qos(prefetch_count=consumer.prefetch)
         messages, _tag = await channel.basic_consume(self.name(consumer.queue))
         while True:
@@ -569,10 +622,17 @@ class AmqpQueue:
 
     def _consumer_channel_closed(self, reason: Any, consumer: _Consumer,
                                  channel: TwistedChannel, conn: TwistedProtocolConnection) -> None:
+        # Closed by the broker under a live connection (e.g. a lease held past RabbitMQ's
+        # consumer_timeout): that channel's leases are void, the other consumers' are not, so
+        # only this consumer starts again.
         if consumer.channel is channel:
             consumer.channel = None
-            if not consumer.cancelled:
-                self._channel_closed(reason, conn, f"{consumer.queue} consumer")
+            if consumer.cancelled or self._connection is not conn or not conn.is_open:
+                return
+            log.warn("AMQP {queue} consumer channel closed ({why}); restarting",
+                     queue=consumer.queue, why=reason)
+            if consumer.retry is None or not consumer.retry.active():
+                consumer.retry = self.reactor.callLater(1.0, self._restart_consumer, consumer)
 
     def _consumer_failed(self, failure: Failure, consumer: _Consumer,
                          conn: TwistedProtocolConnection) -> None:
@@ -584,9 +644,12 @@ class AmqpQueue:
             # Cancelled by the broker (queue deleted, node failover): declare and try again.
             log.warn("AMQP consumer for {queue} cancelled by the broker; restarting",
                      queue=consumer.queue)
+        elif failure.check(pika_exceptions.ChannelClosed):
+            return  # restarted by _consumer_channel_closed
         else:
             log.failure("AMQP consumer for {queue} failed", failure, queue=consumer.queue)
-        consumer.retry = self.reactor.callLater(1.0, self._restart_consumer, consumer)
+        if consumer.retry is None or not consumer.retry.active():
+            consumer.retry = self.reactor.callLater(1.0, self._restart_consumer, consumer)
 
     def _restart_consumer(self, consumer: _Consumer) -> None:
         consumer.retry = None
@@ -610,7 +673,7 @@ class AmqpQueue:
             channel.basic_reject(tag, requeue=False)
             return
         remaining = _due(document) - time.time()
-        if remaining > 0 and consumer.queue in self.delayed:
+        if remaining > 0:
             self._redelay(consumer, channel, tag, message, remaining)
             return
         properties = message.properties
@@ -741,7 +804,12 @@ class AmqpQueue:
         last = None
         try:
             for _ in range(limit):
-                message = await channel.basic_get(self.name(queue))
+                try:
+                    message = await channel.basic_get(self.name(queue))
+                except pika_exceptions.ChannelClosedByBroker as e:
+                    if e.reply_code == 404:  # no such queue: nothing in it
+                        break
+                    raise
                 if message is None:
                     break
                 last = message.method.delivery_tag
