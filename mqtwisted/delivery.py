@@ -89,7 +89,8 @@ class DeliveryOptions:
                     return opts[key]
             return default
 
-        queues = {role: str(get(f"queue-{role}", role)) for role in ("outbox", "results", "success", "failure", "retry", "dsn")}
+        roles = ("outbox", "results", "success", "failure", "retry", "dsn")
+        queues = {role: str(get(role, get(f"queue-{role}", role))) for role in roles}
         return cls(
             helo=get("hostname", None),
             dns_server=get("dns-server", None),
@@ -98,10 +99,10 @@ class DeliveryOptions:
             max_connections_per_domain=int(get("max-connections-per-domain", 10)),
             max_messages_per_connection=int(get("max-messages-per-connection", 100)),
             retry_interval=parse_intervals(get("retry-interval", None)) or DEFAULT_RETRY_INTERVALS,
-            max_delivertime=int(get("max-delivertime", DEFAULT_MAX_DELIVERTIME)),
+            max_delivertime=int(float(get("max-delivertime", DEFAULT_MAX_DELIVERTIME))),
             max_attempts=int(get("max-attempts", 0)),
             security=str(get("security", "opportunistic")),
-            timeout=float(get("smtp-client-timeout", 300)),
+            timeout=float(get("smtp-client-timeout", get("smtp-timeout", 300))),
             connect_timeout=float(get("connect-timeout", 30)),
             queues=queues,
             tls_ca=get("tls-ca", None),
@@ -589,6 +590,11 @@ class DeliveryService(service.Service):
 
         d.addErrback(failed)
         d.addBoth(lambda r: self._settling.discard(d))
+
+
+def make_delivery_service(options: Mapping[str, Any], queue: Queue, hooks: HookRunner | None) -> DeliveryService:
+    """The service behind ``--delivery on`` (called by :mod:`mqtwisted.service`)."""
+    return DeliveryService(queue, hooks, DeliveryOptions.from_options(options))
 
 
 def _int(value: Any, default: int) -> int:

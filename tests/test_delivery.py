@@ -246,3 +246,14 @@ def test_stop_releases_pending_and_waits() -> None:
 def test_options_from_mapping() -> None:
     o = DeliveryOptions.from_options({"smarthost": "h:2", "retry-interval": "1,2", "max-connections-per-domain": "3", "dns-server": "127.0.0.1:5353"})
     assert o.smarthost == "h:2" and o.retry_interval == (1, 2) and o.max_connections_per_domain == 3 and o.dns_server == "127.0.0.1:5353"
+
+
+def test_make_delivery_service_from_mta_options() -> None:
+    from mqtwisted.delivery import make_delivery_service
+    from mqtwisted.options import MQOptions
+
+    opts = MQOptions()
+    opts.parseOptions(["--smarthost", "relay:2525", "--retry-interval", "5,10", "--outbox", "out2"])
+    svc = make_delivery_service(opts, MemoryQueue.__new__(MemoryQueue), None)
+    assert svc.options.smarthost == "relay:2525" and svc.options.retry_interval == (5, 10)
+    assert svc.options.queues["outbox"] == "out2" and svc.options.max_connections_per_domain == 10
