@@ -29,7 +29,10 @@ def header_block(mime: bytes) -> bytes:
 
 
 def message_id(head: bytes) -> str | None:
-    m = _MESSAGE_ID.search(head)
+    at = (b"\r\n" + head[:_HEAD_LIMIT]).lower().find(b"\nmessage-id:")
+    if at < 0:
+        return None
+    m = _MESSAGE_ID.match(head, max(0, at - 1))
     if m is None:
         return None
     return re.sub(rb"\s+", b" ", m.group(1)).strip().decode("utf-8", "replace") or None

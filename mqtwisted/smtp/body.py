@@ -17,14 +17,12 @@ like every other: the reader starts with a virtual CRLF in front of the data.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 
 import attrs
 
 from mqtwisted.queue import Body
 
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _END = b"\r\n.\r\n"
 
 
@@ -67,9 +65,12 @@ class BodyReader:
     def _take(self, wire: bytes) -> None:
         if not wire:
             return
-        # No take ends in CR or LF (see feed), so a CR or LF at either edge is judged correctly.
-        if not self.bare_newline and _BARE.search(wire):
-            self.bare_newline = True
+        # No take ends in CR or LF (see feed), so every CR and LF of ``wire`` is judged here.
+        # Three C-speed counts beat a regex with look-arounds by an order of magnitude.
+        if not self.bare_newline:
+            pairs = wire.count(b"\r\n")
+            if wire.count(b"\n") != pairs or wire.count(b"\r") != pairs:
+                self.bare_newline = True
         if not self.long_line:
             self._check_lines(wire)
         text = wire.replace(b"\r\n.", b"\r\n")
@@ -86,7 +87,7 @@ class BodyReader:
             if self._line + first + 1 > self.max_line:
                 self.long_line = True
             last = wire.rfind(b"\n")
-            if last > first and re.search(rb"[^\n]{%d}" % self.max_line, wire[first + 1 : last]):
+            if last - first > self.max_line and max(map(len, wire[first + 1 : last].split(b"\n"))) >= self.max_line:
                 self.long_line = True
             self._line = len(wire) - last - 1
         if self._line > self.max_line:
