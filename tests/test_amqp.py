@@ -343,6 +343,66 @@ def test_broker_cut_off_and_back(amqp_prefix):
 
 
 @pytest_twisted.inlineCallbacks
+def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix):
+    relay = Relay()
+    relay.start()
+    q = AmqpQueue(relay.url, prefix=amqp_prefix, timeout=2.0, max_backoff=0.3)
+    yield q.start()
+    confirmed: set[int] = set()
+    failed = 0
+
+    def handle(lease):
+        q.settle(lease, [Publication("success", lease.document)]).addErrback(lambda f: None)
+
+    q.consume("outbox", handle, prefetch=20)
+    numbers = iter(range(100000))
+    stop = []
+
+    @defer.inlineCallbacks
+    def session():
+        nonlocal failed
+        while not stop:
+            n = next(numbers)
+            try:
+                yield q.publish([Publication("outbox", {"n": n})])
+            except QueueUnavailable:
+                failed += 1
+                yield sleep(0.02)
+            else:
+                confirmed.add(n)
+
+    sessions = defer.gatherResults([session() for _ in range(10)])
+    for _ in range(3):  # the broker goes away three times, mid-traffic
+        yield sleep(0.7)
+        yield relay.stop()
+        yield sleep(0.5)
+        relay.start()
+        yield q.wait_connected(timeout=10)
+    yield sleep(0.5)
+    stop.append(True)
+    yield sessions
+    assert failed > 0 and len(confirmed) > 100
+
+    # Everything confirmed ends up in success (repeats allowed, losses not).
+    conn, ch = blocking_channel()
+    delivered: set[int] = set()
+
+    def drain() -> bool:
+        while True:
+            method, _props, body = ch.basic_get(amqp_prefix + "success", auto_ack=True)
+            if method is None:
+                return confirmed <= delivered
+            delivered.add(json.loads(body)["n"])
+
+    try:
+        yield wait_for(drain, timeout=20, step=0.2)
+    finally:
+        conn.close()
+    yield q.stop()
+    yield relay.stop()
+
+
+@pytest_twisted.inlineCallbacks
 def test_hung_broker_times_out_publishes_then_recovers(amqp_prefix):
     relay = Relay()
     relay.start()
