@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from typing import Any
 
 import attrs
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -162,7 +163,8 @@ class _Step:
     state: str = "running"
     #: a control call that arrived before the plugin's True did (it may call MQ_continue itself)
     pending: tuple[int, str] | None = None
-    timeout: Any = None
+    #: reactor.seconds() after which the step is answered 451 4.4.7
+    deadline: float = 0.0
 
 
 class PluginRunner:
@@ -200,10 +202,17 @@ class PluginRunner:
                     entries.append(_Entry(p.name, fn, _runs_on_reactor(fn)))
             if entries:
                 self._hooks[hook] = tuple(entries)
+        # Results travel from the workers to the reactor through one queue with one pending
+        # wake-up: under load many results share a callFromThread (a pipe write, and a GIL
+        # hand-over, each) instead of paying one per hook.
+        self._results: deque[tuple[Callable[..., Any], tuple]] = deque()
+        self._results_lock = threading.Lock()
+        self._wake_pending = False
         self._active: dict[int, _Step] = {}
         self._waiting: dict[int, deque[_Step]] = {}
         self._pinned: dict[int, MQ_Context] = {}
         self._started = False
+        self._sweeper: task.LoopingCall | None = None
         self._shutdown = False
         self._stopping: defer.Deferred[None] | None = None
         #: set by from_directory: what pickling needs to build the runner again
@@ -238,11 +247,16 @@ class PluginRunner:
         self._started = True
         self._call_each("mq_initialize")
         self.pool.start()
+        self._sweeper = task.LoopingCall(self._sweep)
+        self._sweeper.clock = self.reactor
+        self._sweeper.start(max(0.01, min(1.0, self.timeout / 10)), now=False)
 
     def stop(self) -> defer.Deferred[None]:
         """Stop the contexts, then call ``mq_cleanup`` once.  Safe to call more than once."""
         if self._stopping is None:
             self._shutdown = True
+            if self._sweeper is not None and self._sweeper.running:
+                self._sweeper.stop()
             for step in list(self._active.values()):
                 self._finish(step, SHUTDOWN_REPLY)
             if self._started:
@@ -317,7 +331,7 @@ class PluginRunner:
 
     def _begin(self, step: _Step) -> None:
         self._active[step.conn.id] = step
-        step.timeout = self.reactor.callLater(self.timeout, self._expired, step)
+        step.deadline = self.reactor.seconds() + self.timeout
         self._advance(step)
 
     def _advance(self, step: _Step) -> None:
@@ -328,7 +342,7 @@ class PluginRunner:
             self._call_on_reactor(step)
         else:
             step.state = "running"
-            step.conn.context.submit(self._work, step)
+            step.conn.context.submit_soon(self._work, step)
 
     def _work(self, step: _Step) -> None:
         """In the context thread: call plain hooks back to back until one needs the reactor."""
@@ -337,7 +351,7 @@ class PluginRunner:
         conn = step.conn
         args = step.args
         i = step.index
-        report = self.reactor.callFromThread
+        report = self._report
         while i < len(entries):
             entry = entries[i]
             if entry.on_reactor:
@@ -370,6 +384,28 @@ class PluginRunner:
                     return
             i += 1
         report(self._all_done, step, i)
+
+    def _report(self, fn: Callable[..., Any], *args: Any) -> None:
+        """From a worker: run ``fn(*args)`` on the reactor, in order with other reports."""
+        with self._results_lock:
+            self._results.append((fn, args))
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self.reactor.callFromThread(self._drain)
+
+    def _drain(self) -> None:
+        results, lock = self._results, self._results_lock
+        while True:
+            with lock:
+                if not results:
+                    self._wake_pending = False
+                    return
+                fn, args = results.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.failure("plugin runner: internal error")
 
     def _reached_reactor_hook(self, step: _Step, i: int) -> None:
         if step.state == "done":
@@ -453,8 +489,14 @@ class PluginRunner:
         )
         self._finish(step, ERROR_REPLY)
 
+    def _sweep(self) -> None:
+        # One periodic check instead of a DelayedCall per step: a hook call then costs no
+        # timer heap work, and a timeout fires at most one sweep interval late.
+        now = self.reactor.seconds()
+        for step in [s for s in self._active.values() if s.deadline <= now]:
+            self._expired(step)
+
     def _expired(self, step: _Step) -> None:
-        step.timeout = None
         if step.state == "done":
             return
         entry = step.entries[min(step.index, len(step.entries) - 1)]
@@ -472,9 +514,6 @@ class PluginRunner:
         if step.state == "done":
             return
         step.state = "done"
-        if step.timeout is not None and step.timeout.active():
-            step.timeout.cancel()
-        step.timeout = None
         conn_id = step.conn.id
         if self._active.get(conn_id) is step:
             del self._active[conn_id]
@@ -519,8 +558,7 @@ class PluginRunner:
                 step.pending = (turn, kind)
             return
         # A fresh timeout for what follows: each hand-over gets the full plugin-timeout.
-        if step.timeout is not None and step.timeout.active():
-            step.timeout.reset(self.timeout)
+        step.deadline = self.reactor.seconds() + self.timeout
         if kind == "complete":
             self._finish(step, step.conn.response)
             return
