@@ -326,3 +326,30 @@ def test_tagger_and_hooklog(tmp_path, mtas):
         assert d["tags"] == ["via-mqmta"]
         assert d["mime"].startswith("X-MQ-Received-By: mx.test\r\n")
         assert d["mime"].endswith(MSG.decode())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def mq_version():\n    return 7\n", "version 7, but this MTA implements version"),
+        ("import nosuchmodule\n", "No module named 'nosuchmodule'"),
+    ],
+)
+def test_twistd_refuses_to_start_with_a_bad_plugin(tmp_path, source, expected):
+    import os
+    import subprocess
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "fine.py").write_text("def mq_version():\n    return 1\n")
+    (plugins / "old.py").write_text(source)
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+    args += ["-n", "--pidfile=", "mqmta", "--data-dir", str(tmp_path / "data"), "--smtp-port", "0"]
+    args += ["--plugin-directory", str(plugins)]
+    r = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    output = r.stdout + r.stderr
+    assert "plugin 'old'" in output and expected in output
