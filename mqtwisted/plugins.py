@@ -96,7 +96,18 @@ def load_plugin(path: str) -> Plugin:
         raise PluginError(
             f"plugin {name!r} ({path}) failed to import:\n{traceback.format_exc()}"
         ) from e
-    plugin = Plugin(name, path, module)
+    return check_plugin(Plugin(name, path, module))
+
+
+def plugin_from_module(module: ModuleType, name: str | None = None) -> Plugin:
+    """A plugin from an already imported module (a plugin author's own tests use this)."""
+    name = name or module.__name__.rpartition(".")[2]
+    return check_plugin(Plugin(name, getattr(module, "__file__", None) or name, module))
+
+
+def check_plugin(plugin: Plugin) -> Plugin:
+    """Raise :class:`PluginError` unless ``mq_version()`` returns ``MQ_API_VERSION``."""
+    name, path = plugin.name, plugin.path
     version_fn = plugin.hook("mq_version")
     if version_fn is None:
         raise PluginError(f"plugin {name!r} ({path}) defines no mq_version()")

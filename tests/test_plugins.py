@@ -555,3 +555,24 @@ def test_plugin_service_pickles_with_one_runner(tmp_path):
     runner = top_clone.getServiceNamed("plugins").runner
     assert runner is holder_clone["factory-hooks"]  # still one runner after unpickling
     assert [p.name for p in runner.plugins] == ["a"] and runner.timeout == 3
+
+
+@pytest_twisted.inlineCallbacks
+def test_runner_from_imported_modules(tmp_path):
+    import importlib.util
+
+    from mqtwisted.plugins import plugin_from_module
+
+    path = write_plugins(tmp_path / "mine", {"mine.py": RECORD}) / "mine.py"
+    spec = importlib.util.spec_from_file_location("mine", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runner = PluginRunner([plugin_from_module(mod)], threads=1, timeout=5)
+    runner.start()
+    try:
+        assert (yield runner.run("mq_smtp_in_mailfrom", Connection(), "x@example.com")) is None
+        assert mod.CALLS == [("mine", "x@example.com")]
+    finally:
+        yield runner.stop()
+    with pytest.raises(PluginError, match="'bad'.*mq_version"):
+        plugin_from_module(type(mod)("bad"))
