@@ -34,6 +34,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 import pika
@@ -311,7 +312,8 @@ class AmqpQueue:
         return d
 
     def _safe_url(self) -> str:
-        return f"{self._params.host}:{self._params.port}{self._params.virtual_host}"
+        vhost = quote(self._params.virtual_host, safe="")
+        return f"{self._params.host}:{self._params.port}/{vhost}"  # no credentials in logs
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -353,15 +355,14 @@ class AmqpQueue:
         if not self._running or self._connection is not conn:
             conn.close()
             return
+        # Broker alarms are reported on pika's connection object only.
         impl = conn._impl
         impl.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
         impl.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
         self._blocked = False
         conn.closed.addBoth(self._lost, conn)
 
-        setup = await conn.channel()
-        await self._declare(setup)
-        setup.close()
+        await self._declare(conn)
 
         publisher = await conn.channel()
         await publisher.confirm_delivery()
@@ -378,9 +379,11 @@ class AmqpQueue:
         for d in waiters:
             d.callback(None)
 
-    async def _declare(self, channel: TwistedChannel) -> None:
+    async def _declare(self, conn: TwistedProtocolConnection) -> None:
+        """The topology, declared on every connection (idempotent; the broker may be new)."""
         self._declared = set()
-        await self._ensure_declared(self._connection, [self.name(q) for q in QUEUE_NAMES])
+        await self._ensure_declared(conn, [self.name(q) for q in QUEUE_NAMES])
+        channel = await conn.channel()
         exchange = self._delay_exchange
         await channel.exchange_declare(exchange, exchange_type="headers", durable=True)
         for seconds in DELAY_BUCKETS:
@@ -394,6 +397,7 @@ class AmqpQueue:
             await channel.queue_bind(bucket, exchange, arguments={
                 "x-match": "all", _DELAY_HEADER: seconds,
             })
+        channel.close()
 
     async def _ensure_declared(self, conn: TwistedProtocolConnection | None,
                                names: Any) -> None:
