@@ -9,6 +9,7 @@ when a server drops messages.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -333,6 +334,17 @@ def _twistd() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "twisted"]
 
 
+def mqmta_env() -> dict[str, str]:
+    """Environment for mqmta processes: the work tree first on sys.path.
+
+    twistd finds ``twisted/plugins/mqmta_plugin.py`` only through sys.path, and an
+    editable install does not always extend the ``twisted.plugins`` package path.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_DIR), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def _mqmta_cli() -> list[str]:
     exe = shutil.which("mqmta")
     return [exe] if exe else [sys.executable, "-m", "mqtwisted.cli"]
@@ -353,7 +365,9 @@ def parse_stats(text: str) -> dict[str, int]:
             elif isinstance(v, dict):
                 # e.g. {"outbox": {"ready": 3, "leased": 1}} or {"count": 4}
                 n = v.get("count", v.get("total"))
-                out[k] = n if isinstance(n, int) else sum(x for x in v.values() if isinstance(x, int))
+                out[k] = (
+                    n if isinstance(n, int) else sum(x for x in v.values() if isinstance(x, int))
+                )
         return out
     for line in text.splitlines():
         m = re.match(r"\s*([A-Za-z_][\w.-]*)\s*[:=]?\s+(\d+)\b", line) or re.match(
@@ -376,19 +390,21 @@ class Mqmta(Peer):
         smarthost: str | None = None,
         plugin_dir: Path | None = None,
         queue_url: str | None = None,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.name = label
         self.delivery = delivery
         self.smarthost = smarthost
         self.plugin_dir = plugin_dir
         self.queue_url = queue_url
+        self.extra_args = extra_args
         self.help_text = ""
 
     @staticmethod
     def probe() -> str:
         """``twistd mqmta --help`` text; raises Unavailable with the reason when it fails."""
         try:
-            r = run([*_twistd(), "mqmta", "--help"], 60, cwd=REPO_DIR)
+            r = run([*_twistd(), "mqmta", "--help"], 60, cwd=REPO_DIR, env=mqmta_env())
         except subprocess.TimeoutExpired:
             raise Unavailable("twistd mqmta --help timed out") from None
         if r.returncode:
@@ -412,7 +428,16 @@ class Mqmta(Peer):
             self.require("--queue")
 
     def argv(self, datadir: Path, port: int) -> list[str]:
-        a = [*_twistd(), "-n", "--pidfile=", "mqmta", "--data-dir", str(datadir), "--smtp-port", str(port)]
+        a = [
+            *_twistd(),
+            "-n",
+            "--pidfile=",
+            "mqmta",
+            "--data-dir",
+            str(datadir),
+            "--smtp-port",
+            str(port),
+        ]
         if "--delivery" in self.help_text:
             a += ["--delivery", "on" if self.delivery else "off"]
         if self.smarthost:
@@ -421,7 +446,9 @@ class Mqmta(Peer):
             a += ["--plugin-directory", str(self.plugin_dir)]
         if self.queue_url is not None:
             a += ["--queue", self.queue_url]
-        return a
+        if "--www-port" in self.help_text:
+            a += ["--www-port="]  # off: the default port would clash between rounds
+        return a + list(self.extra_args)
 
     def start(self, reaper: Reaper, workdir: Path) -> Server:
         port = free_port()
@@ -429,30 +456,41 @@ class Mqmta(Peer):
         datadir.mkdir()
         logpath = workdir / "mqmta.log"
         logf = open(logpath, "wb")  # noqa: SIM115 - child keeps it
-        p = reaper.popen(self.name, self.argv(datadir, port), stdout=logf, cwd=REPO_DIR)
+        p = reaper.popen(
+            self.name, self.argv(datadir, port), stdout=logf, cwd=REPO_DIR, env=mqmta_env()
+        )
         logf.close()
         try:
             wait_smtp(port, timeout=60, proc=p)
         except BenchError as e:
             raise BenchError(f"{e}; log: {logpath.read_text(errors='replace')[-800:]}") from None
         server = Server(self.name, port, p.pid, workdir, extra={"datadir": datadir, "log": logpath})
-        server.extra["stats_argv"] = [*_mqmta_cli(), "queue", "stats", "--data-dir", str(datadir)]
+        # ``queue stats --data-dir`` as documented; ``queue --data-dir .. stats`` as argparse
+        # subcommands actually parse it today. The first that works is kept.
+        tail = ["--data-dir", str(datadir)]
         if self.queue_url is not None:
-            server.extra["stats_argv"] += ["--queue", self.queue_url]
-        # Check the stats command once: without it counts are 'unverified', not failures.
-        try:
-            self.stats(server)
-        except BenchError as e:
-            server.unverified = str(e)
+            tail += ["--queue", self.queue_url]
+        errors = []
+        for argv in (
+            [*_mqmta_cli(), "queue", "stats", *tail],
+            [*_mqmta_cli(), "queue", *tail, "stats"],
+        ):
+            server.extra["stats_argv"] = argv
+            try:
+                self.stats(server)
+            except BenchError as e:
+                errors.append(str(e))
+                continue
+            server.counter = lambda: self.stats(server).get("outbox", 0)
             return server
-        server.counter = lambda: self.stats(server).get("outbox", 0)
+        server.unverified = "; ".join(errors)
         return server
 
     @staticmethod
     def stats(server: Server) -> dict[str, int]:
         """Per-queue counts; raises BenchError when the command is missing or fails."""
         try:
-            r = run(server.extra["stats_argv"], 60, cwd=REPO_DIR)
+            r = run(server.extra["stats_argv"], 60, cwd=REPO_DIR, env=mqmta_env())
         except (OSError, subprocess.TimeoutExpired) as e:
             raise BenchError(f"mqmta queue stats: {e!r}") from None
         if r.returncode:

@@ -229,7 +229,9 @@ def ensure_apt(binaries: Sequence[str], packages: Sequence[str], allow: bool) ->
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     if "postfix" in packages:
         # Without this line the postfix package asks (or configures and starts a system MTA).
-        subprocess.run(["debconf-set-selections"], input=POSTFIX_DEBCONF + "\n", text=True, check=True)
+        subprocess.run(
+            ["debconf-set-selections"], input=POSTFIX_DEBCONF + "\n", text=True, check=True
+        )
     subprocess.run(["apt-get", "update"], env=env, check=False, timeout=600)
     r = subprocess.run(["apt-get", "install", "-y", *packages], env=env, timeout=900)
     if r.returncode:
@@ -261,7 +263,8 @@ def ensure_haraka(allow: bool) -> Path:
     prefix.mkdir(parents=True, exist_ok=True)
     log(f"npm install Haraka into {prefix}")
     r = subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), "Haraka"], timeout=900
+        ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), "Haraka"],
+        timeout=900,
     )
     if r.returncode or not binary.exists():
         raise Unavailable(f"npm install Haraka failed ({r.returncode})")
