@@ -329,6 +329,8 @@ class PluginRunner:
         if self._shutdown:
             d.callback(SHUTDOWN_REPLY)
             return d
+        if not self._started:
+            self.start()  # a runner used before its service started: do not hang the session
         self.context_for(conn)
         step = _Step(hook, conn, args, entries, d)
         if conn.id in self._active:
@@ -556,10 +558,17 @@ class PluginRunner:
             log.warn("MQ_{kind} for connection {id}, which no plugin holds", kind=kind, id=conn.id)
             return
         turn = step.turn
-        self.reactor.callFromThread(self._control, step, turn, kind)
+        # Who is calling, when we can tell (hooks, timers and watchers run as their plugin; a
+        # plugin's own threads do not): a late hand-back from a plugin that timed out must not
+        # release a step some other plugin now holds.
+        caller = current_plugin.get()
+        self.reactor.callFromThread(self._control, step, turn, kind, caller)
 
-    def _control(self, step: _Step, turn: int, kind: str) -> None:
+    def _control(self, step: _Step, turn: int, kind: str, caller: str = "") -> None:
         if step.state == "done" or turn != step.turn:
+            self._stale(step, kind)
+            return
+        if caller and caller != step.entries[step.index].plugin:
             self._stale(step, kind)
             return
         if step.state != "control":

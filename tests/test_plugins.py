@@ -576,3 +576,40 @@ def test_runner_from_imported_modules(tmp_path):
         yield runner.stop()
     with pytest.raises(PluginError, match="'bad'.*mq_version"):
         plugin_from_module(type(mod)("bad"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_late_hand_back_from_timed_out_plugin_does_not_release_another(make):
+    runner = make(
+        {
+            "a.py": """
+HELD = []
+def mq_smtp_in_mailfrom(ctx, conn, address):
+    mq.MQ_startTimer(ctx, 0.4, mq.MQ_continue, conn)  # far too late
+    return True
+""",
+            "b.py": """
+def mq_smtp_in_rcptto(ctx, conn, address):
+    threading.Timer(0.8, mq.MQ_continue, (conn,)).start()
+    return True
+""",
+            "c.py": AFTER,
+        },
+        timeout=0.2,
+    )
+    conn = Connection()
+    reply = yield runner.run("mq_smtp_in_mailfrom", conn, "s")
+    assert reply.enhanced == "4.4.7"
+    start = time.monotonic()
+    reply = yield runner.run("mq_smtp_in_rcptto", conn, "r")
+    # a's timer fired at 0.4 s while b held rcptto: ignored, so b's step timed out too
+    assert reply.enhanced == "4.4.7" and module(runner, "c").CALLS == []
+    assert time.monotonic() - start >= 0.15
+
+
+@pytest_twisted.inlineCallbacks
+def test_runner_starts_itself_when_used_before_start(make):
+    runner = make({"a.py": RECORD}, start=False)
+    d = runner.run("mq_smtp_in_mailfrom", Connection(), "x")
+    assert runner._started
+    assert (yield d) is None
