@@ -497,7 +497,8 @@ class Mqmta(Peer):
             tail = (r.stdout + r.stderr).strip().splitlines()[-1:] or ["(no output)"]
             raise BenchError(f"mqmta queue stats failed: {tail[0]}")
         parsed = parse_stats(r.stdout)
-        if not parsed:
+        # Empty output is a valid answer (no queue declared yet on a fresh broker vhost).
+        if not parsed and r.stdout.strip():
             raise BenchError(f"mqmta queue stats printed nothing parsable: {r.stdout[:200]!r}")
         return parsed
 
