@@ -30,7 +30,7 @@ def test_shared_body_stored_once_and_complete_for_readers(spool, tmp_path):
     )
     assert len(set(ids)) == 3
     db = sqlite3.connect(str(tmp_path / "spool.sqlite3"))
-    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone() == (1,)
+    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone() == (1,)  # three recipients, one body
     doc = yield spool.show("outbox", ids[1])
     assert doc == {"recipient": "r1@example.com", "mime": "Subject: hi\r\n\r\nhello\r\n"}
 

@@ -40,13 +40,15 @@ CREATE TABLE IF NOT EXISTS docs (
     queue TEXT NOT NULL,
     due REAL NOT NULL DEFAULT 0,
     body INTEGER REFERENCES bodies(id),
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    mime BLOB
 );
 CREATE INDEX IF NOT EXISTS docs_by_queue ON docs (queue, due, id);
-CREATE INDEX IF NOT EXISTS docs_by_body ON docs (body);
+CREATE INDEX IF NOT EXISTS docs_by_body ON docs (body) WHERE body IS NOT NULL;
 """
 
 _BLOB_CHUNK = 1 << 20
+_INLINE = 1 << 20
 _STOP = object()
 
 
@@ -143,7 +145,7 @@ class SpoolQueue:
             while True:
                 job = self._jobs.get()
                 self.reactor.callFromThread(job.deferred.errback, failure)
-        stopping = None
+        stopping: _Job | None = None
         while stopping is None:
             batch = [self._jobs.get()]
             while True:
@@ -151,38 +153,31 @@ class SpoolQueue:
                     batch.append(self._jobs.get_nowait())
                 except threadqueue.Empty:
                     break
-            outcomes: list[tuple[Deferred, bool, Any]] = []
             try:
-                db.execute("BEGIN IMMEDIATE")
+                outcomes = _transaction(db, batch)
+            except _JobFailed:
+                # Rare: one job raised.  Run each alone so it fails without taking others along.
+                outcomes = []
                 for job in batch:
-                    db.execute("SAVEPOINT job")
                     try:
-                        result = job.fn(db)
-                    except Exception as e:
-                        db.execute("ROLLBACK TO job")
-                        db.execute("RELEASE job")
-                        outcomes.append((job.deferred, False, e))
-                        continue
-                    db.execute("RELEASE job")
-                    if result is _STOP:
-                        stopping = job
-                        continue
-                    outcomes.append((job.deferred, True, result))
-                db.execute("COMMIT")
-            except Exception as e:  # the commit itself failed (disk full, I/O error)
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-                error = QueueUnavailable(f"spool {self.path!r}: commit failed: {e}")
-                outcomes = [(job.deferred, False, error) for job in batch if job is not stopping]
+                        outcomes += _transaction(db, [job])
+                    except _JobFailed as e:
+                        outcomes.append((job.deferred, False, e.error))
+                    except sqlite3.Error as e:
+                        outcomes.append((job.deferred, False, self._unavailable(e)))
+            except sqlite3.Error as e:  # the commit itself failed (disk full, I/O error)
+                outcomes = [(job.deferred, False, self._unavailable(e)) for job in batch]
             for deferred, ok, value in outcomes:
-                if ok:
-                    self.reactor.callFromThread(deferred.callback, value)
-                else:
-                    self.reactor.callFromThread(deferred.errback, value)
+                if ok and value is _STOP:
+                    stopping = next(job for job in batch if job.deferred is deferred)
+            outcomes = [o for o in outcomes if o[2] is not _STOP]
+            # One wake-up of the reactor per commit, not one per job.
+            self.reactor.callFromThread(_fire, outcomes)
         db.close()
         self.reactor.callFromThread(stopping.deferred.callback, None)
+
+    def _unavailable(self, e: Exception) -> QueueUnavailable:
+        return QueueUnavailable(f"spool {self.path!r}: commit failed: {e}")
 
     def _submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Deferred:
         if not self._running or self._jobs is None:
@@ -221,17 +216,25 @@ class SpoolQueue:
 
     @staticmethod
     def _insert(db: sqlite3.Connection, rows: list[tuple[str, float, Body | None, str]]) -> list[str]:
+        uses: dict[int, int] = {}
+        for _, _, body, _ in rows:
+            if body is not None:
+                uses[id(body)] = uses.get(id(body), 0) + 1
         body_ids: dict[int, int] = {}
         ids = []
         for queue, due, body, doc in rows:
-            body_id = None
+            body_id = inline = None
             if body is not None:
-                body_id = body_ids.get(id(body))
-                if body_id is None:
-                    body_id = body_ids[id(body)] = _store_body(db, body)
+                if uses[id(body)] == 1 and body.data is not None and len(body.data) <= _INLINE:
+                    # One recipient: the body lives in the document's row (fewer pages to write).
+                    inline = body.data
+                else:
+                    body_id = body_ids.get(id(body))
+                    if body_id is None:
+                        body_id = body_ids[id(body)] = _store_body(db, body)
             cur = db.execute(
-                "INSERT INTO docs (queue, due, body, doc) VALUES (?, ?, ?, ?)",
-                (queue, due, body_id, doc),
+                "INSERT INTO docs (queue, due, body, doc, mime) VALUES (?, ?, ?, ?, ?)",
+                (queue, due, body_id, doc, inline),
             )
             ids.append(str(cur.lastrowid))
         return ids
@@ -259,11 +262,11 @@ class SpoolQueue:
 
         def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, int | None]], float | None]:
             rows = db.execute(
-                "SELECT id, doc, body FROM docs WHERE queue = ? AND due <= ? ORDER BY due, id LIMIT ?",
+                "SELECT id, doc, body, mime FROM docs WHERE queue = ? AND due <= ? ORDER BY due, id LIMIT ?",
                 (queue, now, room + len(exclude)),
             ).fetchall()
             rows = [r for r in rows if r[0] not in exclude][:room]
-            loaded = [(i, doc, _load_body(db, body)) for i, doc, body in rows]
+            loaded = [(i, doc, _load_body(db, body, mime)) for i, doc, body, mime in rows]
             (nxt,) = db.execute(
                 "SELECT MIN(due) FROM docs WHERE queue = ? AND due > ?", (queue, now)
             ).fetchone()
@@ -346,6 +349,37 @@ class SpoolQueue:
         return self._submit(lambda db: read_document(db, queue, id))
 
 
+class _JobFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _transaction(db: sqlite3.Connection, batch: list[_Job]) -> list[tuple[Deferred, bool, Any]]:
+    """Run ``batch`` in one transaction: one commit (one fsync) for all of it."""
+    db.execute("BEGIN IMMEDIATE")
+    results = []
+    try:
+        for job in batch:
+            try:
+                results.append((job.deferred, True, job.fn(db)))
+            except Exception as e:
+                raise _JobFailed(e) from e
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return results
+
+
+def _fire(outcomes: list[tuple[Deferred, bool, Any]]) -> None:
+    for deferred, ok, value in outcomes:
+        if ok:
+            deferred.callback(value)
+        else:
+            deferred.errback(value)
+
+
 def _store_body(db: sqlite3.Connection, body: Body) -> int:
     if body.data is not None:
         return db.execute("INSERT INTO bodies (data) VALUES (?)", (body.data,)).lastrowid
@@ -358,7 +392,9 @@ def _store_body(db: sqlite3.Connection, body: Body) -> int:
     return body_id
 
 
-def _load_body(db: sqlite3.Connection, body_id: int | None) -> bytes | None:
+def _load_body(db: sqlite3.Connection, body_id: int | None, inline: bytes | None = None) -> bytes | None:
+    if inline is not None:
+        return bytes(inline)
     if body_id is None:
         return None
     row = db.execute("SELECT data FROM bodies WHERE id = ?", (body_id,)).fetchone()
@@ -374,9 +410,9 @@ def _delete(db: sqlite3.Connection, row_id: int) -> None:
         )
 
 
-def _complete(db: sqlite3.Connection, doc: str, body_id: int | None) -> Document:
+def _complete(db: sqlite3.Connection, doc: str, body_id: int | None, inline: bytes | None) -> Document:
     document = json.loads(doc)
-    mime = _load_body(db, body_id)
+    mime = _load_body(db, body_id, inline)
     if mime is not None:
         document["mime"] = mime_text(mime)
     return document
@@ -385,14 +421,14 @@ def _complete(db: sqlite3.Connection, doc: str, body_id: int | None) -> Document
 def read_documents(db: sqlite3.Connection, queue: str, limit: int) -> list[tuple[str, Document]]:
     """The first ``limit`` documents of ``queue`` (for the CLI; also works on a read-only handle)."""
     rows = db.execute(
-        "SELECT id, doc, body FROM docs WHERE queue = ? ORDER BY id LIMIT ?", (queue, limit)
+        "SELECT id, doc, body, mime FROM docs WHERE queue = ? ORDER BY id LIMIT ?", (queue, limit)
     ).fetchall()
-    return [(str(i), _complete(db, doc, body)) for i, doc, body in rows]
+    return [(str(i), _complete(db, doc, body, mime)) for i, doc, body, mime in rows]
 
 
 def read_document(db: sqlite3.Connection, queue: str, id: str) -> Document | None:
     row = db.execute(
-        "SELECT doc, body FROM docs WHERE queue = ? AND id = ?", (queue, int(id))
+        "SELECT doc, body, mime FROM docs WHERE queue = ? AND id = ?", (queue, int(id))
     ).fetchone()
     return None if row is None else _complete(db, *row)
 

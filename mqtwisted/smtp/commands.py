@@ -13,6 +13,7 @@ import attrs
 from mqtwisted.connection import Reply
 
 _VERB = re.compile(r"[A-Za-z]{1,16}\Z")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ATOM_UTF8 = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
@@ -60,7 +61,7 @@ def parse_command(line: bytes) -> Command | Reply:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         return Reply(500, "Syntax error: command is not valid UTF-8", "5.5.2")
-    if any(c < " " and c != "\t" for c in text) or "\x7f" in text:
+    if _CONTROL.search(text):
         return Reply(500, "Syntax error: control character in command", "5.5.2")
     verb, _, arg = text.partition(" ")
     if not _VERB.match(verb):

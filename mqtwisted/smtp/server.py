@@ -249,6 +249,9 @@ class SMTPServer(smtp.ESMTP):
         return COMMAND_LINE
 
     def _too_long(self) -> None:
+        # A 500 ends an AUTH exchange for the client (RFC 4954 §4: any reply but 334 does); if
+        # we kept waiting for a continuation, its next command would be read as credentials.
+        self._auth = None
         self._error(Reply(500, "Line too long", "5.5.2"))
 
     def _feed_body(self) -> None:
