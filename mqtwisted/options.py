@@ -113,6 +113,7 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("max-delivertime", "86400", _seconds, "give up delivering after this many seconds"),
     ("max-attempts", "0", _positive_int, "give up after this many attempts (0: no limit)"),
     ("max-messages-per-connection", "100", _positive_int, "messages sent over one outbound connection"),
+    ("max-idle-time", "5", _seconds, "seconds an idle outbound connection waits for more mail (0: QUIT at once)"),
     ("max-connections-per-domain", "10", _positive_int, "concurrent outbound connections per destination"),
     ("www-ip", "127.0.0.1", str, "address for the status and metrics web server"),
     ("www-port", "8485", _optional_port, "port for /status and /metrics (empty: off)"),
@@ -161,18 +162,33 @@ class MQOptions(usage.Options):
         ["config", "c", None, "MailerQ-style config file (key: value lines); the command line wins"],
     ]
 
+    #: set by parseOptions: the arguments as given (SIGHUP parses them again)
+    argv: list[str] | None = None
+    #: where --log-format json writes (twistd's --logfile, else standard output)
+    json_log_path: str | None = None
+    _probe = False
+
     def parseOptions(self, options: list[str] | None = None) -> None:
         import sys
 
         args = list(sys.argv[1:] if options is None else options)
-        config = _find_config(args)
-        if config is not None:
-            for key, value in read_config(config).items():
-                self.defaults[key] = value
-                self[key] = value
+        self.argv = args
+        if not self._probe:
+            # A first pass finds --config however it was spelt (--config=F, -cF, or any prefix
+            # getopt accepts, like --conf F); its values then become the defaults that the
+            # command line, parsed for real below, overrides.
+            probe = type(self)()
+            probe._probe = True
+            probe.parseOptions(args)
+            if probe["config"]:
+                for key, value in read_config(probe["config"]).items():
+                    self.defaults[key] = value
+                    self[key] = value
         super().parseOptions(args)
 
     def postOptions(self) -> None:
+        if self._probe:
+            return
         for name, _, _, _ in OPTIONS:
             value = self[name]
             if isinstance(value, str):
@@ -186,12 +202,10 @@ class MQOptions(usage.Options):
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])
-
-
-def _find_config(args: list[str]) -> str | None:
-    for i, arg in enumerate(args):
-        if arg in ("--config", "-c") and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-    return None
+        parent = getattr(self, "parent", None)  # twistd's own options, when run by twistd
+        if parent is not None and hasattr(parent, "get"):
+            logfile = parent.get("logfile")
+            if logfile and logfile != "-":
+                self.json_log_path = os.path.abspath(logfile)
+            elif not parent.get("nodaemon") and not logfile:
+                self.json_log_path = os.path.abspath("twistd.log")
