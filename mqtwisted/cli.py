@@ -99,7 +99,7 @@ def cmd_mktap(args: argparse.Namespace, rest: list[str]) -> int:
     options = MQOptions()
     options.parseOptions(rest)
     application = service.Application("mqmta")
-    make_service(options).setServiceParent(application)
+    make_service(options, signals=True).setServiceParent(application)
     with open(args.output, "wb") as f:
         pickle.dump(application, f, protocol=2)
     print(f"wrote {args.output}; run it with: twistd -n -f {args.output}")

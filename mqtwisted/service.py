@@ -1,7 +1,10 @@
-"""Wiring: options in, a MultiService out.  Every piece pickles, so the tree can live in a TAP file.
+"""Wiring: options in, an :class:`MTAService` out.  Every piece pickles, so the tree can live in a
+TAP file (no sockets, reactors, pools or endpoints in pickled state: each service makes those when
+it starts).
 
 Start order matters and is the order of the children: the queue first (nothing is accepted before
-it can store), then plugins, then delivery, then the listening ports.  Shutdown runs in reverse.
+it can store), then plugins, then delivery, then the listening ports, then the web port.  Shutdown
+runs in reverse, one stage after the other (:meth:`MTAService.stopService`).
 """
 
 from __future__ import annotations
@@ -9,12 +12,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import attrs
 from twisted.application import internet, service
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.components import Componentized
 
+from mqtwisted import __version__
 from mqtwisted.cleanup import Cleanup
-from mqtwisted.connection import HookRunner, NoHooks
+from mqtwisted.connection import HookRunner, Reply
+from mqtwisted.metrics import METRICS
+from mqtwisted.options import OPTIONS
+from mqtwisted.pluginhost import PluginHost
 from mqtwisted.queue import Queue
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.server import ServerConfig, SMTPFactory
@@ -65,44 +75,22 @@ def server_tls(options: Any) -> ServerTLS:
     return ServerTLS(cert, key)
 
 
-def make_hooks(options: Any) -> tuple[HookRunner, service.Service | None]:
-    if not options["plugin-directory"]:
-        return NoHooks(), None
-    from mqtwisted.plugins import PluginService
+#: Options applied by SIGHUP (README: "Reloading").  The rest need a restart: they are bound to
+#: listening sockets, the queue's storage, or the shape of the service tree.
+RELOADABLE = (
+    "smtp-range", "local-domains", "smtp-auth", "smtp-auth-plaintext", "smtp-maxsize",
+    "smtp-max-line", "smtp-timeout", "smtp-connections", "smtp-connections-per-ip",
+    "smtp-max-recipients", "smtp-max-errors", "smtp-extract", "smtp-certificate", "smtp-key",
+    "plugin-directory", "threads", "plugin-timeout", "smarthost", "retry-interval",
+    "max-delivertime", "max-attempts", "max-messages-per-connection",
+    "max-connections-per-domain", "shutdown-timeout",
+)
 
-    plugin_service = PluginService(
-        options["plugin-directory"],
-        threads=options["threads"] or os.cpu_count() or 1,
-        timeout=options["plugin-timeout"],
-    )
-    return plugin_service.runner, plugin_service
+SHUTDOWN_REPLY = Reply(421, "Service shutting down, try again later", "4.3.2")
 
 
-def make_service(options: Any) -> service.MultiService:
-    """The whole MTA for parsed :class:`mqtwisted.options.MQOptions`."""
-    from mqtwisted.auth import load_checker
-
-    data_dir = options["data-dir"]
-    os.makedirs(os.path.join(data_dir, "incoming"), exist_ok=True)
-    top = service.MultiService()
-
-    queue = make_queue(options)
-    QueueService(queue).setServiceParent(top)
-
-    hooks, plugin_service = make_hooks(options)
-    if plugin_service is not None:
-        plugin_service.setServiceParent(top)
-
-    if options["delivery"]:
-        delivery = make_delivery(options, queue, hooks)
-        if delivery is not None:
-            delivery.setServiceParent(top)
-
-    relay = RelayPolicy(
-        trusted=tuple(options["smtp-range"]),
-        local_domains=frozenset(d.lower().rstrip(".") for d in options["local-domains"]),
-    )
-    config = ServerConfig(
+def _server_config(options: Any) -> ServerConfig:
+    return ServerConfig(
         hostname=options["hostname"],
         max_size=options["smtp-maxsize"],
         max_line=options["smtp-max-line"],
@@ -112,8 +100,328 @@ def make_service(options: Any) -> service.MultiService:
         max_connections=options["smtp-connections"],
         max_connections_per_ip=options["smtp-connections-per-ip"],
         auth_plaintext=options["smtp-auth-plaintext"],
-        spill_dir=os.path.join(data_dir, "incoming"),
+        spill_dir=os.path.join(options["data-dir"], "incoming"),
     )
+
+
+def _relay(options: Any) -> RelayPolicy:
+    return RelayPolicy(
+        trusted=tuple(options["smtp-range"]),
+        local_domains=frozenset(d.lower().rstrip(".") for d in options["local-domains"]),
+    )
+
+
+def _sleep(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet import reactor
+
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class MTAService(service.MultiService):
+    """The whole MTA.  Children (in start order): ``queue``, ``plugins``, ``delivery``, the SMTP
+    ports, ``web``.
+
+    Start is the MultiService's, in that order.  Stop is sequential, which MultiService's is not
+    (it stops every child at once, so the queue would close under sessions still writing to it):
+    stop listening, let sessions finish their transaction (up to ``shutdown-timeout``), let
+    deliveries finish or give their messages back, stop the plugins (``mq_context_cleanup`` in
+    every thread, ``mq_cleanup`` once), close the queue, close the web port.
+    """
+
+    def __init__(self, options: Any, signals: bool = False) -> None:
+        super().__init__()
+        #: the command line it was made from: SIGHUP parses it again (and re-reads --config)
+        self.argv: list[str] | None = list(options.argv) if getattr(options, "argv", None) is not None else None
+        self.options = {name: options[name] for name, *_ in OPTIONS}
+        self.signals = signals
+        self.json_log_path: str | None = getattr(options, "json_log_path", None)
+        self.factory: SMTPFactory | None = None
+        self.cleanup: Cleanup | None = None
+        self.tls: ServerTLS | None = None
+        self._stopping: defer.Deferred[None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_stopping"] = None
+        state.pop("_previous_sighup", None)
+        return state
+
+    # -- twistd plumbing ---------------------------------------------------------------------------
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd (and mqmta mktap) hand us the Application itself, before adapting it: the one
+        # place a service can give twistd a log observer (AppLogger.start reads the component).
+        if self.options["log-format"] == "json" and isinstance(parent, Componentized):
+            from twisted.logger import ILogObserver
+
+            from mqtwisted.oplog import JSONLogObserver
+
+            if parent.getComponent(ILogObserver, None) is None:
+                parent.setComponent(ILogObserver, JSONLogObserver(self.json_log_path))
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        super().startService()
+        if self.signals:
+            self._install_sighup()
+
+    def _install_sighup(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+            return
+        from twisted.internet import reactor
+
+        def on_hup(signum: int, frame: Any) -> None:
+            # Signal handlers run between bytecodes of whatever the reactor was doing: hand over.
+            reactor.callFromThread(self.reload)
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, on_hup)
+
+    # -- parts -----------------------------------------------------------------------------------
+
+    def _child(self, name: str) -> Any:
+        try:
+            return self.getServiceNamed(name)
+        except KeyError:
+            return None
+
+    @property
+    def queue(self) -> Queue:
+        return self.getServiceNamed("queue").queue  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def plugins(self) -> PluginHost:
+        return self.getServiceNamed("plugins")  # type: ignore[return-value]
+
+    @property
+    def delivery(self) -> Any:
+        return self._child("delivery")
+
+    @property
+    def web(self) -> Any:
+        return self._child("web")
+
+    def smtp_ports(self) -> list[internet.TCPServer]:
+        return [s for s in self if isinstance(s, (internet.TCPServer, internet.SSLServer))]
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def queue_stats(self) -> defer.Deferred[dict[str, int]]:
+        return self.queue.stats()
+
+    def status_counts(self) -> dict[str, Any]:
+        """The live gauges (no I/O): connections, delivery in flight, plugin threads."""
+        factory = self.factory
+        delivery = self.delivery
+        connections = pending = 0
+        if delivery is not None and getattr(delivery, "destinations", None):
+            for dest in list(delivery.destinations.values()):
+                connections += len(dest.runners)
+                pending += len(dest.pending)
+        host = self.plugins
+        runners = host.runners()
+        return {
+            "connections": {
+                "open": len(factory.sessions) if factory is not None else 0,
+                "total": factory.total if factory is not None else 0,
+            },
+            "delivery": {"connections": connections, "pending": pending},
+            "plugins": {
+                "runners": len(runners),
+                "threads": sum(len(r.contexts) for r in runners),
+                "busy": METRICS.busy_threads(),
+            },
+        }
+
+    def status(self, depths: dict[str, int]) -> dict[str, Any]:
+        """``/status``: everything ``/metrics`` has, as one JSON document."""
+        import time
+
+        m = METRICS
+        counts = self.status_counts()
+        attempts: dict[str, dict[str, int]] = {}
+        for (state, result), n in m.attempts.items():
+            attempts.setdefault(state, {})[result] = n
+        hooks = [
+            {"plugin": p, "hook": h, "calls": int(row[0]), "seconds": row[1],
+             "mean_seconds": row[1] / row[0] if row[0] else 0.0}
+            for (p, h), row in sorted(m.hooks().items())
+        ]
+        accepted = sum(n for code, n in m.messages.items() if code < 400)
+        refused = {str(code): n for code, n in sorted(m.messages.items()) if code >= 400}
+        return {
+            "version": __version__,
+            "started": m.started,
+            "uptime": time.time() - m.started,
+            "shutting_down": self._stopping is not None,
+            "connections": {**counts["connections"], "refused": m.connections_refused},
+            "sessions": dict(m.sessions),
+            "messages": {"accepted": accepted, "refused": sum(refused.values()), "refused_by_code": refused},
+            "queues": depths,
+            "delivery": {**counts["delivery"], "attempts": attempts},
+            "plugins": {
+                **counts["plugins"],
+                "directory": self.plugins.directory or None,
+                "loaded": [p.name for p in getattr(self.plugins.runner, "plugins", [])],
+                "hooks": hooks,
+            },
+        }
+
+    # -- reload (SIGHUP) -----------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the command line and ``--config``; apply the :data:`RELOADABLE` values and
+        reload the plugin directory.  Connections stay up; a bad config changes nothing."""
+        from mqtwisted.auth import load_checker
+        from mqtwisted.options import MQOptions
+
+        log.info("SIGHUP: reloading configuration and plugins")
+        fresh: Any = self.options
+        if self.argv is not None:
+            try:
+                parsed = MQOptions()
+                parsed.parseOptions(self.argv)
+                fresh = {name: parsed[name] for name, *_ in OPTIONS}
+                auth = load_checker(fresh["smtp-auth"]) if fresh["smtp-auth"] else None
+            except Exception as e:
+                log.error("reload refused, configuration unchanged: {error}", error=str(e))
+                return False
+        else:
+            auth = self.factory.auth if self.factory is not None else None
+        changed = [k for k in fresh if fresh[k] != self.options.get(k)]
+        fixed = [k for k in changed if k not in RELOADABLE]
+        if fixed:
+            log.warn("reload: {keys} changed but need a restart; keeping the running values",
+                     keys=", ".join(fixed))
+        ok = self.plugins.reload(
+            fresh["plugin-directory"], fresh["threads"], fresh["plugin-timeout"]
+        )
+        if not ok:
+            return False
+        options = dict(self.options)
+        options.update({k: fresh[k] for k in RELOADABLE})
+        self.options = options
+        if self.factory is not None:
+            # Sessions read factory.config and factory.relay per command: new values apply to new
+            # sessions at once and to running ones from their next command.
+            self.factory.config = _server_config(options)
+            self.factory.relay = _relay(options)
+            self.factory.auth = auth
+        if self.cleanup is not None:
+            self.cleanup.relay = self.factory.relay if self.factory is not None else _relay(options)
+            self.cleanup.extract = options["smtp-extract"]
+        if self.tls is not None:
+            cert, key = options["smtp-certificate"], options["smtp-key"]
+            if cert:
+                self.tls.cert_path, self.tls.key_path = cert, key
+            self.tls._options = None  # re-read the files for the next handshake
+        delivery = self.delivery
+        if delivery is not None and hasattr(delivery, "options"):
+            from mqtwisted.delivery import DeliveryOptions
+
+            new = DeliveryOptions.from_options(options)
+            delivery.options = attrs.evolve(new, port=delivery.options.port, security=delivery.options.security,
+                                            tls_ca=delivery.options.tls_ca, ipv6=delivery.options.ipv6)
+        log.info("reload done; changed: {keys}", keys=", ".join(k for k in changed if k in RELOADABLE) or "nothing")
+        return True
+
+    # -- graceful stop ---------------------------------------------------------------------------
+
+    def stopService(self) -> defer.Deferred[None]:
+        if self._stopping is None:
+            service.Service.stopService(self)
+            self._stopping = defer.ensureDeferred(self._stop())
+        d: defer.Deferred[None] = defer.Deferred()
+        self._stopping.addBoth(lambda r: (d.callback(None), r)[1])
+        return d
+
+    async def _stop(self) -> None:
+        from twisted.internet import reactor
+
+        timeout = float(self.options.get("shutdown-timeout") or 0)
+        deadline = reactor.seconds() + timeout
+        log.info("shutting down: no new connections; sessions and deliveries get {t}s", t=timeout)
+        await self._each([s.stopService for s in self.smtp_ports()])
+        await self._drain_sessions(deadline)
+        delivery = self.delivery
+        if delivery is not None:
+            await self._bounded(delivery.stopService, max(0.0, deadline - reactor.seconds()) + 1.0, "delivery")
+        await self._each([self.plugins.stopService])
+        await self._each([self.getServiceNamed("queue").stopService])
+        if self.web is not None:
+            await self._each([self.web.stopService])
+        log.info("shutdown complete: accepted {n} message(s) since start",
+                 n=sum(v for k, v in METRICS.messages.items() if k < 400))
+
+    @staticmethod
+    async def _each(calls: list[Any]) -> None:
+        results = await defer.DeferredList([defer.maybeDeferred(c) for c in calls], consumeErrors=True)
+        for ok, failure in results:
+            if not ok:
+                log.failure("stopping a service failed", failure)
+
+    @staticmethod
+    async def _bounded(call: Any, seconds: float, what: str) -> None:
+        from twisted.internet import reactor
+
+        d = defer.maybeDeferred(call)
+        d.addErrback(lambda f: log.failure("stopping {what} failed", f, what=what))
+        d.addTimeout(seconds, reactor, onTimeoutCancel=lambda r, t: log.warn(
+            "{what} did not finish within {t:.0f}s; its messages are due again at next start", what=what, t=t))
+        await d
+
+    async def _drain_sessions(self, deadline: float) -> None:
+        """Close idle sessions at once, others when their transaction is over, all by ``deadline``."""
+        from twisted.internet import reactor
+
+        factory = self.factory
+        if factory is None:
+            return
+        while factory.sessions:
+            over = reactor.seconds() >= deadline
+            for session in list(factory.sessions):
+                if over or not session.in_transaction:
+                    session.shutdown(SHUTDOWN_REPLY)
+            if over:
+                break
+            await _sleep(0.05)
+        # Let the 421s reach the clients; whoever is still there after that is cut.
+        give_up = reactor.seconds() + 2.0
+        while factory.sessions and reactor.seconds() < give_up:
+            await _sleep(0.05)
+        for session in list(factory.sessions):
+            session.transport.abortConnection()
+
+
+def make_hooks(options: Any) -> PluginHost:
+    return PluginHost(options["plugin-directory"], options["threads"], options["plugin-timeout"])
+
+
+def make_service(options: Any, signals: bool = False) -> MTAService:
+    """The whole MTA for parsed :class:`mqtwisted.options.MQOptions`.
+
+    ``signals``: handle SIGHUP (reload); twistd and mktap say so, in-process tests do not.
+    """
+    from mqtwisted.auth import load_checker
+
+    data_dir = options["data-dir"]
+    os.makedirs(os.path.join(data_dir, "incoming"), exist_ok=True)
+    top = MTAService(options, signals=signals)
+
+    queue = make_queue(options)
+    QueueService(queue).setServiceParent(top)
+
+    hooks = make_hooks(options)
+    hooks.setServiceParent(top)
+
+    if options["delivery"]:
+        delivery = make_delivery(options, queue, hooks)
+        if delivery is not None:
+            delivery.setServiceParent(top)
+
+    relay = _relay(options)
     cleanup = Cleanup(
         queue,
         relay,
@@ -125,13 +433,18 @@ def make_service(options: Any) -> service.MultiService:
     )
     tls = server_tls(options)
     auth = load_checker(options["smtp-auth"]) if options["smtp-auth"] else None
-    factory = SMTPFactory(config, cleanup, relay, hooks=hooks, auth=auth, tls=tls)
+    factory = SMTPFactory(_server_config(options), cleanup, relay, hooks=hooks, auth=auth, tls=tls)
+    top.factory, top.cleanup, top.tls = factory, cleanup, tls
     for port in options["smtp-port"]:
         internet.TCPServer(port, factory, interface=options["smtp-ip"]).setServiceParent(top)
     if options["smtp-secure-port"] is not None:
         internet.SSLServer(
             options["smtp-secure-port"], factory, tls, interface=options["smtp-ip"]
         ).setServiceParent(top)
+    if options["www-port"] is not None:
+        from mqtwisted.web import WebService
+
+        WebService(top, options["www-port"], options["www-ip"]).setServiceParent(top)
     return top
 
 

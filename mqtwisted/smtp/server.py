@@ -31,6 +31,8 @@ from twisted.mail import smtp
 from zope.interface import implementer
 
 from mqtwisted.connection import Connection, HookRunner, NoHooks, Reply
+from mqtwisted.metrics import METRICS
+from mqtwisted.oplog import session_ended
 from mqtwisted.smtp import commands
 from mqtwisted.smtp.body import BodyReader
 from mqtwisted.smtp.policy import RelayPolicy
@@ -110,6 +112,11 @@ class SMTPServer(smtp.ESMTP):
         self._envelope: Envelope | None = None
         self.conn = Connection()
         self.session = Session()
+        # For the one log line per session (mqtwisted.oplog) and /metrics.
+        self.outcome = "lost"
+        self.accepted = 0
+        self.refused = 0
+        self.started = 0.0
 
     # -- connection life cycle -------------------------------------------------------------------
 
@@ -131,8 +138,11 @@ class SMTPServer(smtp.ESMTP):
             auth_plaintext=config.auth_plaintext,
         )
         self.setTimeout(config.timeout)
+        self.started = time.monotonic()
         refusal = self.factory.admit(self)
         if refusal is not None:
+            self.outcome = "refused"
+            METRICS.connections_refused += 1
             self._send(refusal)
             self._close()
             return
@@ -140,6 +150,8 @@ class SMTPServer(smtp.ESMTP):
 
     def _greet(self, reply: Reply | None) -> None:
         if reply is not None and reply.refuses:
+            self.outcome = "rejected"
+            METRICS.connections_refused += 1
             self._send(reply)
             self._close()
             return
@@ -179,8 +191,10 @@ class SMTPServer(smtp.ESMTP):
         closed = getattr(hooks, "connection_closed", None)
         if closed is not None:
             closed(self.conn)
+        session_ended(self)
 
     def timeoutConnection(self) -> None:
+        self.outcome = "timeout"
         self._send(Reply(421, f"{self.factory.config.hostname} Timeout, closing connection", "4.4.2"))
         self._close()
 
@@ -188,6 +202,26 @@ class SMTPServer(smtp.ESMTP):
         self._closing = True
         self.session.close()
         self.transport.loseConnection()
+
+    @property
+    def in_transaction(self) -> bool:
+        """Between MAIL and the reply to DATA, or waiting for a hook or the queue (shutdown waits)."""
+        return self._envelope is not None or self._reader is not None or self._waiting
+
+    def shutdown(self, reply: Reply) -> None:
+        """The MTA is stopping: say so (421) and close, whatever the session was doing."""
+        if self._closing:
+            return
+        self.outcome = "shutdown"
+        self._send(reply)
+        self._close()
+
+    def _message_done(self, code: int) -> None:
+        METRICS.message(code)
+        if code < 400:
+            self.accepted += 1
+        else:
+            self.refused += 1
 
     # -- input -----------------------------------------------------------------------------------
 
@@ -279,6 +313,7 @@ class SMTPServer(smtp.ESMTP):
     def _error(self, reply: Reply) -> None:
         self._errors += 1
         if self._errors > self.factory.config.max_errors:
+            self.outcome = "errors"
             self._send(Reply(421, "Too many errors, closing connection", "4.7.0"))
             self._close()
             return
@@ -383,6 +418,7 @@ class SMTPServer(smtp.ESMTP):
         self._send(Reply(250, "Reset OK", "2.0.0"))
 
     def smtp_QUIT(self, arg: str, t: Transition) -> None:
+        self.outcome = "quit"
         self._send(Reply(221, "Bye", "2.0.0"))
         self._close()
 
@@ -536,6 +572,7 @@ class SMTPServer(smtp.ESMTP):
             refusal = Reply(550, f"Message has a line longer than {reader.max_line} octets", "5.6.0")
         if refusal is not None:
             reader.discard()
+            self._message_done(refusal.code)
             self._error(refusal)
             return
         envelope.received = time.time()
@@ -545,6 +582,7 @@ class SMTPServer(smtp.ESMTP):
         def verdict(reply: Reply | None) -> None:
             if reply is not None and reply.refuses:
                 reader.discard()
+                self._message_done(reply.code)
                 self._error(reply)
                 return
             self._wait(self.factory.accept(self.conn, envelope, body), queued)
@@ -552,8 +590,10 @@ class SMTPServer(smtp.ESMTP):
         def queued(reply: Reply | list[str] | Any) -> None:
             reader.discard()
             if isinstance(reply, Reply):
+                self._message_done(reply.code)
                 self._answer(reply)
                 return
+            self._message_done(250)
             ids = list(reply)
             lines = ["Ok, queued as:"] + ids if ids else ["Ok"]
             self.transport.write(_reply_lines(250, lines, "2.0.0"))

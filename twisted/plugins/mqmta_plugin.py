@@ -20,7 +20,7 @@ class MQMTAServiceMaker:
     def makeService(self, options):  # type: ignore[no-untyped-def]
         from mqtwisted.service import make_service
 
-        return make_service(options)
+        return make_service(options, signals=True)
 
 
 serviceMaker = MQMTAServiceMaker()

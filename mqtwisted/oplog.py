@@ -1,0 +1,94 @@
+"""Operational log lines (one per SMTP session, one per delivery attempt) and the JSON observer.
+
+Every line goes through :mod:`twisted.logger` with its facts as event fields, so ``--log-format
+json`` (or ``twistd --logger mqtwisted.oplog.json_observer``, or ``twist --log-format json``)
+gives machine-readable records with the same keys the text lines show.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import IO, Any
+
+from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from zope.interface import implementer
+
+from mqtwisted.metrics import METRICS
+
+smtp_log = Logger(namespace="mqtwisted.smtp.session")
+delivery_log = Logger(namespace="mqtwisted.delivery.attempt")
+
+
+def session_ended(server: Any) -> None:
+    """One line when an SMTP session ends: who, how it ended, what it got through."""
+    conn = server.conn
+    outcome = getattr(server, "outcome", "lost")
+    METRICS.session(outcome)
+    started = getattr(server, "started", 0.0)
+    smtp_log.info(
+        "smtp session {session} from {remote_ip}:{remote_port} helo={helo} user={user} tls={secure}: "
+        "{outcome}; {accepted} accepted, {refused} refused, {duration:.3f}s",
+        session=conn.id,
+        remote_ip=conn.remote_ip,
+        remote_port=conn.remote_port,
+        helo=conn.helo,
+        user=conn.user,
+        secure=conn.secure,
+        outcome=outcome,
+        accepted=getattr(server, "accepted", 0),
+        refused=getattr(server, "refused", 0),
+        duration=time.monotonic() - started if started else 0.0,
+    )
+
+
+def delivery_attempt(document: dict[str, Any], attempt: Any) -> None:
+    """One line per delivery attempt at one message, and its count by state and result."""
+    METRICS.attempt(attempt.state, attempt.result)
+    delivery_log.info(
+        "delivery to {recipient} from <{envelope}> via {mta} [{remote_ip}]: {state} {result} "
+        "{code} {status} {description}",
+        recipient=document.get("recipient"),
+        envelope=document.get("envelope") or "",
+        mta=attempt.mta,
+        remote_ip=attempt.remote_ip,
+        state=attempt.state,
+        result=attempt.result,
+        code=attempt.code,
+        status=attempt.status,
+        description=attempt.description,
+    )
+
+
+@implementer(ILogObserver)
+class JSONLogObserver:
+    """JSON lines (one event per line) to ``path``, or to the process's real standard output.
+
+    It pickles (the TAP's Application carries it as its ``ILogObserver``): the file is opened on
+    the first event, never stored.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._observer: Any = None
+        self._file: IO[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_observer": None, "_file": None}
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self._observer is None:
+            if self.path:
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+            else:
+                # Not sys.stdout: twistd redirects that into the log, which would loop.
+                self._file = sys.__stdout__
+            self._observer = jsonFileLogObserver(self._file, recordSeparator="")
+        self._observer(event)
+
+
+def json_observer() -> JSONLogObserver:
+    """For ``twistd --logger mqtwisted.oplog.json_observer``: JSON lines on standard output."""
+    return JSONLogObserver()

@@ -1,0 +1,147 @@
+"""The operator's web port (``--www-port``, default 127.0.0.1:8485): ``/metrics`` in the
+Prometheus text format (prometheus_client's exposition) and ``/status`` as JSON.
+
+Both are read-only and cheap: counters are summed at request time (see :mod:`mqtwisted.metrics`),
+queue depths come from ``Queue.stats()``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from mqtwisted.metrics import MTACollector
+
+log = Logger()
+
+
+class _Quiet(server.Site):
+    """No access log line per scrape: a scraper every 15 s would drown the mail log."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class _Async(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, mta: Any, collector: MTACollector) -> None:
+        super().__init__()
+        self.mta = mta
+        self.collector = collector
+
+    def body(self, depths: dict[str, int], request: Any) -> bytes:
+        raise NotImplementedError
+
+    def render_GET(self, request: Any) -> Any:
+        d = defer.maybeDeferred(self.mta.queue_stats)
+
+        def no_stats(f: Any) -> dict[str, int]:
+            log.warn("queue stats unavailable for {path}: {why}", path=request.path, why=f.getErrorMessage())
+            return {}
+
+        def write(depths: dict[str, int]) -> None:
+            if request._disconnected:
+                return
+            request.write(self.body(depths, request))
+            request.finish()
+
+        def failed(f: Any) -> None:
+            log.failure("rendering {path} failed", f, path=request.path)
+            if not request._disconnected and not request.finished:
+                request.setResponseCode(500)
+                request.finish()
+
+        d.addErrback(no_stats).addCallback(write).addErrback(failed)
+        return server.NOT_DONE_YET
+
+
+class MetricsResource(_Async):
+    def body(self, depths: dict[str, int], request: Any) -> bytes:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        self.collector.queue_depths = depths
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode("ascii"))
+        return generate_latest(self.mta_registry)  # type: ignore[attr-defined,no-any-return]
+
+
+class StatusResource(_Async):
+    def body(self, depths: dict[str, int], request: Any) -> bytes:
+        status = self.mta.status(depths)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(status, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+class Root(resource.Resource):
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"mqmta: /metrics (Prometheus), /status (JSON)\n"
+
+
+def make_site(mta: Any) -> server.Site:
+    """The Site for ``mta`` (an MTAService): a registry of its own, so tests can run several."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.process_collector import ProcessCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    collector = MTACollector(mta)
+    registry.register(collector)  # type: ignore[arg-type]
+    ProcessCollector(namespace="mqmta", registry=registry)
+    metrics = MetricsResource(mta, collector)
+    metrics.mta_registry = registry  # type: ignore[attr-defined]
+    root = Root()
+    root.putChild(b"metrics", metrics)
+    root.putChild(b"status", StatusResource(mta, collector))
+    root.putChild(b"", root)
+    return _Quiet(root)
+
+
+class WebService(service.Service):
+    """Listens on ``www-ip:www-port``.  Pickles as address only; the Site is made on start."""
+
+    name = "web"
+
+    def __init__(self, mta: Any, port: int, interface: str = "127.0.0.1") -> None:
+        self.mta = mta
+        self.port = port
+        self.interface = interface
+        self._port: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_port"] = None
+        return state
+
+    def privilegedStartService(self) -> None:
+        # Bind here, like internet.TCPServer: before twistd drops privileges (--uid).
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._port is None:
+            from twisted.internet import reactor
+
+            self._port = reactor.listenTCP(self.port, make_site(self.mta), interface=self.interface)
+            log.info("status and metrics on http://{ip}:{port}/", ip=self.interface, port=self.listening_port)
+
+    @property
+    def listening_port(self) -> int:
+        return self._port.getHost().port if self._port is not None else self.port
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        if port is not None:
+            return defer.maybeDeferred(port.stopListening)
+        return None
