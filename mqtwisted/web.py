@@ -20,7 +20,7 @@ from mqtwisted.metrics import MTACollector
 log = Logger()
 
 
-class _Quiet(server.Site):
+class StatusSite(server.Site):
     """No access log line per scrape: a scraper every 15 s would drown the mail log."""
 
     noisy = False
@@ -100,7 +100,7 @@ def make_site(mta: Any) -> server.Site:
     root.putChild(b"metrics", metrics)
     root.putChild(b"status", StatusResource(mta, collector))
     root.putChild(b"", root)
-    return _Quiet(root)
+    return StatusSite(root)
 
 
 class WebService(service.Service):
