@@ -353,3 +353,36 @@ def test_twistd_refuses_to_start_with_a_bad_plugin(tmp_path, source, expected):
     assert r.returncode != 0
     output = r.stdout + r.stderr
     assert "plugin 'old'" in output and expected in output
+
+
+def guide_plugin() -> str:
+    """The "complete plugin" of docs/plugins.rst, as written there."""
+    text = (EXAMPLES.parent / "docs" / "plugins.rst").read_text()
+    block = text.split("A complete plugin", 1)[1].split(".. code-block:: python", 1)[1]
+    lines = []
+    for line in block.splitlines()[1:]:
+        if line and not line.startswith("   "):
+            break
+        lines.append(line[3:])
+    return "\n".join(lines)
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_guide_plugin_works_as_documented(tmp_path, mtas, monkeypatch):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "blocklist.py").write_text(guide_plugin())
+    db_path = tmp_path / "blocklist.sqlite3"
+    db = sqlite3.connect(str(db_path))
+    db.execute("CREATE TABLE blocked (address TEXT PRIMARY KEY)")
+    db.execute("INSERT INTO blocked VALUES ('spam@example.net')")
+    db.commit()
+    db.close()
+    monkeypatch.setenv("BLOCKLIST_DB", str(db_path))
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
+    with pytest.raises(smtplib.SMTPSenderRefused) as e:
+        yield in_thread(send, mta.port, sender="Spam <spam@example.net>")
+    assert e.value.smtp_code == 550
+    yield in_thread(send, mta.port)
+    (doc,) = yield mta.documents()
+    assert doc["tags"] == ["not-blocked"]
