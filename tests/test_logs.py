@@ -1,0 +1,38 @@
+"""Log lines: one per SMTP session outcome and per delivery attempt, as JSON lines with
+``--log-format json`` (a real ``twistd -n mqmta`` process)."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+
+import pytest
+
+from tests.realmta import MTAProcess, free_port
+
+pytestmark = pytest.mark.slow
+
+MSG = b"From: a@example.com\r\nSubject: log\r\n\r\nHello.\r\n"
+
+
+def test_json_log_lines_for_sessions_and_delivery_attempts(tmp_path):
+    dead = free_port()  # the smarthost refuses: one failed attempt to log
+    mta = MTAProcess(str(tmp_path / "data"), "--log-format=json", f"--smarthost=127.0.0.1:{dead}").start()
+    try:
+        with smtplib.SMTP("127.0.0.1", mta.port, timeout=20) as s:
+            assert s.sendmail("a@example.com", ["b@example.com"], MSG) == {}
+        import time
+
+        deadline = time.monotonic() + 15
+        while "mqtwisted.delivery.attempt" not in mta.output() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        mta.stop()
+    events = [json.loads(line) for line in mta.output().splitlines() if line.strip()]  # every line is JSON
+    sessions = [e for e in events if e.get("log_namespace") == "mqtwisted.smtp.session"]
+    quit_ = [e for e in sessions if e["outcome"] == "quit"]
+    assert len(quit_) == 1 and quit_[0]["accepted"] == 1 and quit_[0]["remote_ip"] == "127.0.0.1"
+    attempts = [e for e in events if e.get("log_namespace") == "mqtwisted.delivery.attempt"]
+    assert attempts and attempts[0]["recipient"] == "b@example.com"
+    assert attempts[0]["state"] == "connect" and attempts[0]["result"] == "error"
+    assert any(e.get("log_namespace") == "mqtwisted.service" and "shutdown complete" in e["log_format"] for e in events)
