@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.internet import defer, interfaces
+from twisted.internet import defer, interfaces, tcp
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
@@ -44,6 +44,7 @@ COMMAND_LINE = 512
 PATH_LINE = 1024  # MAIL/RCPT with ESMTP parameters (RFC 5321 §4.5.3.1.4; ORCPT may be 500 alone)
 AUTH_LINE = 12288  # RFC 4954 §4
 BYTES_PER_TIMEOUT_RESET = 65536
+MAX_PENDING = 65536  # bytes read ahead of a command still being decided before reading pauses
 
 
 @attrs.define
@@ -102,6 +103,7 @@ class SMTPServer(smtp.ESMTP):
         smtp.ESMTP.__init__(self, contextFactory=contextFactory)
         self._buffer = b""
         self._waiting = False
+        self._paused = False
         self._processing = False
         self._skip_line = False
         self._closing = False
@@ -229,6 +231,13 @@ class SMTPServer(smtp.ESMTP):
         if self._closing:
             return
         self._buffer += data
+        if self._waiting:
+            # Input waits its turn behind the hook or queue deciding; stop reading only when
+            # enough is waiting to matter (pausing on every wait costs two epoll changes).
+            if len(self._buffer) > MAX_PENDING and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+            return
         self._process()
 
     def _process(self) -> None:
@@ -308,7 +317,30 @@ class SMTPServer(smtp.ESMTP):
     # -- replies and errors ----------------------------------------------------------------------
 
     def _send(self, reply: Reply, lines: list[str] | None = None) -> None:
-        self.transport.write(_reply_lines(reply.code, lines or [reply.text], reply.enhanced))
+        self._write(_reply_lines(reply.code, lines or [reply.text], reply.enhanced))
+
+    def _write(self, data: bytes) -> None:
+        t = self.transport
+        # Fast path for plain TCP with nothing queued: give the reply to the kernel now.  Going
+        # through transport.write costs two epoll changes and a loop iteration per reply, which
+        # is a third of the server's system time at thousands of messages per second.
+        # (isinstance, not duck typing: a TLS wrapper forwards unknown attributes to the socket.)
+        if (
+            isinstance(t, tcp.Connection)
+            and not t.TLS
+            and not t.dataBuffer
+            and not t._tempDataBuffer
+            and t.connected
+            and not t.disconnecting
+        ):
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def _error(self, reply: Reply) -> None:
         self._errors += 1
@@ -330,7 +362,8 @@ class SMTPServer(smtp.ESMTP):
     def _run(self, transition: Transition, then: Callable[[Reply | None], None], *args: Any) -> None:
         """Ask the transition's hook (if any plugin defines it), then call ``then`` with its verdict.
 
-        While the hook decides, reading stops: that is what keeps pipelined replies in order.
+        While the hook decides, input is only buffered (and reading paused past MAX_PENDING):
+        that is what keeps pipelined replies in order.
         """
         hooks = self.factory.hooks
         if transition.hook is None or not hooks.defines(transition.hook):
@@ -341,13 +374,14 @@ class SMTPServer(smtp.ESMTP):
 
     def _wait(self, d: defer.Deferred, then: Callable[[Any], None]) -> None:
         self._waiting = True
-        self.transport.pauseProducing()
 
         def done(result: Any) -> None:
             self._waiting = False
             if self._closing:
                 return
-            self.transport.resumeProducing()
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()
             try:
                 then(result)
             except Exception:
@@ -398,7 +432,7 @@ class SMTPServer(smtp.ESMTP):
         lines = [f"{name} Hello {arg}"] + self.session.extensions()
         size = self.factory.config.max_size
         lines.insert(2, f"SIZE {size}" if size else "SIZE")
-        self.transport.write(_reply_lines(250, lines, None))
+        self._write(_reply_lines(250, lines, None))
 
     def smtp_NOOP(self, arg: str, t: Transition) -> None:
         self._send(Reply(250, "OK", "2.0.0"))
@@ -596,7 +630,7 @@ class SMTPServer(smtp.ESMTP):
             self._message_done(250)
             ids = list(reply)
             lines = ["Ok, queued as:"] + ids if ids else ["Ok"]
-            self.transport.write(_reply_lines(250, lines, "2.0.0"))
+            self._write(_reply_lines(250, lines, "2.0.0"))
 
         self._run(END_OF_DATA, verdict, mime)
 
