@@ -67,6 +67,10 @@ class DeliveryOptions:
     port: int = 25
     max_connections_per_domain: int = 10
     max_messages_per_connection: int = 100
+    #: seconds an outbound connection with nothing to send stays open for the next message to
+    #: its destination (0: QUIT at once).  MailerQ keeps idle connections too: under a trickle
+    #: of mail, a new connection per message costs more than the message itself.
+    max_idle_time: float = 5.0
     retry_interval: tuple[int, ...] = DEFAULT_RETRY_INTERVALS
     max_delivertime: int = DEFAULT_MAX_DELIVERTIME
     max_attempts: int = 0
@@ -99,6 +103,7 @@ class DeliveryOptions:
             port=int(get("delivery-port", 25)),
             max_connections_per_domain=int(get("max-connections-per-domain", 10)),
             max_messages_per_connection=int(get("max-messages-per-connection", 100)),
+            max_idle_time=float(get("max-idle-time", 5.0)),
             retry_interval=parse_intervals(get("retry-interval", None)) or DEFAULT_RETRY_INTERVALS,
             max_delivertime=int(float(get("max-delivertime", DEFAULT_MAX_DELIVERTIME))),
             max_attempts=int(get("max-attempts", 0)),
@@ -188,6 +193,8 @@ class Destination:
         self.key = key
         self.pending: deque[Job] = deque()
         self.runners: set[Runner] = set()
+        #: parked connections, most recently parked last
+        self.idle: list[Runner] = []
 
     @property
     def starting(self) -> int:
@@ -198,6 +205,10 @@ class Destination:
         self.pump()
 
     def pump(self) -> None:
+        # Parked connections first, the most recently used one first (LIFO): it is the one
+        # least likely to have been closed by the server, and the others may expire.
+        while self.pending and self.idle and not self.service.stopping:
+            self.idle.pop().wake()
         # One more connection while there is more waiting than the connections still being set
         # up will take, up to the per-destination cap.
         cap = self.service.options.max_connections_per_domain
@@ -219,6 +230,7 @@ class Destination:
 
     def runner_done(self, runner: Runner) -> None:
         self.runners.discard(runner)
+        runner.unpark()
         self.pump()
         self.service.forget_if_idle(self)
 
@@ -248,6 +260,8 @@ class Runner:
         self.plaintext = False
         self.last_fault: Attempt | None = None
         self.factory: OutboundFactory | None = None
+        self.session: OutboundSender | None = None
+        self._idle_call: Any = None
 
     def start(self) -> None:
         key = self.dest.key
@@ -304,8 +318,40 @@ class Runner:
         self.established = True
         return self.service.out_message(job)
 
-    def has_more(self, session: OutboundSender) -> bool:
-        return bool(self.dest.pending) and not self.service.stopping
+    def park(self, session: OutboundSender) -> bool:
+        """The session has nothing to send: keep it for ``max_idle_time`` seconds."""
+        idle = self.service.options.max_idle_time
+        if self.service.stopping or idle <= 0:
+            return False
+        self.session = session
+        self.dest.idle.append(self)
+        self._idle_call = self.service.reactor.callLater(idle, self._idle_expired)
+        return True
+
+    def unpark(self) -> None:
+        if self._idle_call is not None:
+            if self._idle_call.active():
+                self._idle_call.cancel()
+            self._idle_call = None
+        if self in self.dest.idle:
+            self.dest.idle.remove(self)
+
+    def wake(self) -> None:
+        """Hand the parked session the next pending message (called by the destination)."""
+        self.unpark()
+        session = self.session
+        if session is None or not session.resume():
+            # Closing already: its session_ended will come; another connection takes the work.
+            return
+
+    def quit_idle(self) -> None:
+        self.unpark()
+        if self.session is not None:
+            self.session.quit_idle()
+
+    def _idle_expired(self) -> None:
+        self._idle_call = None
+        self.quit_idle()
 
     def give_back(self, message: OutMessage) -> None:
         self.dest.give_back(message.key)
@@ -427,6 +473,8 @@ class DeliveryService(service.Service):
         for dest in list(self.destinations.values()):
             while dest.pending:
                 self.release(dest.pending.popleft())
+            for runner in list(dest.idle):
+                runner.quit_idle()
             for runner in dest.runners:
                 if runner.factory is not None and not runner.factory.done.called:
                     waits.append(runner.factory.done)

@@ -44,8 +44,17 @@ class Net:
         self.servers = servers
         self.seen = 0
         self.connected: list[tuple[str, int]] = []
+        self.pumps: list[iosim.IOPump] = []
 
     def run(self) -> None:
+        """Connect what the service dialled since the last call, and carry every byte each way
+        until all connections are quiet (parked sessions stay open)."""
+        self._connect()
+        while any([p.pump() for p in self.pumps]):
+            self._connect()
+        self._connect()
+
+    def _connect(self) -> None:
         while self.seen < len(self.reactor.tcpClients):
             host, port, factory, _timeout, _bind = self.reactor.tcpClients[self.seen]
             connector = self.reactor.connectors[self.seen]
@@ -59,7 +68,9 @@ class Net:
             srv = server.buildProtocol(None)
             peer = iosim.makeFakeClient(client)
             peer.peerAddress = _addr(host, port)
-            iosim.connect(srv, iosim.makeFakeServer(srv), client, peer).flush()
+            pump = iosim.connect(srv, iosim.makeFakeServer(srv), client, peer)
+            self.pumps.append(pump)
+            pump.flush()
 
 
 def _addr(host: str, port: int) -> Any:

@@ -31,6 +31,8 @@ class ScriptedFactory(protocol.ServerFactory):
         self.sessions: list[ScriptedSMTP] = []
         self.messages: list[dict[str, Any]] = []
         self.connections = 0
+        #: answer 354 to DATA even with no accepted recipient (RFC 2920 allows it; some do)
+        self.data_without_recipients = False
 
     def buildProtocol(self, addr: Any) -> ScriptedSMTP:
         p = ScriptedSMTP()
@@ -65,6 +67,9 @@ class ScriptedSMTP(LineReceiver):
             if line == b".":
                 body, self.data = b"\r\n".join(self.data) + b"\r\n", None
                 self.mail["body"] = body
+                if not self.mail.get("rcpt"):
+                    self.sendLine(b"554 5.5.1 no valid recipients")
+                    return
                 answer = self.factory.reply("END", "250 2.0.0 queued as X")
                 if answer.startswith("2"):
                     self.factory.messages.append(dict(self.mail))
@@ -89,12 +94,23 @@ class ScriptedSMTP(LineReceiver):
             self.transport.startTLS(self.factory.tls)
             self.tls = True
         elif verb == b"MAIL":
-            self.mail = {"from": line, "tls": self.tls}
-            self.sendLine(self.factory.reply("MAIL", "250 2.1.0 ok").encode())
+            answer = self.factory.reply("MAIL", "250 2.1.0 ok")
+            self.mail = {"from": line, "tls": self.tls} if answer.startswith("2") else {}
+            self.sendLine(answer.encode())
         elif verb == b"RCPT":
-            self.mail.setdefault("rcpt", []).append(line)
-            self.sendLine(self.factory.reply("RCPT", "250 2.1.5 ok").encode())
+            # As a real server does: no transaction, no recipients (matters when pipelined,
+            # where RCPT and DATA follow a refused MAIL and must not use up scripted replies).
+            if "from" not in self.mail:
+                self.sendLine(b"503 5.5.1 need MAIL")
+                return
+            answer = self.factory.reply("RCPT", "250 2.1.5 ok")
+            if answer.startswith("2"):
+                self.mail.setdefault("rcpt", []).append(line)
+            self.sendLine(answer.encode())
         elif verb == b"DATA":
+            if not self.mail.get("rcpt") and not self.factory.data_without_recipients:
+                self.sendLine(b"554 5.5.1 no valid recipients")
+                return
             answer = self.factory.reply("DATA", "354 go ahead")
             if answer.startswith("354"):
                 self.data = []

@@ -7,7 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import ssl
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
+from twisted.test import iosim
 
 from mqtwisted.smtp.client import OutboundFactory, encode_body, xtext
 from tests.clienthelpers import ListSource, TLSStringTransport, msg, run_ours, run_plain_twisted
@@ -137,13 +139,18 @@ def test_plain_twisted_reads_injected_reply_inside_tls() -> None:
 # -- sessions -------------------------------------------------------------------------------------
 
 
-def test_several_messages_on_one_connection_with_rset() -> None:
+def _verbs(server: ScriptedFactory, session: int = 0) -> list[bytes]:
+    return [c.split(b":")[0].split(b" ")[0] for c in server.sessions[session].commands]
+
+
+def test_several_messages_on_one_connection() -> None:
+    # A completed transaction resets the server (RFC 5321 §4.1.1.4): no RSET between them.
     server = ScriptedFactory()
     source = run_ours(server, [msg(rcpt=f"r{i}@example.com") for i in range(3)])
     assert [a.result for _, a in source.done] == ["accepted"] * 3
     assert [a.messages for _, a in source.done] == [1, 2, 3]
-    cmds = [c.split(b":")[0].split(b" ")[0] for c in server.sessions[0].commands]
-    assert cmds == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"MAIL", b"RCPT", b"DATA", b"RSET", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
+    cmds = _verbs(server)
+    assert cmds == [b"EHLO", b"MAIL", b"RCPT", b"DATA", b"MAIL", b"RCPT", b"DATA", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
     assert server.connections == 1
     assert source.ended[0][1] is None
     rec = source.done[0][1].record()
@@ -167,6 +174,116 @@ def test_refusals_recorded_per_state_and_session_goes_on() -> None:
         ("mailfrom", "error", 451, "4.7.1", False),
         ("message", "accepted", 250, "2.0.0", False),
     ]
+    # Pipelined: RCPT and DATA went out behind the refused command anyway; RSET only after a
+    # failed transaction, in front of the next MAIL.
+    assert _verbs(server) == [
+        b"EHLO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"MAIL", b"RCPT", b"DATA",
+        b"RSET", b"MAIL", b"RCPT", b"DATA", b"QUIT",
+    ]
+
+
+def test_refusals_without_pipelining_stop_at_the_refused_command() -> None:
+    server = ScriptedFactory(extensions=("8BITMIME",), replies={"RCPT": ["550 5.1.1 no such user"]})
+    source = run_ours(server, [msg(), msg()])
+    assert [(a.state, a.code) for _, a in source.done] == [("rcptto", 550), ("message", 250)]
+    assert _verbs(server) == [b"EHLO", b"MAIL", b"RCPT", b"RSET", b"MAIL", b"RCPT", b"DATA", b"QUIT"]
+
+
+def test_pipelined_refusal_with_354_is_ended_by_a_lone_dot() -> None:
+    # RFC 2920 §3.1: a server may still answer 354 after refusing every recipient.
+    server = ScriptedFactory(replies={"RCPT": ["550 5.1.1 no such user"]})
+    server.data_without_recipients = True
+    source = run_ours(server, [msg(), msg(rcpt="ok@example.com")])
+    assert [(a.state, a.code) for _, a in source.done] == [("rcptto", 550), ("message", 250)]
+    assert [m["rcpt"] for m in server.messages] == [[b"RCPT TO:<ok@example.com>"]]
+
+
+def _session(extensions: bytes) -> tuple[ListSource, object, StringTransport]:
+    source = ListSource([msg()])
+    factory = OutboundFactory(source, helo="c.test", security="none", clock=Clock())
+    proto = factory.buildProtocol(None)
+    t = StringTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"220 mx ESMTP\r\n")
+    t.clear()
+    proto.dataReceived(b"250-mx\r\n" + extensions + b"250 8BITMIME\r\n")
+    return source, proto, t
+
+
+def test_pipelining_sends_the_envelope_in_one_write() -> None:
+    _, proto, t = _session(b"250-PIPELINING\r\n")
+    assert t.value() == b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+    t.clear()
+    proto.dataReceived(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    # Body and final dot together: nothing left for Nagle to hold back.
+    assert t.value() == b"Subject: hi\r\n\r\nbody\r\n.\r\n"
+
+
+def test_without_pipelining_commands_wait_for_replies() -> None:
+    _, proto, t = _session(b"")
+    assert t.value() == b"MAIL FROM:<a@example.org>\r\n"
+    t.clear()
+    proto.dataReceived(b"250 ok\r\n")
+    assert t.value() == b"RCPT TO:<b@example.com>\r\n"
+
+
+class ParkingSource(ListSource):
+    def __init__(self, messages: list) -> None:
+        super().__init__(messages)
+        self.parked: list = []
+
+    def park(self, session: object) -> bool:
+        self.parked.append(session)
+        return True
+
+
+def _connected(server: ScriptedFactory, source: ListSource) -> tuple[object, object]:
+    factory = OutboundFactory(source, helo="client.test", security="none", clock=Clock())
+    client = factory.buildProtocol(None)
+    srv = server.buildProtocol(None)
+    pump = iosim.connect(srv, iosim.makeFakeServer(srv), client, iosim.makeFakeClient(client))
+    pump.flush()
+    return client, pump
+
+
+def test_idle_session_parks_and_is_resumed_on_the_same_connection() -> None:
+    server = ScriptedFactory()
+    source = ParkingSource([msg()])
+    client, pump = _connected(server, source)
+    assert len(source.done) == 1 and source.parked == [client] and client.parked
+    assert b"QUIT" not in server.sessions[0].commands and source.ended == []
+    source.pending.append(msg(rcpt="later@example.com"))
+    assert client.resume()
+    pump.flush()
+    assert [a.messages for _, a in source.done] == [1, 2] and server.connections == 1
+    client.quit_idle()
+    pump.flush()
+    assert server.sessions[0].commands[-1] == b"QUIT"
+    assert source.ended == [(client, None)]
+    assert not client.resume()
+
+
+def test_resumed_session_lost_before_any_reply_gives_the_message_back() -> None:
+    # The server closed the idle connection as we reused it: nothing was delivered, so the
+    # message goes back to the scheduler instead of failing (and waiting a retry interval).
+    server = ScriptedFactory()
+    source = ParkingSource([msg()])
+    client, pump = _connected(server, source)
+    source.pending.append(msg(rcpt="later@example.com"))
+    server.sessions[0].transport.loseConnection()
+    assert client.resume()
+    pump.flush()
+    assert len(source.done) == 1
+    assert [m.recipient for m in source.given_back] == ["later@example.com"]
+
+
+def test_reply_while_parked_ends_the_session_quietly() -> None:
+    server = ScriptedFactory()
+    source = ParkingSource([msg()])
+    client, pump = _connected(server, source)
+    server.sessions[0].sendLine(b"421 4.4.2 idle too long")
+    pump.flush()
+    assert source.ended == [(client, None)]
 
 
 def test_final_reply_refusal() -> None:

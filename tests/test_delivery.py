@@ -19,7 +19,7 @@ def publish(queue: MemoryQueue, *docs: dict) -> None:
 
 def test_success_goes_to_results_and_success() -> None:
     server = ScriptedFactory()
-    svc, queue, net, _ = make({"10.0.0.1": server})
+    svc, queue, net, reactor = make({"10.0.0.1": server})
     svc.startService()
     publish(queue, doc(custom="kept"))
     net.run()
@@ -31,7 +31,58 @@ def test_success_goes_to_results_and_success() -> None:
     assert r["state"] == "message" and r["result"] == "accepted" and r["code"] == 250
     assert r["to"] == "10.0.0.1" and r["mta"] == "mx.test" and r["messages"] == 1
     assert server.messages[0]["rcpt"] == [b"RCPT TO:<user@example.com>"]
+    # The connection waits max-idle-time for more mail to example.com, then QUITs.
+    assert len(svc.destinations) == 1 and server.sessions[0].commands[-1] != b"QUIT"
+    reactor.advance(svc.options.max_idle_time)
+    net.run()
+    assert server.sessions[0].commands[-1] == b"QUIT"
     assert not svc.destinations
+
+
+def test_parked_connection_takes_the_next_message() -> None:
+    server = ScriptedFactory()
+    svc, queue, net, reactor = make({"10.0.0.1": server})
+    svc.startService()
+    publish(queue, doc("a@example.com"))
+    net.run()
+    reactor.advance(3)
+    publish(queue, doc("b@example.com"))
+    net.run()
+    assert server.connections == 1 and len(reactor.tcpClients) == 1
+    assert [r["results"][0]["messages"] for r in queue.docs("success")] == [1, 2]
+    # The idle clock starts again when the connection parks again.
+    reactor.advance(4)
+    net.run()
+    assert server.sessions[0].commands[-1] != b"QUIT"
+    reactor.advance(1)
+    net.run()
+    assert server.sessions[0].commands[-1] == b"QUIT" and not svc.destinations
+
+
+def test_max_idle_time_zero_quits_at_once() -> None:
+    server = ScriptedFactory()
+    svc, queue, net, reactor = make({"10.0.0.1": server}, max_idle_time=0)
+    svc.startService()
+    publish(queue, doc())
+    net.run()
+    assert server.sessions[0].commands[-1] == b"QUIT" and not svc.destinations
+
+
+def test_stop_quits_parked_connections_without_waiting_for_idle_time() -> None:
+    server = ScriptedFactory()
+    svc, queue, net, reactor = make({"10.0.0.1": server}, max_idle_time=300)
+    svc.startService()
+    publish(queue, doc())
+    net.run()
+    d = svc.stopService()
+    net.run()
+    assert server.sessions[0].commands[-1] == b"QUIT"
+    assert d.called and not svc.destinations
+
+
+def test_max_idle_time_option() -> None:
+    assert DeliveryOptions.from_options({"max-idle-time": 2.5}).max_idle_time == 2.5
+    assert DeliveryOptions.from_options({}).max_idle_time == 5.0
 
 
 def test_reuse_and_connection_cap() -> None:

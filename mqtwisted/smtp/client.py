@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections import deque
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -86,7 +87,11 @@ class MessageSource(Protocol):
     """What a session asks for work and tells outcomes (the delivery scheduler)."""
 
     def next_message(self, session: OutboundSender) -> OutMessage | None:
-        """The next message for this connection, or None to end it with QUIT."""
+        """The next message for this connection, or None when there is none now."""
+
+    def park(self, session: OutboundSender) -> bool:
+        """(Optional) Nothing to send: True keeps ``session`` open and idle until the source
+        calls its ``resume()`` or ``quit_idle()``; False (or no such method) ends it with QUIT."""
 
     def give_back(self, message: OutMessage) -> None:
         """``message`` was taken but never attempted (connection ended first)."""
@@ -140,6 +145,15 @@ class OutboundSender(smtp.ESMTPSender):
         self._hook_reply: Reply | None = None
         self._body = b""
         self._body_done = False
+        self._needs_rset = False
+        self._parked = False
+        self._unconfirmed = False
+        self._leave_after = False
+        self._tx_error: Attempt | None = None
+        #: commands sent and waiting for their reply, in order (several when pipelining)
+        self._waiting: deque[str] = deque()
+        #: commands of this transaction not yet sent (servers without PIPELINING)
+        self._unsent: deque[tuple[str, bytes]] = deque()
         #: messages with an outcome on this connection; 0 means the connection itself failed
         self.reported = 0
 
@@ -152,6 +166,12 @@ class OutboundSender(smtp.ESMTPSender):
     def connectionMade(self) -> None:
         super().connectionMade()
         self.state = "intro"
+        # SMTP is lock-step: a small write (the end-of-data dot, a command) held back by Nagle
+        # until the server's delayed ACK costs ~40 ms per message on loopback.
+        try:
+            self.transport.setTcpNoDelay(True)
+        except Exception:
+            pass
         peer, host = self.transport.getPeer(), self.transport.getHost()
         self.conn.remote_ip = getattr(peer, "host", "")
         self.conn.remote_port = getattr(peer, "port", 0)
@@ -194,7 +214,7 @@ class OutboundSender(smtp.ESMTPSender):
                 description = f"connection lost: {reason.getErrorMessage()}"
             fault = self.attempt(self.state, "lost", description=description)
         if message is not None:
-            if self._in_transaction:
+            if self._in_transaction and not self._unconfirmed:
                 self._report(message, fault or self.attempt(self.state, "lost", description="connection lost"))
             else:
                 self.factory.source.give_back(message)
@@ -312,22 +332,41 @@ class OutboundSender(smtp.ESMTPSender):
         self._quit()
 
     # -- the message loop ----------------------------------------------------------------------
+    #
+    # Per message: [RSET] MAIL RCPT DATA, then the body and the final dot.  With PIPELINING
+    # (RFC 2920) the commands go out in one write and their replies are matched in order, so a
+    # message costs two round trips instead of five; without it they go one by one.  RSET is
+    # sent only after a transaction that did not end with a reply to the dot: a completed
+    # transaction already resets the server (RFC 5321 §4.1.1.4), and every extra command is a
+    # round trip or a parse on both sides.
+    #
+    # When the source has nothing for us the session parks (state "idle") instead of quitting:
+    # the source may wake it with :meth:`resume` when a message for this destination arrives,
+    # or end it with :meth:`quit_idle` (the scheduler's max-idle-time).  Reconnecting for every
+    # message of a trickle is what made delivery slow.
 
     def smtpState_from(self, code: int, resp: bytes) -> None:
-        # Reached after EHLO/TLS/AUTH, and after each RSET: take the next message or QUIT.
-        self._failresponse = self.smtpTransferFailed
+        # Reached once, after EHLO/TLS/AUTH: take the first message.
         self._next_message()
 
     def _next_message(self) -> None:
+        if self._closed or self._quitting:
+            return
         message = None
         if self.messages < self.factory.max_messages:
             message = self.factory.source.next_message(self)
         if message is None:
-            self._quit()
+            if self.messages < self.factory.max_messages and self.factory.source_park(self):
+                self._park()
+            else:
+                self._quit()
             return
         self.current = message
         self.messages += 1
         self.handle = MessageHandle(message.document, outgoing=True)
+        # Nothing is owed by the server until our next command; anything it sends meanwhile
+        # (while a plugin runs) is unexpected and ends the session.
+        self._okresponse = self._failresponse = self._command_reply
         hooks = self.factory.hooks
         if hooks.defines("mq_smtp_out_data"):
             # Run before MAIL FROM so MQ_setEnvelope/MQ_setRecipient can still change the wire;
@@ -338,6 +377,47 @@ class OutboundSender(smtp.ESMTPSender):
             d.addErrback(self._hook_failed, message)
         else:
             self._send_mail_from(message)
+
+    # -- parking -------------------------------------------------------------------------------
+
+    @property
+    def parked(self) -> bool:
+        return self._parked
+
+    def _park(self) -> None:
+        self._parked = True
+        self.state = "idle"
+        # The server owes no reply while we are idle; the scheduler owns the idle limit.
+        self.setTimeout(None)
+        self._okresponse = self._failresponse = self._reply_while_idle
+
+    def _reply_while_idle(self, code: int, resp: bytes) -> None:
+        # Typically "421 idle timeout" before the server closes: leave quietly, no fault.
+        self._parked = False
+        self._quitting = True
+        self.transport.loseConnection()
+
+    def resume(self) -> bool:
+        """Wake a parked session to send the source's next message; False when it cannot (it
+        is not parked, or is closing), so the caller should find another connection."""
+        if not self._parked or self._closed or self._quitting:
+            return False
+        self._parked = False
+        # Until the server answers again this connection is not known to be alive: a message
+        # lost to a connection the server closed while we idled is given back, not failed.
+        self._unconfirmed = True
+        self.setTimeout(self.factory.timeout)
+        self._next_message()
+        return True
+
+    def quit_idle(self) -> None:
+        """End a parked session with QUIT (idle limit reached, or shutdown)."""
+        if self._parked and not self._closed:
+            self._parked = False
+            self.setTimeout(self.factory.timeout)
+            self._quit()
+
+    # -- one transaction -----------------------------------------------------------------------
 
     def _out_data_done(self, reply: Reply | None, message: OutMessage) -> None:
         if self._closed or self.current is not message:
@@ -357,7 +437,7 @@ class OutboundSender(smtp.ESMTPSender):
         self.current = None
         self._in_transaction = False
         self._report(message, attempt)
-        self._reset_then_next()
+        self._after_message()
 
     def _wire(self, message: OutMessage) -> tuple[str, str, bytes]:
         h = self.handle
@@ -366,13 +446,11 @@ class OutboundSender(smtp.ESMTPSender):
         mime = h.wire_mime if h is not None and h.wire_mime is not None else message.mime
         return envelope, recipient, mime
 
-    def _send_mail_from(self, message: OutMessage) -> None:
-        envelope, _, mime = self._wire(message)
-        self._body = encode_body(mime)
+    def _mail_line(self, message: OutMessage, envelope: str) -> bytes:
         params = []
         if b"SIZE" in self.extensions:
             params.append(b"SIZE=%d" % len(self._body))
-        if b"8BITMIME" in self.extensions and re.search(rb"[\x80-\xff]", self._body):
+        if b"8BITMIME" in self.extensions and not self._body.isascii():
             params.append(b"BODY=8BITMIME")
         if b"SMTPUTF8" in self.extensions and not (envelope + message.recipient).isascii():
             params.append(b"SMTPUTF8")
@@ -382,17 +460,9 @@ class OutboundSender(smtp.ESMTPSender):
                 params.append(b"RET=" + ret.encode())
             if message.dsn.get("envid"):
                 params.append(b"ENVID=" + xtext(str(message.dsn["envid"])).encode())
-        self.state = "mailfrom"
-        self._in_transaction = True
-        self._expected = [250]
-        self._okresponse = self._send_rcpt
-        self._failresponse = self._transaction_failed
-        self.sendLine(b" ".join([b"MAIL FROM:<" + envelope.encode("utf-8") + b">", *params]))
+        return b" ".join([b"MAIL FROM:<" + envelope.encode("utf-8") + b">", *params])
 
-    def _send_rcpt(self, code: int, resp: bytes) -> None:
-        message = self.current
-        assert message is not None
-        _, recipient, _ = self._wire(message)
+    def _rcpt_line(self, message: OutMessage, recipient: str) -> bytes:
         params = []
         if b"DSN" in self.extensions and message.dsn:
             notify = message.dsn.get("notify")
@@ -406,26 +476,119 @@ class OutboundSender(smtp.ESMTPSender):
                     orcpt = "rfc822;" + orcpt
                 addr_type, _, addr = orcpt.partition(";")
                 params.append(b"ORCPT=" + (addr_type + ";" + xtext(addr)).encode())
-        self.state = "rcptto"
-        self._expected = [250, 251]
-        self._okresponse = self._send_data
-        self.sendLine(b" ".join([b"RCPT TO:<" + recipient.encode("utf-8") + b">", *params]))
+        return b" ".join([b"RCPT TO:<" + recipient.encode("utf-8") + b">", *params])
 
-    def _send_data(self, code: int, resp: bytes) -> None:
-        self.state = "data"
-        self._expected = [354]
-        self._okresponse = self._send_body
-        self.sendLine(b"DATA")
+    def _send_mail_from(self, message: OutMessage) -> None:
+        envelope, recipient, mime = self._wire(message)
+        self._body = encode_body(mime)
+        commands: list[tuple[str, bytes]] = []
+        if self._needs_rset:
+            commands.append(("rset", b"RSET"))
+        commands += [
+            ("mailfrom", self._mail_line(message, envelope)),
+            ("rcptto", self._rcpt_line(message, recipient)),
+            ("data", b"DATA"),
+        ]
+        self._needs_rset = False
+        self._in_transaction = True
+        self._tx_error = None
+        self._expected = range(0, 1000)
+        self._okresponse = self._failresponse = self._command_reply
+        if b"PIPELINING" in self.extensions:
+            # Several sendLine calls in one reactor turn leave in one TCP segment.
+            for state, line in commands:
+                self._waiting.append(state)
+                self.sendLine(line)
+            self.state = commands[0][0]
+        else:
+            self._unsent.extend(commands)
+            self._send_one()
 
-    def _send_body(self, code: int, resp: bytes) -> None:
+    def _send_one(self) -> None:
+        state, line = self._unsent.popleft()
+        self.state = state
+        self._waiting.append(state)
+        self.sendLine(line)
+
+    def _command_reply(self, code: int, resp: bytes) -> None:
+        """The reply to the oldest command of the transaction still waiting for one."""
+        self._unconfirmed = False
+        if not self._waiting:
+            self._unexpected_reply(code, resp)
+            return
+        state = self._waiting.popleft()
+        if state == "abort":
+            # The reply to the lone dot that ended a DATA we had to accept: ignored.
+            self._tx_done()
+            return
+        self.state = state
+        if code == 421:
+            # The server is closing the channel: no RSET, no further messages here.
+            self._tx_error = self._tx_error or self._reply_attempt(state, code, resp)
+            self._unsent.clear()
+            self._fail_transaction()
+            self._quitting = True
+            self.transport.loseConnection()
+            return
+        ok = code == 354 if state == "data" else 200 <= code < 300
+        if not ok and self._tx_error is None:
+            attempt = self._reply_attempt(state, code, resp)
+            if state == "rset":
+                # Not the message's fault: try it again elsewhere, and leave this connection.
+                attempt.permanent = False
+                self._leave_after = True
+            self._tx_error = attempt
+            self._unsent.clear()
+        if state == "data" and code == 354 and self._tx_error is not None:
+            # Pipelined: MAIL or RCPT failed but the server still wants the data.  End it with
+            # an empty message; RFC 2920 §3.1 lets a client send just the dot here.
+            self._waiting.append("abort")
+            self.sendLine(b".")
+            return
+        if self._tx_error is None and state == "data":
+            self._send_body()
+            return
+        if self._unsent:
+            self._send_one()
+            return
+        if not self._waiting:
+            self._tx_done()
+
+    def _tx_done(self) -> None:
+        if self._tx_error is not None:
+            self._fail_transaction()
+            if self._leave_after:
+                self._quit()
+            else:
+                self._after_message()
+
+    def _fail_transaction(self) -> None:
+        message, self.current = self.current, None
+        self._in_transaction = False
+        self._needs_rset = True
+        error, self._tx_error = self._tx_error, None
+        self._body = b""
+        if message is not None and error is not None:
+            self._report(message, error)
+
+    def _unexpected_reply(self, code: int, resp: bytes) -> None:
+        self.fault = self._reply_attempt(self.state, code, resp)
+        self.fault.result = "invalid"
+        self.fault.permanent = False
+        self.transport.loseConnection()
+
+    def _send_body(self) -> None:
         self.state = "message"
         # Any reply before our final dot is a protocol error; it and the final reply are
         # collected by _message_reply.
-        self._expected = range(0, 1000)
-        self._okresponse = self._message_reply
-        self._failresponse = self._message_reply
+        self._okresponse = self._failresponse = self._message_reply
         body, self._body = self._body, b""
         self._body_done = False
+        if len(body) <= _WRITE_AT_ONCE:
+            # One write with the dot: one segment for a typical message, no producer overhead.
+            self.transport.write(body)
+            self._body_sent(None)
+            return
         d = FileSender().beginFileTransfer(io.BytesIO(body), self.transport, self._progress)
         d.addCallbacks(self._body_sent, self._body_failed)
 
@@ -485,33 +648,40 @@ class OutboundSender(smtp.ESMTPSender):
             attempt = self.attempt("message", "error", code=reply.code, status=reply.enhanced, description=reply.text)
         else:
             attempt = self._reply_attempt("message", code, resp)
-        self._report(message, attempt)
-        self._reset_then_next()
-
-    def _transaction_failed(self, code: int, resp: bytes) -> None:
-        message, self.current = self.current, None
-        self._in_transaction = False
-        if message is not None:
-            self._report(message, self._reply_attempt(self.state, code, resp))
         if code == 421:
-            # The server is closing the channel: no RSET, no further messages here.
+            self._report(message, attempt)
+            self._quitting = True
             self.transport.loseConnection()
             return
-        self._reset_then_next()
+        self._report(message, attempt)
+        self._after_message()
 
-    def _reset_then_next(self) -> None:
-        if self.messages >= self.factory.max_messages or not self.factory.source_has_more(self):
+    def _after_message(self) -> None:
+        if self._closed or self._quitting:
+            return
+        if self.messages >= self.factory.max_messages:
             self._quit()
             return
-        self.state = "rset"
-        self._expected = [250]
-        self._okresponse = lambda code, resp: self._next_message()
-        self._failresponse = self._rset_failed
-        self.sendLine(b"RSET")
+        if self._needs_rset and b"PIPELINING" not in self.extensions:
+            # Lock-step server: reset now, so a parked session is clean when woken.
+            self._needs_rset = False
+            self.state = "rset"
+            self._expected = [250]
+            self._okresponse = lambda code, resp: self._next_message()
+            self._failresponse = self._rset_failed
+            self.sendLine(b"RSET")
+            return
+        self._next_message()
 
     def _rset_failed(self, code: int, resp: bytes) -> None:
         self.fault = self._reply_attempt("rset", code, resp)
+        self.fault.permanent = False
         self._quit()
+
+
+#: bodies up to this size are written with their final dot in one go; larger ones are streamed
+#: by a producer so the reply timer is reset while they upload.
+_WRITE_AT_ONCE = 256 * 1024
 
 
 def _text(value: Any) -> str:
@@ -572,9 +742,10 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
         self.clock = clock
         self._ended = False
 
-    def source_has_more(self, session: OutboundSender) -> bool:
-        has_more = getattr(self.source, "has_more", None)
-        return True if has_more is None else bool(has_more(session))
+    def source_park(self, session: OutboundSender) -> bool:
+        """Ask the source whether ``session`` should wait for more work instead of quitting."""
+        park = getattr(self.source, "park", None)
+        return False if park is None else bool(park(session))
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
         result = "timeout" if reason.check(neterror.TimeoutError) else "error"
