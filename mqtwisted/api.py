@@ -319,11 +319,8 @@ def MQ_setMime(message: MessageHandle, mime: bytes | str) -> None:
 
 
 def MQ_local(message: MessageHandle) -> bool:
-    """Whether the message goes to the ``local`` queue instead of being relayed.
-
-    Only what a plugin set with ``MQ_setLocal``; without it the SMTP server decides from
-    ``local-domains`` after the hook.
-    """
+    """Whether the message goes to the ``local`` queue instead of being relayed: what
+    ``local-domains`` decided for its recipient, or what a plugin set with ``MQ_setLocal``."""
     return bool(message.document.get("local", False))
 
 

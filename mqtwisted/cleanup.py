@@ -90,9 +90,11 @@ class Cleanup:
         self, conn: Connection, handles: list[MessageHandle], locals_: list[bool], body: Body
     ) -> Any:
         original = mime_text(body.data) if body.data is not None else None
-        for handle in handles:
+        for handle, is_local in zip(handles, locals_, strict=True):
             if original is not None:
                 handle.document["mime"] = original
+            # MQ_local reads it, MQ_setLocal changes it; _publish takes it out of the JSON.
+            handle.document["local"] = is_local
             conn.response = None
             reply = await self.hooks.run(MESSAGE_HOOK, conn, handle)
             if reply is not None and reply.refuses:

@@ -7,11 +7,24 @@
     ...  # smtplib.SMTP("127.0.0.1", mta.port) in a thread, or any client
     docs = yield mta.documents("outbox")
     yield mta.stop()
+
+For calling a plugin's hooks directly, without SMTP::
+
+    runner = hook_runner([my_plugin_module])          # or a plugin directory
+    conn = test_connection(remote_ip="192.0.2.1")
+    reply = yield runner.run("mq_smtp_in_rcptto", conn, "someone@example.com")
+    assert reply is None or reply.code == 550
+    handle = incoming_message({"recipient": "someone@example.com", "mime": "..."})
+    yield runner.run("mq_smtp_in_message", conn, handle)   # handle.document holds the edits
+    runner.connection_closed(conn)
+    yield runner.stop()
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 import attrs
@@ -19,6 +32,7 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
+from mqtwisted.connection import Connection, MessageHandle
 from mqtwisted.options import MQOptions
 from mqtwisted.queue import Document, Queue
 
@@ -91,3 +105,40 @@ async def _start_mta(data_dir: str, **options: Any) -> RunningMTA:
     mta = RunningMTA(top, parsed)
     await mta.queue.stats()  # the queue is open once this answers
     return mta
+
+
+def hook_runner(plugins: str | Sequence[ModuleType], threads: int = 1, timeout: float = 5.0) -> Any:
+    """A started PluginRunner for a plugin directory or already imported plugin modules.
+
+    ``yield runner.stop()`` (or ``await``) when done: it runs ``mq_context_cleanup`` and
+    ``mq_cleanup`` as the MTA would.
+    """
+    from mqtwisted.plugins import PluginRunner, plugin_from_module
+
+    if isinstance(plugins, str):
+        runner = PluginRunner.from_directory(plugins, threads=threads, timeout=timeout)
+    else:
+        runner = PluginRunner([plugin_from_module(m) for m in plugins], threads=threads, timeout=timeout)
+    runner.start()
+    return runner
+
+
+def test_connection(**fields: Any) -> Connection:
+    """A Connection as the SMTP server would make it (loopback addresses unless given)."""
+    defaults: dict[str, Any] = {
+        "remote_ip": "127.0.0.1", "remote_port": 40000, "local_ip": "127.0.0.1", "local_port": 25,
+    }
+    return Connection(**{**defaults, **fields})
+
+
+test_connection.__test__ = False  # type: ignore[attr-defined]  # not a test for pytest
+
+
+def incoming_message(document: Document) -> MessageHandle:
+    """The handle ``mq_smtp_in_message`` receives: the MQ_set* functions edit ``document``."""
+    return MessageHandle(document)
+
+
+def outgoing_message(document: Document) -> MessageHandle:
+    """The handle the ``mq_smtp_out_*`` hooks receive: MQ_set* changes only what is sent."""
+    return MessageHandle(document, outgoing=True)
