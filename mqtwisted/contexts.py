@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +36,8 @@ MQ_READ = 1
 MQ_WRITE = 2
 
 _STOP = object()
+#: seconds inside one job after which a context gets no new connections while others are free
+STUCK_AFTER = 0.1
 
 
 def _reactor() -> Any:
@@ -65,6 +68,8 @@ class MQ_Context:
         self.runner: Any = None
         #: connections pinned here (for least-loaded placement)
         self.connections = 0
+        #: time.monotonic() when the job the thread is running began; None while it waits
+        self.busy_since: float | None = None
         self.thread: threading.Thread | None = None
         self._initialize = initialize
         self._cleanup = cleanup
@@ -142,12 +147,14 @@ class MQ_Context:
                 if item is _STOP:
                     break
                 for fn, args in item:
+                    self.busy_since = time.monotonic()
                     try:
                         fn(*args)
                     except BaseException:
                         # Jobs handle their own errors; this is the last line of defence that
                         # keeps the context alive whatever a job does.
                         log.failure("uncaught error in {ctx}", ctx=self.name)
+                    self.busy_since = None
         finally:
             if self._cleanup is not None:
                 self._cleanup(self)
@@ -318,12 +325,18 @@ class ContextPool:
         return d
 
     def pick(self) -> MQ_Context:
-        contexts = self.contexts
+        # A thread that has been inside one hook for STUCK_AFTER is blocked or very slow: while
+        # another is free, new connections go elsewhere, or every one pinned there would wait
+        # for the plugin timeout too (a plugin blocking its thread must not stall other sessions).
+        now = time.monotonic()
+        contexts = [
+            c for c in self.contexts if c.busy_since is None or now - c.busy_since < STUCK_AFTER
+        ] or self.contexts
         n = len(contexts)
         best = contexts[self._next % n]
         for i in range(1, n):
             ctx = contexts[(self._next + i) % n]
             if ctx.connections < best.connections:
                 best = ctx
-        self._next = (best.index + 1) % n
+        self._next = (best.index + 1) % len(self.contexts)
         return best
