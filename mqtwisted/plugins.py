@@ -271,13 +271,27 @@ class PluginRunner:
             for step in list(self._active.values()):
                 self._finish(step, SHUTDOWN_REPLY)
             if self._started:
-                self._stopping = self.pool.stop()
-                self._stopping.addCallback(lambda _: self._call_each("mq_cleanup"))
+                stopping = self.pool.stop()
+                # A plugin blocking its thread forever must not block shutdown with it: give
+                # the contexts plugin-timeout to run mq_context_cleanup and end, then go on.
+                stopping.addTimeout(self.timeout, self.reactor)
+                stopping.addErrback(self._contexts_stuck)
+                stopping.addCallback(lambda _: self._call_each("mq_cleanup"))
+                self._stopping = stopping
             else:
                 self._stopping = defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._stopping.addBoth(lambda r: (d.callback(None), r)[1])
         return d
+
+    def _contexts_stuck(self, failure: Failure) -> None:
+        stuck = [c.name for c in self.pool.contexts if c.thread is not None and c.thread.is_alive()]
+        log.error(
+            "plugin context threads {stuck} did not stop within {timeout} s (a plugin blocks "
+            "them); shutting down without them",
+            stuck=", ".join(stuck) or "?",
+            timeout=self.timeout,
+        )
 
     def _call_each(self, hook: str, *args: Any) -> None:
         for p in self.plugins:
