@@ -374,11 +374,15 @@ class SMTPServer(smtp.ESMTP):
 
     def _wait(self, d: defer.Deferred, then: Callable[[Any], None]) -> None:
         self._waiting = True
+        # The idle timeout is for a client we wait for; while it waits for us (a hook, the
+        # queue) it is not idle, and a slow plugin must not look like a dead client.
+        self.setTimeout(None)
 
         def done(result: Any) -> None:
             self._waiting = False
             if self._closing:
                 return
+            self.setTimeout(self.factory.config.timeout)
             if self._paused:
                 self._paused = False
                 self.transport.resumeProducing()
