@@ -1,10 +1,17 @@
-"""Fault isolation: plugins that raise, never hand control back, or block their thread forever
-(issue 7).  A real ``twistd mqmta`` with a plugin directory in tmp and a short
+"""Fault isolation (issue 7): plugins that raise, never hand control back, or block their thread
+forever; and, outbound, remote servers that stall, reset, or answer slowly.
+
+Plugins:  A real ``twistd mqmta`` with a plugin directory in tmp and a short
 ``--plugin-timeout``; each faulty hook fires only for a sender that asks for it.
 
 For each fault: the session that meets it gets a 4xx reply (never a 5xx, never a hang past the
 plugin timeout, never an accepted message); sessions that do not touch it keep being served,
 promptly, while and after it happens; and SIGTERM still ends the process in bounded time.
+
+Outbound (at the end of this file): the delivery service runs in this process on the real reactor
+with an in-memory queue, each message naming its destination by a per-message ``smarthost`` (two
+ports, two destinations); a bad destination holds at most its connection cap and mail for the
+other keeps flowing meanwhile.
 """
 
 from __future__ import annotations
@@ -15,8 +22,15 @@ import threading
 import time
 
 import pytest
+import pytest_twisted
+from twisted.internet import protocol, reactor, task
 
+from mqtwisted.delivery import DeliveryOptions, DeliveryService
+from mqtwisted.queue import Publication
+from tests.deliveryhelpers import StaticResolver, doc
+from tests.memqueue import MemoryQueue
 from tests.realmta import MTAProcess
+from tests.smtppeers import ScriptedFactory, ScriptedSMTP
 from tests.test_plugins_support import write_plugins
 
 pytestmark = pytest.mark.slow
@@ -112,3 +126,119 @@ def test_faulty_plugin_affects_only_its_sessions(mta, fault):
         assert not slow, f"{label} the {fault} fault, healthy sessions waited {slow}"
     took = _shutdown_is_bounded(mta)
     print(f"\n{fault}: faulty session {code} after {victim['r'][1]:.2f}s; shutdown {took:.1f}s")
+
+
+# -- outbound: bad remote servers ------------------------------------------------------------------
+CAP = 3
+
+
+class Tracking(protocol.ServerFactory):
+    """Counts concurrent connections (and the most there ever were) for any server protocol."""
+
+    def __init__(self, inner: protocol.ServerFactory) -> None:
+        self.inner = inner
+        self.open = 0
+        self.peak = 0
+        self.total = 0
+
+    def buildProtocol(self, addr):
+        p = self.inner.buildProtocol(addr)
+        made, lost = p.connectionMade, p.connectionLost
+        factory = self
+
+        def connectionMade():
+            factory.open += 1
+            factory.total += 1
+            factory.peak = max(factory.peak, factory.open)
+            made()
+
+        def connectionLost(reason=None):
+            factory.open -= 1
+            lost(reason)
+
+        p.connectionMade, p.connectionLost = connectionMade, connectionLost
+        return p
+
+
+class Stall(protocol.Protocol):
+    """Accepts and never says a word."""
+
+
+class Reset(protocol.Protocol):
+    """Accepts and resets the connection at once."""
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
+class SlowSMTP(ScriptedSMTP):
+    """A working server that takes 0.4 s to answer anything."""
+
+    def sendLine(self, line):
+        reactor.callLater(0.4, lambda: None if self.transport.disconnecting else ScriptedSMTP.sendLine(self, line))
+
+
+class SlowFactory(ScriptedFactory):
+    def buildProtocol(self, addr):
+        p = SlowSMTP()
+        p.factory = self
+        self.sessions.append(p)
+        return p
+
+
+def _bad(kind: str) -> protocol.ServerFactory:
+    if kind == "slow":
+        return SlowFactory()
+    return protocol.Factory.forProtocol(Stall if kind == "stall" else Reset)
+
+
+async def _until(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        await task.deferLater(reactor, 0.05, lambda: None)
+    return True
+
+
+@pytest.mark.parametrize("kind", ["stall", "reset", "slow"])
+@pytest_twisted.ensureDeferred
+async def test_bad_destination_holds_only_its_cap_and_others_flow(kind):
+    bad = Tracking(_bad(kind))
+    good = Tracking(ScriptedFactory())
+    bad_port = reactor.listenTCP(0, bad, interface="127.0.0.1")
+    good_port = reactor.listenTCP(0, good, interface="127.0.0.1")
+    queue = MemoryQueue(reactor)
+    svc = DeliveryService(
+        queue, None,
+        DeliveryOptions(helo="mqmta.test", security="none", timeout=2, connect_timeout=2,
+                        max_connections_per_domain=CAP, max_messages_per_connection=5,
+                        retry_interval=(3600,)),
+        resolver=StaticResolver({"127.0.0.1": [("127.0.0.1", ["127.0.0.1"])]}),
+    )
+    svc.startService()
+    n = 30
+    pubs = []
+    for i in range(n):
+        # interleaved, bad first: the bad destination gets its chance to hog everything
+        pubs.append(Publication("outbox", doc(f"b{i}@bad.test", smarthost={"hostname": "127.0.0.1", "port": bad_port.getHost().port})))
+        pubs.append(Publication("outbox", doc(f"g{i}@good.test", smarthost={"hostname": "127.0.0.1", "port": good_port.getHost().port})))
+    try:
+        start = time.monotonic()
+        await queue.publish(pubs)
+        flowed = await _until(lambda: len(good.inner.messages) >= n, 10)
+        took = time.monotonic() - start
+        # let the bad destination do its worst for a while longer
+        await task.deferLater(reactor, 1.5, lambda: None)
+        print(f"\n{kind}: {len(good.inner.messages)}/{n} to the good destination in {took:.2f}s; "
+              f"bad destination: peak {bad.peak} concurrent connections (cap {CAP}), {bad.total} in all")
+        assert flowed, f"only {len(good.inner.messages)} of {n} messages reached the good destination"
+        assert took < 5, f"the good destination waited {took:.1f}s behind the {kind} one"
+        assert bad.peak <= CAP, f"{bad.peak} concurrent connections to the {kind} destination"
+        assert good.peak <= CAP
+    finally:
+        await svc.stopService()
+        await _until(lambda: bad.open == 0 and good.open == 0, 10)
+        await bad_port.stopListening()
+        await good_port.stopListening()
+        queue.stop()
