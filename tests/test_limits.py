@@ -258,3 +258,22 @@ def test_50mb_message_accepted_with_flat_memory(roomy):
           f"{after['VmHWM'] / 1024:.0f} MiB (+{growth:.1f} MiB, {growth / 47.7:.0%} of the message)")
     assert code == 250
     assert growth < 12, f"peak RSS grew {growth:.1f} MiB for a 50 MB message"
+
+
+def test_idle_timeout_does_not_run_while_the_server_decides():
+    """Regression: a hook (or the queue) slower than smtp-timeout got the client, which was
+    waiting for *our* reply, a 421 and a dropped connection.  The timer now runs only while the
+    server waits for the client."""
+    from tests.smtpdialog import SlowHooks, ours
+
+    hooks = SlowHooks({"mq_smtp_in_mailfrom"})
+    dialog, _ = ours(hooks=hooks, timeout=2)
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\n")
+    dialog.clock.advance(10)  # the plugin takes 10 s
+    assert not dialog.closed
+    hooks.release_all()
+    assert dialog.codes() == [250, 250]
+    dialog.clock.advance(1.9)  # a full idle period from our reply on
+    assert not dialog.closed
+    dialog.clock.advance(0.2)
+    assert dialog.codes() == [421] and dialog.closed
