@@ -109,15 +109,17 @@ def cmd_mktap(args: argparse.Namespace, rest: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mqmta", description="mqmta mail transfer agent tools")
     sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("queue", help="inspect the queues")
-    q.add_argument("--data-dir", default="mqmta-data")
-    q.add_argument("--queue", dest="queue_url", default="spool", help="spool or amqp://...")
+    # --data-dir and --queue are accepted before or after the action ("queue stats --data-dir D").
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--data-dir", default=argparse.SUPPRESS)
+    where.add_argument("--queue", dest="queue_url", default=argparse.SUPPRESS, help="spool or amqp://...")
+    q = sub.add_parser("queue", help="inspect the queues", parents=[where])
     qs = q.add_subparsers(dest="action", required=True)
-    qs.add_parser("stats", help="documents per named queue")
-    ql = qs.add_parser("list", help="the first documents of a queue (without mime)")
+    qs.add_parser("stats", help="documents per named queue", parents=[where])
+    ql = qs.add_parser("list", help="the first documents of a queue (without mime)", parents=[where])
     ql.add_argument("name")
     ql.add_argument("--limit", type=int, default=20)
-    qw = qs.add_parser("show", help="one document as JSON")
+    qw = qs.add_parser("show", help="one document as JSON", parents=[where])
     qw.add_argument("name")
     qw.add_argument("id")
     m = sub.add_parser("mktap", help="write a TAP file from twistd mqmta options")
@@ -168,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         known, rest = parser().parse_known_args(argv)
         return cmd_mktap(known, rest)
     args = parser().parse_args(argv)
+    args.data_dir = getattr(args, "data_dir", "mqmta-data")
+    args.queue_url = getattr(args, "queue_url", "spool")
     if args.command == "queue":
         return cmd_queue(args)
     if args.command == "inject":

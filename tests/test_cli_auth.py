@@ -1,0 +1,71 @@
+"""The mqmta command's queue inspection, and --smtp-auth from a file of crypt(3) hashes."""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import subprocess
+import sys
+import warnings
+
+import pytest
+import pytest_twisted
+from twisted.internet import threads
+
+from mqtwisted.auth import AuthConfigError, load_checker
+from mqtwisted.testing import start_mta
+from tests.realmta import ROOT, env
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import crypt
+
+
+def mqmta(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mqtwisted.cli", *args], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=60
+    )
+
+
+def test_file_auth_checks_crypt_hashes(tmp_path):
+    path = tmp_path / "users"
+    path.write_text(f"# users\nann:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_SHA512))}\n")
+    check = load_checker(f"file://{path}")
+    assert check("ann", "s3cret") and not check("ann", "wrong") and not check("bob", "s3cret")
+
+
+def test_auth_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(AuthConfigError, match="cannot read"):
+        load_checker(f"file://{tmp_path}/missing")
+    bad = tmp_path / "bad"
+    bad.write_text("no-colon-here\n")
+    with pytest.raises(AuthConfigError, match=f"{bad}:1"):
+        load_checker(f"file://{bad}")
+    with pytest.raises(AuthConfigError, match="unknown scheme"):
+        load_checker("ldap://x")
+
+
+def _send(port):
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.sendmail("a@example.com", ["r1@example.com", "r2@example.com"], "Subject: cli\r\n\r\nhello\r\n")
+
+
+@pytest_twisted.inlineCallbacks
+def test_queue_stats_list_show(tmp_path):
+    data = str(tmp_path / "data")
+    mta = yield start_mta(data)
+    try:
+        yield threads.deferToThread(_send, mta.port)
+        stats = yield threads.deferToThread(mqmta, "queue", "--data-dir", data, "stats")
+        assert stats.returncode == 0, stats.stderr
+        assert {line.split()[0]: int(line.split()[1]) for line in stats.stdout.splitlines()}["outbox"] == 2
+        listed = yield threads.deferToThread(mqmta, "queue", "list", "outbox", "--data-dir", data)
+        ids = [line.split(" ", 1)[0] for line in listed.stdout.splitlines()]
+        assert len(ids) == 2 and "mime" not in listed.stdout
+        shown = yield threads.deferToThread(mqmta, "queue", "show", "outbox", ids[1], "--data-dir", data)
+        doc = json.loads(shown.stdout)
+        assert doc["recipient"] == "r2@example.com" and doc["mime"].endswith("hello\r\n")
+        missing = yield threads.deferToThread(mqmta, "queue", "show", "outbox", "999999", "--data-dir", data)
+        assert missing.returncode == 1 and "no document" in missing.stderr
+    finally:
+        yield mta.stop()
