@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import attrs
@@ -41,13 +42,19 @@ class RelayPolicy:
         return domain_of(address) in self.local_domains
 
     def is_trusted(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self._networks if net.version == addr.version)
+        return _trusted(self._networks, ip)
 
     def may_relay(self, conn: Connection) -> bool:
         return conn.authenticated or self.is_trusted(conn.remote_ip)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted(networks: tuple, ip: str) -> bool:
+    # Cached: parsing an address costs more than the rest of a RCPT command.
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks if net.version == addr.version)
