@@ -58,22 +58,41 @@ class RandomHooks:
 
     HOOKS = {"mq_smtp_in_mailfrom", "mq_smtp_in_rcptto", "mq_smtp_in_data", "mq_smtp_in_authenticate"}
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, delayed: bool = False) -> None:
         self.rng = random.Random(seed)
+        #: delayed: verdicts wait in ``pending`` until the test releases them, while the client
+        #: goes on sending (the server must buffer, keep order, and discard at STARTTLS right)
+        self.delayed = delayed
+        self.pending: list[tuple[defer.Deferred, Reply | None]] = []
 
     def defines(self, hook: str) -> bool:
         return hook in self.HOOKS
 
+    def release(self, n: int) -> None:
+        for _ in range(n):
+            if not self.pending:
+                return
+            d, verdict = self.pending.pop(0)
+            d.callback(verdict)
+
     def run(self, hook: str, conn, *args) -> defer.Deferred:
+        verdict = self._verdict()
+        if not self.delayed:
+            return defer.succeed(verdict)
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append((d, verdict))
+        return d
+
+    def _verdict(self) -> Reply | None:
         roll = self.rng.random()
         if roll < 0.7:
-            return defer.succeed(None)
+            return None
         if roll < 0.8:
-            return defer.succeed(Reply(450, "try later", "4.7.1"))
+            return Reply(450, "try later", "4.7.1")
         if roll < 0.9:
-            return defer.succeed(Reply(550, "no", "5.7.1"))
+            return Reply(550, "no", "5.7.1")
         # What PluginRunner answers for a plugin that raised (it never errbacks).
-        return defer.succeed(Reply(451, "Local error in processing", "4.3.0"))
+        return Reply(451, "Local error in processing", "4.3.0")
 
 
 # -- what the client sends -------------------------------------------------------------------------
@@ -184,20 +203,40 @@ def _verb(line: bytes) -> str:
     return verb.upper() if verb.upper() in ALLOWED else ""
 
 
-def walk(stream: bytes, packet_ends: list[int], replies: list[tuple[int, list[str]]], peer_trusted: bool):
+class _Waiting(Exception):
+    """The replies ran out where the server may still be deciding (a hook verdict is pending)."""
+
+
+def walk(stream: bytes, tls_cuts: list[int], replies: list[tuple[int, list[str]]], peer_trusted: bool,
+         complete: bool = True):
     """Line the client's bytes up with the server's replies; return what was learnt.
+
+    ``tls_cuts``: for each STARTTLS accepted, how much of the stream the server had received when
+    it did (what it had buffered beyond the STARTTLS line is discarded, unanswered).  With
+    ``complete`` False (a hook verdict pending) the replies may stop early.
 
     Raises AssertionError when a complete line got no reply, a reply has no line, or a reply is
     not one its line may get.
     """
+    try:
+        return _walk(stream, tls_cuts, replies, peer_trusted, complete)
+    except _Waiting as partial:
+        return partial.args[0], False
+
+
+def _walk(stream, tls_cuts, replies, peer_trusted, complete):
     pos, r = 0, 0
     mode = "command"  # or "auth" (continuation lines) or "body"
     authenticated = False
     closed = False
     bodies_seen: list[tuple[bytes, int]] = []
 
+    tls_cuts = list(tls_cuts)
+
     def take(what: bytes) -> tuple[int, list[str]]:
         nonlocal r
+        if r >= len(replies) and not complete:
+            raise _Waiting(bodies_seen)
         assert r < len(replies), f"no reply to {what[:60]!r} (line {pos})"
         reply = replies[r]
         r += 1
@@ -228,7 +267,6 @@ def walk(stream: bytes, packet_ends: list[int], replies: list[tuple[int, list[st
             break
         line = stream[pos:end]
         line = line[:-1] if line.endswith(b"\r") else line
-        packet_end = next(p for p in packet_ends if p > end)
         pos = end + 1
         code, text = take(line)
         if code == 421:
@@ -248,7 +286,7 @@ def walk(stream: bytes, packet_ends: list[int], replies: list[tuple[int, list[st
         elif code == 235:
             authenticated = True
         elif code == 220:
-            pos = max(pos, packet_end)  # RFC 3207 §4.2: what was pipelined behind it is gone
+            pos = max(pos, tls_cuts.pop(0))  # RFC 3207 §4.2: what was pipelined behind it is gone
         elif code == 221:
             closed = True
         elif verb == "RCPT" and code == 250:
@@ -273,17 +311,18 @@ def expected_outcome(wire: bytes) -> tuple[bytes, bool]:
 class ServerFuzz(RuleBasedStateMachine):
     @initialize(
         trusted=st.booleans(),
-        with_hooks=st.booleans(),
+        with_hooks=st.sampled_from(["none", "immediate", "delayed"]),
         implicit_tls=st.booleans(),
         seed=st.integers(0, 2**32 - 1),
     )
-    def start(self, trusted: bool, with_hooks: bool, implicit_tls: bool, seed: int) -> None:
+    def start(self, trusted: bool, with_hooks: str, implicit_tls: bool, seed: int) -> None:
         self.failures: list[dict] = []
         globalLogPublisher.addObserver(self._observe)
         self.peer_trusted = trusted
+        self.hooks = RandomHooks(seed, delayed=with_hooks == "delayed") if with_hooks != "none" else None
         self.dialog, self.recorder = ours(
             peer=TRUSTED_PEER if trusted else UNTRUSTED_PEER,
-            hooks=RandomHooks(seed) if with_hooks else None,
+            hooks=self.hooks,
             auth=load_checker("hardcoded://u:p"),
             tls=_Ctx(),
             relay=RelayPolicy(local_domains=frozenset({LOCAL})),
@@ -294,8 +333,16 @@ class ServerFuzz(RuleBasedStateMachine):
         )
         self.dialog._seen = 0  # re-read the greeting with everything else
         self.stream = b""
-        self.packet_ends: list[int] = []
+        self.tls_cuts: list[int] = []
         self.handshaken = False
+        transport = self.dialog.transport
+        start_tls = transport.startTLS
+
+        def record_cut(ctx) -> None:
+            self.tls_cuts.append(len(self.stream))  # everything received so far is discarded
+            start_tls(ctx)
+
+        transport.startTLS = record_cut
         if implicit_tls:
             # The SMTPS port: TLS before the first byte, so AUTH is offered at once.
             self.handshaken = True
@@ -315,13 +362,14 @@ class ServerFuzz(RuleBasedStateMachine):
             if p <= start:
                 continue
             self.stream += data[start:p]
-            self.packet_ends.append(len(self.stream))
             self.dialog.send(data[start:p])  # must never raise
             start = p
-            transport = self.dialog.transport
-            if getattr(transport, "tls_started", None) is not None and not self.handshaken:
-                self.handshaken = True
-                self.dialog.protocol.handshakeCompleted()
+            self._handshake()
+
+    def _handshake(self) -> None:
+        if getattr(self.dialog.transport, "tls_started", None) is not None and not self.handshaken:
+            self.handshaken = True
+            self.dialog.protocol.handshakeCompleted()
 
     @precondition(lambda self: not self.dialog.closed)
     @rule(cmds=st.lists(commands, min_size=1, max_size=6), cuts=st.lists(st.integers(0, 10**6), max_size=4))
@@ -378,6 +426,13 @@ class ServerFuzz(RuleBasedStateMachine):
             data = data.rsplit(b"\r\n", 2)[0] + b"\r\n" + hostile
         self._send(data + b"".join(then), cuts)
 
+    @precondition(lambda self: self.hooks is not None and bool(self.hooks.pending))
+    @rule(n=st.integers(1, 3))
+    def release(self, n: int) -> None:
+        """Hook verdicts arrive (late, while more input waited in the buffer)."""
+        self.hooks.release(n)
+        self._handshake()
+
     @precondition(lambda self: self.dialog.closed)
     @rule(data=st.binary(min_size=1, max_size=50))
     def after_close(self, data: bytes) -> None:
@@ -394,7 +449,8 @@ class ServerFuzz(RuleBasedStateMachine):
         self.dialog._seen = 0
         replies = self.dialog.replies()
         assert replies[0][0] == 220
-        bodies_seen, closed = walk(self.stream, self.packet_ends, replies[1:], self.peer_trusted)
+        waiting = self.hooks is not None and bool(self.hooks.pending) and not self.dialog.closed
+        bodies_seen, closed = walk(self.stream, self.tls_cuts, replies[1:], self.peer_trusted, not waiting)
         stored = [m for m in self.recorder.messages]
         accepted = [(wire, code) for wire, code in bodies_seen if code == 250]
         assert len(stored) == len(accepted), (len(stored), bodies_seen)
