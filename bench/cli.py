@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.peers import Mqmta
 from bench.proc import BENCH_DIR, log, raise_nofile, sigterm_as_interrupt
 from bench.report import table, to_json, write_json
 from bench.scenarios import SCENARIOS, Options, ScenarioResult
@@ -37,6 +38,13 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--idle-connections", type=int, default=5000, help="memory scenario (5000)")
     p.add_argument("--big-message-mb", type=int, default=50, help="memory scenario (50)")
     p.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    p.add_argument(
+        "--mqmta-arg",
+        action="append",
+        default=[],
+        metavar="OPT",
+        help="extra twistd mqmta option for every mqmta side, e.g. --mqmta-arg=--threads=1",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="limit of one load, seconds")
     p.add_argument("--no-install", action="store_true", help="use only what is installed")
     p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
@@ -70,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         big_message_mb=args.big_message_mb,
         amqp_url=args.amqp_url,
     )
+    Mqmta.common_args = tuple(args.mqmta_arg)
     started = time.time()
     results: list[ScenarioResult] = []
     interrupted = False

@@ -382,6 +382,8 @@ class Mqmta(Peer):
     """mqmta itself, as a real ``twistd -n mqmta`` process with a fresh data dir."""
 
     name = "mqmta"
+    #: options added to every mqmta side (``--mqmta-arg``), e.g. to try a tuning knob
+    common_args: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -448,7 +450,7 @@ class Mqmta(Peer):
             a += ["--queue", self.queue_url]
         if "--www-port" in self.help_text:
             a += ["--www-port="]  # off: the default port would clash between rounds
-        return a + list(self.extra_args)
+        return a + list(self.common_args) + list(self.extra_args)
 
     def start(self, reaper: Reaper, workdir: Path) -> Server:
         port = free_port()

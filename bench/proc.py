@@ -99,13 +99,16 @@ def terminate(p: subprocess.Popen, grace: float = 5.0) -> None:
 
 
 def sigterm_as_interrupt() -> None:
-    """Turn SIGTERM/SIGHUP into KeyboardInterrupt so ``finally`` blocks stop the peers."""
+    """Turn SIGTERM/SIGHUP/SIGINT into KeyboardInterrupt so ``finally`` blocks stop the peers."""
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGHUP, handler)
+    # A shell starting us in the background (``cmd &``) sets SIGINT to ignored, and Python
+    # then never raises KeyboardInterrupt: restore it so ``kill -INT`` stops a run cleanly too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def raise_nofile() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Sequence
@@ -65,7 +66,11 @@ def table(results: Sequence[ScenarioResult], rounds: int) -> str:
         for side, why in res.unavailable.items():
             lines.append(f"   not available: {side}: {why[:200]}")
     lines.append("")
+    load = os.getloadavg()[0]
     lines.append(f"medians over {rounds} round(s), side order reversed every other round;")
+    lines.append(
+        f"load average now {load:.2f} on {os.cpu_count()} cores (others' load skews seconds);"
+    )
     lines.append(
         "ratio < 1 means the reference side (mqmta unless stated) used less time or memory."
     )
@@ -77,7 +82,13 @@ def to_json(results: Sequence[ScenarioResult], argv: Sequence[str], started: flo
         "command": "python -m bench " + " ".join(argv),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "duration_s": round(time.time() - started, 1),
-        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            # a shared machine: the load others put on it while this ran
+            "loadavg_at_end": os.getloadavg(),
+        },
         "scenarios": {
             r.name: {
                 "title": r.title,
