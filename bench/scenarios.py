@@ -49,6 +49,7 @@ from bench.proc import (
 
 MQMTA = "mqmta"
 MB = 1024 * 1024
+STALL = 60.0  # seconds without progress after which a relay load is declared stuck
 
 
 # --------------------------------------------------------------------------- results
@@ -353,7 +354,18 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
             def note_fn() -> str:
                 return f"queues at the end: {last}" if last else ""
 
-        done = wait_for(drained, opts.timeout, 0.2)
+        # Give up early when relaying stalls (nothing reached the sink for STALL seconds):
+        # a stuck delivery should cost a minute, not the whole --timeout.
+        progress = {"count": -1, "at": time.monotonic()}
+
+        def drained_or_stalled() -> bool:
+            got = sink.count() or 0
+            if got != progress["count"]:
+                progress.update(count=got, at=time.monotonic())
+            return drained() or time.monotonic() - progress["at"] > STALL
+
+        wait_for(drained_or_stalled, opts.timeout, 0.2)
+        done = drained()
         total = time.monotonic() - t0
         got = sink.count() or 0
         if not done:
@@ -362,7 +374,7 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
                 "accept+relay": (
                     total,
                     False,
-                    f"not drained in {opts.timeout}s: sink got {got} of {n}",
+                    f"not drained after {total:.0f}s: sink got {got} of {n} {note_fn()}",
                 ),
             }
         ok = got == n
