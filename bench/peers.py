@@ -8,10 +8,12 @@ when a server drops messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -192,9 +194,7 @@ class Haraka(Peer):
         conn_ini.write_text(text)
         shutil.copy(BENCH_DIR / "haraka_count.js", root / "plugins" / "bench_count.js")
         countfile = workdir / "count"
-        env = dict(
-            __import__("os").environ, YES_REALLY_DO_DISCARD="1", MQBENCH_COUNT_FILE=str(countfile)
-        )
+        env = dict(os.environ, YES_REALLY_DO_DISCARD="1", MQBENCH_COUNT_FILE=str(countfile))
         logf = open(workdir / "haraka.log", "wb")  # noqa: SIM115 - child keeps it
         p = reaper.popen("haraka", [self.binary, "-c", root], stdout=logf, env=env)
         logf.close()
@@ -315,10 +315,8 @@ maillog_file_prefixes = {workdir}
         pid = _read_int(workdir / "queue" / "pid" / "master.pid")
         if pid and not wait_for(lambda: not Path(f"/proc/{pid}").exists(), 15):
             # master.pid is the master we started in this run's own queue dir.
-            import os
-            import signal
-
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     @staticmethod
     def queue_empty(server: Server) -> bool:
