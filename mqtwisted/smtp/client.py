@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from twisted.internet import error as neterror
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -48,8 +49,14 @@ def encode_body(mime: bytes) -> bytes:
     """
     if not mime:
         return b""
-    data = _LINE_END.sub(b"\r\n", mime)
-    data = _LEADING_DOT.sub(b"..", data)
+    data = mime
+    crlf = data.count(b"\r\n")
+    # C-speed counts first: mail from our own server is already CRLF-only and rarely has a
+    # leading dot, and the regular expressions cost more than the rest of a message's sending.
+    if data.count(b"\r") != crlf or data.count(b"\n") != crlf:
+        data = _LINE_END.sub(b"\r\n", data)
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data
@@ -495,11 +502,11 @@ class OutboundSender(smtp.ESMTPSender):
         self._expected = range(0, 1000)
         self._okresponse = self._failresponse = self._command_reply
         if b"PIPELINING" in self.extensions:
-            # Several sendLine calls in one reactor turn leave in one TCP segment.
-            for state, line in commands:
+            # The whole envelope in one write, so one segment (RFC 2920).
+            for state, _ in commands:
                 self._waiting.append(state)
-                self.sendLine(line)
             self.state = commands[0][0]
+            self._write(b"".join(line + b"\r\n" for _, line in commands))
         else:
             self._unsent.extend(commands)
             self._send_one()
@@ -508,7 +515,31 @@ class OutboundSender(smtp.ESMTPSender):
         state, line = self._unsent.popleft()
         self.state = state
         self._waiting.append(state)
-        self.sendLine(line)
+        self._write(line + b"\r\n")
+
+    def _write(self, data: bytes) -> None:
+        t = self.transport
+        # Fast path for plain TCP with nothing queued: hand the bytes to the kernel now.
+        # transport.write costs two epoll changes and a reactor turn per write, which is most
+        # of a pipelined message's system time (the inbound server does the same).
+        # (isinstance, not duck typing: a TLS wrapper forwards unknown attributes.)
+        if (
+            isinstance(t, tcp.Connection)
+            and not t.TLS
+            and not t.dataBuffer
+            and not t._tempDataBuffer
+            and t.producer is None
+            and t.connected
+            and not t.disconnecting
+        ):
+            try:
+                sent = t.socket.send(data)
+            except OSError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def _command_reply(self, code: int, resp: bytes) -> None:
         """The reply to the oldest command of the transaction still waiting for one."""
@@ -586,8 +617,8 @@ class OutboundSender(smtp.ESMTPSender):
         self._body_done = False
         if len(body) <= _WRITE_AT_ONCE:
             # One write with the dot: one segment for a typical message, no producer overhead.
-            self.transport.write(body)
-            self._body_sent(None)
+            self._write(body + b".\r\n")
+            self._body_sent(None, dot_sent=True)
             return
         d = FileSender().beginFileTransfer(io.BytesIO(body), self.transport, self._progress)
         d.addCallbacks(self._body_sent, self._body_failed)
@@ -597,11 +628,12 @@ class OutboundSender(smtp.ESMTPSender):
         self.resetTimeout()
         return chunk
 
-    def _body_sent(self, _: Any) -> None:
+    def _body_sent(self, _: Any, dot_sent: bool = False) -> None:
         if self._closed:
             return
         self._body_done = True
-        self.transport.write(b".\r\n")
+        if not dot_sent:
+            self.transport.write(b".\r\n")
         message = self.current
         if message is not None and self.factory.hooks.defines("mq_smtp_out_sent"):
             self._sent_hook_pending = True
