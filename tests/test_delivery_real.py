@@ -83,7 +83,7 @@ async def test_end_to_end_spool_dns_smtp_sink(tmp_path, sink: int) -> None:
 
         await Deferred.fromCoroutine(_timeout(poll(), 60))
         stats = await queue.stats()
-        assert stats.get("success") == n and stats.get("results") == n and stats.get("outbox", 0) == 0
+        assert stats.get("success") == n and stats.get("results") == n and stats.get("outbox", 0) == 0, stats
         results = await queue.list("success", limit=n)
         assert max(d["results"][0]["messages"] for _, d in results) > 1
         assert all(d["results"][0]["to"] == "127.0.0.1" for _, d in results)

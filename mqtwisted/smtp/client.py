@@ -1,9 +1,11 @@
 """The outbound SMTP session: Twisted's ESMTPSender with its defects fixed (DESIGN.md §5).
 
 One :class:`OutboundFactory` makes one connection that sends as many messages as its
-:class:`MessageSource` hands it, ``RSET`` between them, and reports one :class:`Attempt` per
-message (or one for the connection when it fails before any message).  It never retries:
-retrying is the queue's job.
+:class:`MessageSource` hands it and reports one :class:`Attempt` per message (or one for the
+connection when it fails before any message).  It never retries: retrying is the queue's job.
+The envelope is pipelined when the server offers PIPELINING (RFC 2920), ``RSET`` is sent only
+after a failed transaction, and a session with nothing to send may park until the source
+resumes it (idle connection reuse, ``--max-idle-time``).
 
 Fixed against twisted.mail 26.10:
 
