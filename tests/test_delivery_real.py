@@ -158,3 +158,24 @@ async def test_optional_falls_back_to_plaintext_when_tls_breaks() -> None:
     queue = await _deliver_one(server, "optional")
     assert queue.docs("success")
     assert server.messages[0]["tls"] is False
+
+
+@pytest_twisted.ensureDeferred
+async def test_trickle_reuses_the_parked_connection_until_max_idle_time(sink: int) -> None:
+    # The cause of slow relaying under a trickle: one new connection per message.  A message
+    # that comes within max-idle-time rides the parked connection; after it, a new one opens.
+    queue = MemoryQueue(reactor)
+    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", smarthost=f"127.0.0.1:{sink}",
+                                                       security="none", max_idle_time=0.6))
+    svc.startService()
+    try:
+        for n, pause in enumerate((0.0, 0.3, 0.3, 1.0)):
+            await task.deferLater(reactor, pause, lambda: None)
+            await queue.publish([Publication("outbox", doc(f"u{n}@example.com"))])
+            await until(lambda n=n: len(queue.docs("success")) > n, 10)
+        counts = [d["results"][0]["messages"] for d in queue.docs("success")]
+        assert counts == [1, 2, 3, 1]
+    finally:
+        await svc.stopService()
+        await until(lambda: open_connections(svc) == 0)
+        queue.stop()
