@@ -134,6 +134,9 @@ class OutboundSender(smtp.ESMTPSender):
     factory: OutboundFactory
     # Logging every line costs a copy per line; results carry the replies that matter.
     debug = False
+    # ESMTPClient's __setattr__ only exists to warn about the long-deprecated ``tlsMode``; as a
+    # Python-level hook it runs on every attribute store, tens of them per message.
+    __setattr__ = object.__setattr__
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
