@@ -26,22 +26,28 @@ def _spool_path(data_dir: str) -> str:
 
 def _run_queue(url: str, call: Any) -> Any:
     """Run one queue call on a reactor of our own (amqp backend)."""
-    from twisted.internet import defer, task
+    from twisted.internet import defer, reactor
+    from twisted.python.failure import Failure
 
     from mqtwisted.queue.amqp import AmqpQueue
 
-    result: list[Any] = []
-
-    async def main(reactor: Any) -> None:
+    async def main() -> Any:
         q = AmqpQueue(url)
         await q.start()
         try:
-            result.append(await call(q))
+            return await call(q)
         finally:
             await q.stop()
 
-    task.react(lambda reactor: defer.ensureDeferred(main(reactor)))  # exits the process
-    return result[0] if result else None
+    # Not task.react: it ends the process with sys.exit before the caller can print the result.
+    outcome: list[Any] = []
+    d = defer.ensureDeferred(main())
+    d.addBoth(outcome.append)
+    d.addBoth(lambda _: reactor.callLater(0, reactor.stop))
+    reactor.run()
+    if isinstance(outcome[0], Failure):
+        raise SystemExit(f"mqmta: queue {url}: {outcome[0].getErrorMessage()}")
+    return outcome[0]
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

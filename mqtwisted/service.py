@@ -436,7 +436,8 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
     factory = SMTPFactory(_server_config(options), cleanup, relay, hooks=hooks, auth=auth, tls=tls)
     top.factory, top.cleanup, top.tls = factory, cleanup, tls
     for port in options["smtp-port"]:
-        internet.TCPServer(port, factory, interface=options["smtp-ip"]).setServiceParent(top)
+        # A deep backlog: bursts of connections wait in the kernel instead of being refused.
+        internet.TCPServer(port, factory, backlog=1024, interface=options["smtp-ip"]).setServiceParent(top)
     if options["smtp-secure-port"] is not None:
         internet.SSLServer(
             options["smtp-secure-port"], factory, tls, interface=options["smtp-ip"]

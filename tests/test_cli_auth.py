@@ -69,3 +69,13 @@ def test_queue_stats_list_show(tmp_path):
         assert missing.returncode == 1 and "no document" in missing.stderr
     finally:
         yield mta.stop()
+
+
+def test_queue_stats_on_amqp_prints_the_broker_counts():
+    from tests.conftest_amqp import require_broker
+
+    require_broker()
+    out = mqmta("queue", "--queue", "amqp://guest:guest@127.0.0.1:5672/", "stats")
+    assert out.returncode == 0, out.stderr
+    names = {line.split()[0] for line in out.stdout.splitlines()}
+    assert {"outbox", "results", "success", "failure", "retry"} <= names
