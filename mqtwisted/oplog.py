@@ -27,9 +27,19 @@ def session_ended(server: Any) -> None:
     outcome = getattr(server, "outcome", "lost")
     METRICS.session(outcome)
     started = getattr(server, "started", 0.0)
+    accepted = getattr(server, "accepted", 0)
+    refused = getattr(server, "refused", 0)
+    duration = time.monotonic() - started if started else 0.0
+    # The text is made here with an f-string and logged as "{line}": twisted.logger's
+    # string.Formatter pass over a long format is the costliest part of a session at load.
+    # The facts stay event fields for --log-format json.
     smtp_log.info(
-        "smtp session {session} from {remote_ip}:{remote_port} helo={helo} user={user} tls={secure}: "
-        "{outcome}; {accepted} accepted, {refused} refused, {duration:.3f}s",
+        "{line}",
+        line=(
+            f"smtp session {conn.id} from {conn.remote_ip}:{conn.remote_port} helo={conn.helo} "
+            f"user={conn.user} tls={conn.secure}: {outcome}; {accepted} accepted, "
+            f"{refused} refused, {duration:.3f}s"
+        ),
         session=conn.id,
         remote_ip=conn.remote_ip,
         remote_port=conn.remote_port,
@@ -37,20 +47,24 @@ def session_ended(server: Any) -> None:
         user=conn.user,
         secure=conn.secure,
         outcome=outcome,
-        accepted=getattr(server, "accepted", 0),
-        refused=getattr(server, "refused", 0),
-        duration=time.monotonic() - started if started else 0.0,
+        accepted=accepted,
+        refused=refused,
+        duration=duration,
     )
 
 
 def delivery_attempt(document: dict[str, Any], attempt: Any) -> None:
     """One line per delivery attempt at one message, and its count by state and result."""
     METRICS.attempt(attempt.state, attempt.result)
+    recipient, envelope = document.get("recipient"), document.get("envelope") or ""
     delivery_log.info(
-        "delivery to {recipient} from <{envelope}> via {mta} [{remote_ip}]: {state} {result} "
-        "{code} {status} {description}",
-        recipient=document.get("recipient"),
-        envelope=document.get("envelope") or "",
+        "{line}",
+        line=(
+            f"delivery to {recipient} from <{envelope}> via {attempt.mta} [{attempt.remote_ip}]: "
+            f"{attempt.state} {attempt.result} {attempt.code} {attempt.status} {attempt.description}"
+        ),
+        recipient=recipient,
+        envelope=envelope,
         mta=attempt.mta,
         remote_ip=attempt.remote_ip,
         state=attempt.state,
