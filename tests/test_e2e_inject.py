@@ -62,8 +62,6 @@ async def test_inject_puts_documents_on_the_outbox_that_get_delivered(tmp_path) 
         await port.stopListening()
 
 
-@pytest.mark.xfail(strict=True, reason="spool: a running consumer wakes only on its own process's writes; "
-                   "a document another process (mqmta inject) commits waits until something else wakes it")
 @pytest_twisted.ensureDeferred
 async def test_inject_into_a_running_mta_is_delivered(tmp_path) -> None:
     data = str(tmp_path / "mta")

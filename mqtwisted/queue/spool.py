@@ -49,6 +49,7 @@ CREATE INDEX IF NOT EXISTS docs_by_body ON docs (body) WHERE body IS NOT NULL;
 
 _BLOB_CHUNK = 1 << 20
 _INLINE = 1 << 20
+POLL_INTERVAL = 1.0
 _STOP = object()
 
 
@@ -301,8 +302,9 @@ class SpoolQueue:
         self._schedule(consumer, time.time() + 1.0)
 
     def _schedule(self, consumer: _Consumer, due: float | None) -> None:
-        if due is None:
-            return
+        # Look again at the next due time, and at least every POLL_INTERVAL: documents another
+        # process committed (``mqmta inject``, a second MTA on the same spool) wake nothing here.
+        due = min(due, time.time() + POLL_INTERVAL) if due is not None else time.time() + POLL_INTERVAL
         delay = max(0.0, due - time.time()) + 0.01
         if consumer.timer is not None and consumer.timer.active():
             if consumer.timer.getTime() <= self.reactor.seconds() + delay:
