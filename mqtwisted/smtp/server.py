@@ -196,6 +196,12 @@ class SMTPServer(smtp.ESMTP):
         session_ended(self)
 
     def timeoutConnection(self) -> None:
+        if self._waiting:
+            # The idle timeout is for a client we wait for; while it waits for us (a hook, the
+            # queue) it is not idle, and a slow plugin must not look like a dead client.  (Re-arming
+            # here is cheaper than cancelling and re-creating the timer around every wait.)
+            self.setTimeout(self.factory.config.timeout)
+            return
         self.outcome = "timeout"
         self._send(Reply(421, f"{self.factory.config.hostname} Timeout, closing connection", "4.4.2"))
         self._close()
@@ -374,15 +380,12 @@ class SMTPServer(smtp.ESMTP):
 
     def _wait(self, d: defer.Deferred, then: Callable[[Any], None]) -> None:
         self._waiting = True
-        # The idle timeout is for a client we wait for; while it waits for us (a hook, the
-        # queue) it is not idle, and a slow plugin must not look like a dead client.
-        self.setTimeout(None)
 
         def done(result: Any) -> None:
             self._waiting = False
             if self._closing:
                 return
-            self.setTimeout(self.factory.config.timeout)
+            self.resetTimeout()
             if self._paused:
                 self._paused = False
                 self.transport.resumeProducing()
