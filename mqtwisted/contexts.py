@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python import threadable
 from zope.interface import implementer
 
+from mqtwisted.reactors import LazyReactor
+
 log = Logger()
 
 #: The plugin on whose behalf code is running: set around every hook, timer and watcher callback,
@@ -38,12 +40,6 @@ MQ_WRITE = 2
 _STOP = object()
 #: seconds inside one job after which a context gets no new connections while others are free
 STUCK_AFTER = 0.1
-
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
 
 
 class MQ_Context:
@@ -83,9 +79,7 @@ class MQ_Context:
     def __repr__(self) -> str:
         return f"<MQ_Context {self.index}>"
 
-    @property
-    def reactor(self) -> Any:
-        return self._reactor if self._reactor is not None else _reactor()
+    reactor = LazyReactor()
 
     @property
     def running(self) -> bool:

@@ -35,6 +35,7 @@ from mqtwisted.connection import HookRunner, NoHooks
 from mqtwisted.dns import DNSFailure, MXResolver, Target, parse_hostport
 from mqtwisted.oplog import delivery_attempt
 from mqtwisted.queue import Lease, Publication, Queue, mime_bytes
+from mqtwisted.reactors import LazyReactor
 from mqtwisted.results import (
     DEFAULT_MAX_DELIVERTIME,
     DEFAULT_RETRY_INTERVALS,
@@ -422,13 +423,7 @@ class DeliveryService(service.Service):
         self.running = 0
         self._init_runtime()
 
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
+    reactor = LazyReactor()
 
     @property
     def resolver(self) -> Any:

@@ -54,6 +54,7 @@ from mqtwisted.queue import (
     QueueUnavailable,
     mime_text,
 )
+from mqtwisted.reactors import LazyReactor
 
 log = Logger()
 
@@ -220,13 +221,7 @@ class AmqpQueue:
             max_backoff=state["max_backoff"], delayed=state["delayed"],
         )
 
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
+    reactor = LazyReactor()
 
     @property
     def connected(self) -> bool:

@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable, mime_text
+from mqtwisted.reactors import LazyReactor
 
 log = Logger()
 
@@ -95,13 +96,7 @@ class SpoolQueue:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["path"])  # type: ignore[misc]
 
-    @property
-    def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
+    reactor = LazyReactor()
 
     # -- life cycle ---------------------------------------------------------------------------
 
