@@ -25,7 +25,6 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from twisted.internet import error as neterror
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.mail import smtp
@@ -33,6 +32,7 @@ from twisted.protocols.basic import FileSender
 
 from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
 from mqtwisted.results import Attempt, from_reply
+from mqtwisted.smtp.wire import write_now
 
 log = Logger()
 
@@ -523,28 +523,7 @@ class OutboundSender(smtp.ESMTPSender):
         self._write(line + b"\r\n")
 
     def _write(self, data: bytes) -> None:
-        t = self.transport
-        # Fast path for plain TCP with nothing queued: hand the bytes to the kernel now.
-        # transport.write costs two epoll changes and a reactor turn per write, which is most
-        # of a pipelined message's system time (the inbound server does the same).
-        # (isinstance, not duck typing: a TLS wrapper forwards unknown attributes.)
-        if (
-            isinstance(t, tcp.Connection)
-            and not t.TLS
-            and not t.dataBuffer
-            and not t._tempDataBuffer
-            and t.producer is None
-            and t.connected
-            and not t.disconnecting
-        ):
-            try:
-                sent = t.socket.send(data)
-            except OSError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        t.write(data)
+        write_now(self.transport, data)
 
     def _command_reply(self, code: int, resp: bytes) -> None:
         """The reply to the oldest command of the transaction still waiting for one."""

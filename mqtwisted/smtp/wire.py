@@ -1,0 +1,35 @@
+"""Writing to a TCP transport with one syscall when nothing is queued, for server and client."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import tcp
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write ``data``; straight to the socket when the transport has nothing queued.
+
+    ``transport.write`` costs two epoll changes and a reactor turn per write, a third of an SMTP
+    session's system time at thousands of messages per second.  Only for plain TCP
+    (``isinstance``, not duck typing: a TLS wrapper forwards unknown attributes to the socket);
+    whatever the kernel does not take goes through ``transport.write`` as usual.
+    """
+    t = transport
+    if (
+        isinstance(t, tcp.Connection)
+        and not t.TLS
+        and not t.dataBuffer
+        and not t._tempDataBuffer
+        and t.producer is None
+        and t.connected
+        and not t.disconnecting
+    ):
+        try:
+            sent = t.socket.send(data)
+        except OSError:
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    t.write(data)
