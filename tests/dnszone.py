@@ -68,9 +68,11 @@ class DNSZone:
     def start(self) -> int:
         factory = server.DNSServerFactory(authorities=[self.resolver])
         factory.noisy = False
-        udp_proto = dns.DNSDatagramProtocol(factory)
-        udp_proto.noisy = False
         for _ in range(20):
+            # A fresh protocol per try: a UDP port stops listening asynchronously, so the last
+            # try's protocol may still have its transport.
+            udp_proto = dns.DNSDatagramProtocol(factory)
+            udp_proto.noisy = False
             udp = reactor.listenUDP(0, udp_proto, interface="127.0.0.1")
             port = udp.getHost().port
             try:
