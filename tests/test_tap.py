@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import signal
+import time
 import smtplib
 import subprocess
 import sys
@@ -83,6 +84,12 @@ def test_mktap_run_stop_and_run_the_shutdown_tap(tmp_path):
     again.start("-f", str(shutdown_tap), service_args=False)
     try:
         send(port, "two@example.com")
+        # let the restored delivery make its first attempt before stopping (it is asynchronous)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if all(d.get("results") for d in spool_documents(str(data), "outbox")):
+                break
+            time.sleep(0.2)
     finally:
         again.stop()
     assert again.proc.returncode in (0, -signal.SIGTERM), again.output()
