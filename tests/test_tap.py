@@ -8,10 +8,10 @@ import json
 import os
 import pickle
 import signal
-import time
 import smtplib
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
