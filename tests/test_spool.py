@@ -101,3 +101,23 @@ def test_committed_before_publish_fires(tmp_path):
     assert read_stats(sqlite3.connect(path)) == {"outbox": 1}
     yield q.stop()
     assert os.path.exists(path)
+
+
+@pytest_twisted.inlineCallbacks
+def test_requeue_to_the_same_queue_keeps_the_queue_id(spool, tmp_path):
+    body = Body(data=b"x\r\n")
+    (first, _) = yield spool.publish([Publication("outbox", {"recipient": f"r{i}@b"}, body) for i in range(2)])
+    got = defer.Deferred()
+    spool.consume("outbox", lambda lease: got.called or got.callback(lease), prefetch=1)
+    lease = yield got
+    assert lease.id == first
+    retry = dict(lease.document, nextattempt=time.time() + 3600)
+    ids = yield spool.settle(
+        lease, [Publication("outbox", retry), Publication("retry", {"recipient": "r0@b", "results": []})]
+    )
+    assert ids[0] == first  # "queued as" stays valid across retries, as Postfix's queue ids do
+    doc = yield spool.show("outbox", first)
+    assert doc["nextattempt"] == retry["nextattempt"] and doc["mime"] == "x\r\n"
+    assert (yield spool.stats()) == {"outbox": 2, "retry": 1}
+    db = sqlite3.connect(str(tmp_path / "spool.sqlite3"))
+    assert db.execute("SELECT COUNT(*) FROM bodies").fetchone() == (1,)  # still shared by r1

@@ -211,7 +211,13 @@ class SpoolQueue:
         return ids
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, rows: list[tuple[str, float, Body | None, str]]) -> list[str]:
+    def _insert(
+        db: sqlite3.Connection,
+        rows: list[tuple[str, float, Body | None, str]],
+        reuse: tuple[str, int] | None = None,
+    ) -> list[str]:
+        """Insert ``rows``; with ``reuse=(queue, id)`` the first row for that queue rewrites
+        document ``id`` in place, so a message re-queued for a retry keeps its queue id."""
         uses: dict[int, int] = {}
         for _, _, body, _ in rows:
             if body is not None:
@@ -228,6 +234,18 @@ class SpoolQueue:
                     body_id = body_ids.get(id(body))
                     if body_id is None:
                         body_id = body_ids[id(body)] = _store_body(db, body)
+            if reuse is not None and reuse[0] == queue:
+                row_id, reuse = reuse[1], None
+                (old_body,) = db.execute(
+                    "SELECT body FROM docs WHERE id = ?", (row_id,)
+                ).fetchone() or (None,)
+                db.execute(
+                    "UPDATE docs SET due = ?, body = ?, doc = ?, mime = ? WHERE id = ?",
+                    (due, body_id, doc, inline, row_id),
+                )
+                _collect_body(db, old_body)
+                ids.append(str(row_id))
+                continue
             cur = db.execute(
                 "INSERT INTO docs (queue, due, body, doc, mime) VALUES (?, ?, ?, ?, ?)",
                 (queue, due, body_id, doc, inline),
@@ -312,8 +330,10 @@ class SpoolQueue:
         row_id = int(lease.token if lease.token is not None else lease.id)
 
         def settle(db: sqlite3.Connection) -> list[str]:
-            ids = self._insert(db, rows)
-            _delete(db, row_id)
+            requeued = any(queue == lease.queue for queue, _, _, _ in rows)
+            ids = self._insert(db, rows, reuse=(lease.queue, row_id))
+            if not requeued:
+                _delete(db, row_id)
             return ids
 
         d = self._submit(settle)
@@ -400,10 +420,16 @@ def _load_body(db: sqlite3.Connection, body_id: int | None, inline: bytes | None
 
 def _delete(db: sqlite3.Connection, row_id: int) -> None:
     row = db.execute("DELETE FROM docs WHERE id = ? RETURNING body", (row_id,)).fetchone()
-    if row is not None and row[0] is not None:
+    if row is not None:
+        _collect_body(db, row[0])
+
+
+def _collect_body(db: sqlite3.Connection, body_id: int | None) -> None:
+    """Drop a shared body once no document points at it."""
+    if body_id is not None:
         db.execute(
             "DELETE FROM bodies WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM docs WHERE body = ?1)",
-            (row[0],),
+            (body_id,),
         )
 
 
