@@ -102,7 +102,9 @@ class MXResolver:
             if self.servers:
                 self._resolver = Resolver(servers=self.servers, timeout=self.timeout, reactor=self._reactor)
             else:
-                self._resolver = createResolver(reactor=self._reactor)
+                # The system's resolv.conf and hosts file, on the global reactor (createResolver
+                # takes no reactor argument).
+                self._resolver = createResolver()
         return self._resolver
 
     def close(self) -> None:

@@ -79,3 +79,11 @@ async def test_ip_literals_and_smarthost(zone: DNSZone) -> None:
     (t,) = await resolver(zone).resolve_host("mx2.example.com", 587)
     assert t.addresses == ("127.0.0.3",) and t.port == 587
     assert parse_hostport("h:26", 25) == ("h", 26) and parse_hostport("[::1]:26", 25) == ("::1", 26)
+
+
+def test_default_resolver_is_the_system_one_and_builds():
+    """No --dns-server: the resolver comes from resolv.conf (built, not queried, here)."""
+    from mqtwisted.dns import MXResolver
+
+    resolver = MXResolver().resolver
+    assert hasattr(resolver, "lookupMailExchange") and hasattr(resolver, "lookupAddress")
