@@ -225,3 +225,11 @@ def test_session_state_after_data_is_ready():
     dialog.send(TX + b".\r\n")
     dialog.replies()
     assert dialog.protocol.session.state is State.READY
+
+
+def test_bare_postmaster_is_accepted_from_anyone_as_local():
+    dialog, rec = ours(peer="198.51.100.7")
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<Postmaster>\r\nDATA\r\n.\r\n")
+    assert dialog.codes() == [250, 250, 250, 354, 250]
+    (recipient,) = rec.messages[0][1].recipients
+    assert recipient.address == "postmaster@mx.test" and recipient.local

@@ -546,12 +546,16 @@ class SMTPServer(smtp.ESMTP):
         if isinstance(path, Reply):
             self._error(path)
             return
+        postmaster = path.address.lower() == "postmaster"
+        if postmaster:
+            # RFC 5321 §4.5.1: <Postmaster> without a domain must be accepted; it is this host's.
+            path = commands.Path(f"postmaster@{self.factory.config.hostname}", path.params)
         refusal = commands.check_rcpt_params(path.params) or commands.check_address(
             path.address, "SMTPUTF8" in envelope.params
         )
         if refusal is None and len(envelope.recipients) >= self.factory.config.max_recipients:
             refusal = Reply(452, "Too many recipients", "4.5.3")
-        local = self.factory.relay.is_local(path.address)
+        local = postmaster or self.factory.relay.is_local(path.address)
         if refusal is None and not local and not self.factory.relay.may_relay(self.conn):
             refusal = Reply(554, "Relay access denied", "5.7.1")
         if refusal is not None:
