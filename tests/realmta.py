@@ -52,6 +52,10 @@ class MTAProcess:
     def __init__(self, data_dir: str, *args: str, port: int | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
+        if not any(a.startswith(("--delivery", "--smarthost", "--dns-server")) for a in args):
+            # Tests send traffic to loopback only: without a smarthost or a loopback DNS server,
+            # delivery would ask the system's resolver about example.com.
+            args = ("--delivery=off", *args)
         self.args = args
         self.proc: subprocess.Popen | None = None
         self.log_path = os.path.join(data_dir, "twistd.log")
