@@ -19,7 +19,6 @@ from mqtwisted.smtp.session import MESSAGE_HOOK
 log = Logger()
 
 UNAVAILABLE = Reply(451, "Queue unavailable, try again later", "4.3.0")
-EXTRACT_CHOICES = ("trusted", "always", "never")
 
 
 class Cleanup:

@@ -55,9 +55,6 @@ class Connection:
     #: the live transport (for MQ_fileDescriptor / MQ_send); never pickled, never in JSON
     transport: Any = attrs.field(default=None, repr=False)
 
-    def reset_tls(self) -> None:
-        self.helo = None
-
 
 @attrs.define(eq=False)
 class MessageHandle:
