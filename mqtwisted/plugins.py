@@ -1,7 +1,8 @@
 """Loading plugin modules and dispatching hooks with MailerQ's take-control semantics.
 
 :class:`PluginRunner` is the :class:`mqtwisted.connection.HookRunner` the SMTP server and the
-delivery client call.  :class:`PluginService` wraps it for ``twistd`` (start, stop, pickling).
+delivery client call.  :class:`mqtwisted.pluginhost.PluginHost` wraps it for ``twistd`` (start,
+stop, SIGHUP, pickling).
 
 One hook call (a *step*) runs every plugin that defines the hook, in load order.  Plugins whose hook
 is a plain function run back to back in the connection's context thread, so a step costs a single
@@ -24,7 +25,6 @@ from types import ModuleType
 from typing import Any
 
 import attrs
-from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -48,7 +48,6 @@ CONNECTION_HOOKS = (
     "mq_smtp_out_data",
     "mq_smtp_out_sent",
 )
-LIFECYCLE_HOOKS = ("mq_initialize", "mq_cleanup", "mq_context_initialize", "mq_context_cleanup")
 
 ERROR_REPLY = Reply(451, "Local error in processing", "4.3.0")
 TIMEOUT_REPLY = Reply(451, "Plugin did not answer in time, try again later", "4.4.7")
@@ -615,25 +614,3 @@ def _restore_runner(directory: str, threads: int | None, timeout: float) -> Plug
 
 def _runs_on_reactor(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or bool(getattr(fn, "mq_on_reactor", False))
-
-
-class PluginService(service.Service):
-    """The plugin layer as a twistd service: ``runner`` is the HookRunner to hand to the SMTP
-    factory and to delivery.
-
-    Plugins are loaded in the constructor, so a bad plugin stops ``twistd`` before anything
-    listens.  It pickles (TAP files): the runner pickles as its configuration only.
-    """
-
-    name = "plugins"
-
-    def __init__(self, directory: str, threads: int | None = None, timeout: float = 30.0) -> None:
-        self.runner = PluginRunner.from_directory(directory, threads=threads, timeout=timeout)
-
-    def startService(self) -> None:
-        service.Service.startService(self)
-        self.runner.start()
-
-    def stopService(self) -> defer.Deferred[None]:
-        service.Service.stopService(self)
-        return self.runner.stop()

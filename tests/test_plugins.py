@@ -541,22 +541,6 @@ def test_reactor_thread_is_the_io_thread():
     assert threadable.isInIOThread()
 
 
-def test_plugin_service_pickles_with_one_runner(tmp_path):
-    from twisted.application import service
-
-    from mqtwisted.plugins import PluginService
-
-    d = write_plugins(tmp_path / "p", {"a.py": RECORD})
-    top = service.MultiService()
-    plugins = PluginService(str(d), threads=1, timeout=3)
-    plugins.setServiceParent(top)
-    holder = {"factory-hooks": plugins.runner}  # e.g. the SMTP factory's reference
-    top_clone, holder_clone = pickle.loads(pickle.dumps((top, holder)))
-    runner = top_clone.getServiceNamed("plugins").runner
-    assert runner is holder_clone["factory-hooks"]  # still one runner after unpickling
-    assert [p.name for p in runner.plugins] == ["a"] and runner.timeout == 3
-
-
 @pytest_twisted.inlineCallbacks
 def test_runner_from_imported_modules(tmp_path):
     import importlib.util
