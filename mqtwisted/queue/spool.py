@@ -198,11 +198,16 @@ class SpoolQueue:
     def _prepare(self, publications: Sequence[Publication]) -> list[tuple[str, float, Body | None, str]]:
         # JSON encoding happens here, on the caller's thread, so the database thread only writes.
         rows = []
+        encoded: dict[tuple[int, bool], str] = {}  # one document to several queues: encode once
         for pub in publications:
             doc = pub.document
-            if pub.body is not None and "mime" in doc:
-                doc = {k: v for k, v in doc.items() if k != "mime"}
-            rows.append((pub.queue, _due(pub.document), pub.body, json.dumps(doc)))
+            key = (id(doc), pub.body is not None)
+            text = encoded.get(key)
+            if text is None:
+                if pub.body is not None and "mime" in doc:
+                    doc = {k: v for k, v in doc.items() if k != "mime"}
+                text = encoded[key] = json.dumps(doc)
+            rows.append((pub.queue, _due(pub.document), pub.body, text))
         return rows
 
     def _published(self, ids: list[str], publications: Sequence[Publication]) -> list[str]:
