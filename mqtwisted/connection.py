@@ -85,6 +85,9 @@ class HookRunner(Protocol):
         Never errbacks.
         """
 
+    def connection_closed(self, conn: Connection) -> None:
+        """``conn`` is gone (after its close hook was asked for): release what it held."""
+
 
 class NoHooks:
     """The hook runner used when no plugin directory is configured."""

@@ -119,9 +119,7 @@ class PluginHost(service.Service):
 
     def connection_closed(self, conn: Connection) -> None:
         runner = self._route(conn)
-        closed = getattr(runner, "connection_closed", None)
-        if closed is not None:
-            closed(conn)
+        runner.connection_closed(conn)
         if runner is not self.current:
             self._maybe_retire(runner)
 

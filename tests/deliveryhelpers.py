@@ -86,6 +86,9 @@ class RecordingHooks:
         self.impl = {"mq_smtp_out_data": out_data, "mq_smtp_out_sent": out_sent}
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
+    def connection_closed(self, conn: Any) -> None:
+        pass
+
     def defines(self, hook: str) -> bool:
         return self.impl.get(hook) is not None
 

@@ -183,6 +183,9 @@ class SlowHooks:
         self.verdicts = verdicts or {}
         self.calls: list[tuple[str, tuple]] = []
 
+    def connection_closed(self, conn: Any) -> None:
+        pass
+
     def defines(self, hook: str) -> bool:
         return hook in self.hooks
 

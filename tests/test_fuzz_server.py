@@ -65,6 +65,9 @@ class RandomHooks:
         self.delayed = delayed
         self.pending: list[tuple[defer.Deferred, Reply | None]] = []
 
+    def connection_closed(self, conn: object) -> None:
+        pass
+
     def defines(self, hook: str) -> bool:
         return hook in self.HOOKS
 

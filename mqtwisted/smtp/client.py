@@ -230,12 +230,10 @@ class OutboundSender(smtp.ESMTPSender):
                 self._report(message, fault or self.attempt(self.state, "lost", description="connection lost"))
             else:
                 self.factory.source.give_back(message)
-        closed = getattr(self.factory.hooks, "connection_closed", None)
-        if closed is not None:
-            try:
-                closed(self.conn)
-            except Exception:
-                log.failure("hook runner connection_closed raised")
+        try:
+            self.factory.hooks.connection_closed(self.conn)
+        except Exception:
+            log.failure("hook runner connection_closed raised")
         self.factory.session_ended(self, fault)
 
     def timeoutConnection(self) -> None:

@@ -135,6 +135,7 @@ class SMTPServer(smtp.ESMTP):
             transport=self.transport,
         )
         self.session = Session(
+            conn=self.conn,
             tls_available=self.ctx is not None,
             auth_available=self.factory.auth is not None
             or self.factory.hooks.defines("mq_smtp_in_authenticate"),
@@ -163,7 +164,6 @@ class SMTPServer(smtp.ESMTP):
 
     def handshakeCompleted(self) -> None:
         """TLS is up (after STARTTLS, or at once on the implicit-TLS port)."""
-        self.session.tls_established()
         self.conn.secure = True
         handle = self.transport.getHandle() if hasattr(self.transport, "getHandle") else None
         try:
@@ -191,9 +191,7 @@ class SMTPServer(smtp.ESMTP):
         hooks = self.factory.hooks
         if hooks.defines(CLOSE_HOOK):
             hooks.run(CLOSE_HOOK, self.conn)
-        closed = getattr(hooks, "connection_closed", None)
-        if closed is not None:
-            closed(self.conn)
+        hooks.connection_closed(self.conn)
         session_ended(self)
 
     def timeoutConnection(self) -> None:
@@ -307,11 +305,10 @@ class SMTPServer(smtp.ESMTP):
     def _feed_body(self) -> None:
         reader = self._reader
         assert reader is not None
-        before = reader.size
         data, self._buffer = self._buffer, b""
         rest = reader.feed(data)
         self._unreset += len(data)
-        if self._unreset >= BYTES_PER_TIMEOUT_RESET or reader.size < before:
+        if self._unreset >= BYTES_PER_TIMEOUT_RESET:
             self._unreset = 0
             self.resetTimeout()
         if rest is None:
@@ -506,7 +503,6 @@ class SMTPServer(smtp.ESMTP):
                 self._error(reply)
             elif self.conn.authenticated:
                 self.conn.user = login
-                self.session.authenticated = True
                 self.session.advance(exchange.transition)
                 self._send(reply or Reply(235, "Authentication successful", "2.7.0"))
             else:

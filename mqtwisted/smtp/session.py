@@ -27,7 +27,7 @@ import enum
 
 import attrs
 
-from mqtwisted.connection import Reply
+from mqtwisted.connection import Connection, Reply
 
 
 class State(enum.Enum):
@@ -118,9 +118,17 @@ class Session:
     auth_available: bool = False
     auth_plaintext: bool = False
     state: State = State.CONNECTING
-    secure: bool = False
-    authenticated: bool = False
-    esmtp: bool = False
+    #: TLS and authentication are facts of the connection (plugins see and set them there);
+    #: the table reads them from it rather than keeping copies that could disagree.
+    conn: Connection = attrs.field(factory=Connection, repr=False)
+
+    @property
+    def secure(self) -> bool:
+        return self.conn.secure
+
+    @property
+    def authenticated(self) -> bool:
+        return self.conn.authenticated
 
     def allow(self, verb: str) -> Transition | Reply:
         """The transition ``verb`` makes from here, or the reply that refuses it."""
@@ -160,8 +168,6 @@ class Session:
 
     def advance(self, transition: Transition) -> None:
         """Apply a transition that succeeded."""
-        if transition.verb in ("EHLO", "HELO"):
-            self.esmtp = transition.verb == "EHLO"
         if transition.to is not None:
             self.state = transition.to
 
@@ -169,14 +175,10 @@ class Session:
         self.state = State.GREETED
 
     def start_tls(self) -> None:
-        """RFC 3207 §4.2: after the 220 to STARTTLS the client starts over, knowing nothing."""
-        self.secure = True
-        self.esmtp = False
+        """RFC 3207 §4.2: after the 220 to STARTTLS the client starts over, knowing nothing.
+        From the 220 on nothing is read but the TLS handshake, so the session counts as secure."""
+        self.conn.secure = True
         self.state = State.GREETED
-
-    def tls_established(self) -> None:
-        """Implicit TLS: secure from the first byte."""
-        self.secure = True
 
     def close(self) -> None:
         self.state = State.CLOSED
