@@ -277,6 +277,12 @@ def scenario_plugins(opts: Options) -> ScenarioResult:
     if hooked not in sides:
         return not_available(res, res.unavailable.get(hooked.name, "mqmta not available"))
 
+    return accept_2000(res, sides, opts)
+
+
+def accept_2000(res: ScenarioResult, sides: list[Peer], opts: Options) -> ScenarioResult:
+    """The plain inbound load, ``-l 2000``, verified, on every side (plugins and amqp use it)."""
+
     def body(
         side: Peer, server: Server, workdir: Path
     ) -> dict[str, tuple[float, bool | None, str]]:
@@ -657,15 +663,7 @@ def scenario_amqp(opts: Options) -> ScenarioResult:
     if amqp not in sides:
         return not_available(res, res.unavailable.get(amqp.name, "mqmta not available"))
 
-    def body(
-        side: Peer, server: Server, workdir: Path
-    ) -> dict[str, tuple[float, bool | None, str]]:
-        t = smtp_source(server, opts, 2000)
-        ok, note = verify(server, opts.messages)
-        return {"-l 2000": (t, ok, note)}
-
-    round_robin(res, sides, opts, {"-l 2000": "s"}, body)
-    return res
+    return accept_2000(res, sides, opts)
 
 
 SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
