@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from mqtwisted.message import header_block
 from mqtwisted.queue import mime_bytes, mime_text
 from mqtwisted.results import Attempt
 
@@ -24,14 +25,6 @@ def wants_failure_dsn(document: Mapping[str, Any]) -> bool:
         notify = notify.split(",")
     values = {str(v).strip().upper() for v in notify}
     return "FAILURE" in values and "NEVER" not in values
-
-
-def _header_block(mime: bytes) -> bytes:
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = mime.find(sep)
-        if i >= 0:
-            return mime[: i + len(sep)]
-    return mime
 
 
 def _crlf(data: bytes) -> bytes:
@@ -91,7 +84,7 @@ def build_dsn(
     original = mime_bytes(document["mime"]) if isinstance(document.get("mime"), str) else b""
     headers_only = str(dsn.get("ret") or "").upper() == "HDRS"
     if headers_only:
-        third_type, third = "text/rfc822-headers", _header_block(original)
+        third_type, third = "text/rfc822-headers", header_block(original)
     else:
         third_type, third = "message/rfc822", original
 

@@ -58,12 +58,13 @@ class Cleanup:
 
     def _accept(self, conn: Connection, envelope: Any, body: Body) -> defer.Deferred:
         head_source = body.data if body.data is not None else _head_of_file(body.path)
+        head = header_block(head_source)
         properties: dict[str, Any] = {}
         if self._extracts(conn):
-            properties, stripped = extract_properties(head_source)
+            properties, stripped = extract_properties(head_source, head)
             if properties:
                 body = Body(data=stripped + (b"" if body.data is not None else body.read()[len(head_source):]))
-        msgid = message_id(header_block(head_source))
+        msgid = message_id(head)
         handles = [
             MessageHandle(
                 incoming_document(

@@ -15,20 +15,24 @@ from typing import Any
 
 from mqtwisted.connection import Connection
 
-_HEADER_END = re.compile(rb"\r\n\r\n")
-_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(.*(?:\r\n[ \t].*)*)", re.I | re.M)
-_XMQ = re.compile(rb"^x-mq-([A-Za-z0-9-]+):[ \t]*(.*(?:\r\n[ \t].*)*)\r\n", re.I | re.M)
+_MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
+_XMQ = re.compile(rb"^x-mq-([A-Za-z0-9-]+):[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n", re.I | re.M)
 _HEAD_LIMIT = 256 * 1024
 
 
 def header_block(mime: bytes) -> bytes:
-    """The header section of a message (bounded, so a body with no blank line costs nothing)."""
+    """The header section of a message, up to and with its last header's line end (bounded, so a
+    body with no blank line costs nothing).  LF-only input, as other publishers may send, too."""
     head = mime[:_HEAD_LIMIT]
-    m = _HEADER_END.search(head)
-    return head[: m.start() + 2] if m else head
+    end = head.find(b"\r\n\r\n")
+    if end >= 0:
+        return head[: end + 2]
+    end = head.find(b"\n\n")
+    return head[: end + 1] if end >= 0 else head
 
 
 def message_id(head: bytes) -> str | None:
+    """The Message-ID header's value, from a :func:`header_block`."""
     at = (b"\r\n" + head[:_HEAD_LIMIT]).lower().find(b"\nmessage-id:")
     if at < 0:
         return None
@@ -38,9 +42,8 @@ def message_id(head: bytes) -> str | None:
     return re.sub(rb"\s+", b" ", m.group(1)).strip().decode("utf-8", "replace") or None
 
 
-def extract_properties(mime: bytes) -> tuple[dict[str, Any], bytes]:
-    """``x-mq-*`` headers as properties, and the MIME without them."""
-    head = header_block(mime)
+def extract_properties(mime: bytes, head: bytes) -> tuple[dict[str, Any], bytes]:
+    """``x-mq-*`` headers as properties, and the MIME without them (``head``: its header_block)."""
     if b"x-mq-" not in head.lower():
         return {}, mime
     props: dict[str, Any] = {}
