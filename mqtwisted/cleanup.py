@@ -110,7 +110,7 @@ class Cleanup:
     ) -> defer.Deferred:
         pubs = []
         for handle, is_local in zip(handles, locals_, strict=True):
-            local = handle.document.pop("local", is_local) if "local" in handle.document else is_local
+            local = handle.document.pop("local", is_local)
             doc = handle.document
             own_body: Body | None = body
             if "mime" in doc:

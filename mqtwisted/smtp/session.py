@@ -94,7 +94,9 @@ IN_HOOKS: tuple[str, ...] = (
     "mq_smtp_in_rcptto", "mq_smtp_in_data", "mq_smtp_in_message", "mq_smtp_in_close",
 )
 
-KNOWN_VERBS = frozenset(v for row in TABLE.values() for v in row) | {"BDAT", "ETRN", "TURN", "EXPN"}
+#: Verbs we know and do not offer: 502, not 500.
+UNOFFERED_VERBS = frozenset({"BDAT", "ETRN", "TURN", "EXPN"})
+KNOWN_VERBS = frozenset(v for row in TABLE.values() for v in row) | UNOFFERED_VERBS
 
 BAD_SEQUENCE = Reply(503, "Bad sequence of commands", "5.5.1")
 NEED_HELO = Reply(503, "Send EHLO or HELO first", "5.5.1")
@@ -154,7 +156,7 @@ class Session:
     def _why_not(self, verb: str) -> Reply:
         if verb not in KNOWN_VERBS:
             return UNKNOWN
-        if verb in ("BDAT", "ETRN", "TURN", "EXPN"):
+        if verb in UNOFFERED_VERBS:
             return NOT_IMPLEMENTED
         if self.state is State.GREETED and verb in ("MAIL", "RCPT", "DATA", "AUTH"):
             return NEED_HELO
