@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import smtplib
 import socket
-import ssl
 import subprocess
 
 import pytest
@@ -12,16 +11,9 @@ import pytest_twisted
 from twisted.internet import threads, utils
 
 from mqtwisted.testing import start_mta
-from tests.realmta import need
+from tests.realmta import need, no_verify
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\nMessage-ID: <m1@test>\r\n\r\nHello.\r\n"
-
-
-def no_verify() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @pytest.fixture

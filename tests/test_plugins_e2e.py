@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import smtplib
 import sqlite3
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest_twisted
 from twisted.internet import reactor, task, threads
 
 from mqtwisted.testing import start_mta
+from tests.realmta import no_verify
 from tests.test_plugins_support import write_plugins
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -57,13 +57,6 @@ def mq_smtp_in_message(ctx, conn, message):
 def mq_smtp_in_close(ctx, conn):
     return _rec(ctx, conn, "close")
 """
-
-
-def no_verify() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def send(port, *, starttls=False, login=None, rcpts=("b@example.com",), sender="a@example.com"):
