@@ -484,6 +484,19 @@ class DeliveryService(service.Service):
         d.addCallback(lambda _: None)
         return d
 
+    def reconfigure(self, options: Mapping[str, Any]) -> None:
+        """SIGHUP: the reloadable settings from MTA option values; the transport settings that
+        tests and TAP files may have set directly (port, security, CA, IPv6) are kept."""
+        self.options = attrs.evolve(
+            DeliveryOptions.from_options(options), port=self.options.port,
+            security=self.options.security, tls_ca=self.options.tls_ca, ipv6=self.options.ipv6,
+        )
+
+    def counts(self) -> tuple[int, int]:
+        """(outbound connections, messages waiting for one)."""
+        destinations = list(self.destinations.values())
+        return sum(len(d.runners) for d in destinations), sum(len(d.pending) for d in destinations)
+
     def release(self, job: Job) -> None:
         self.queue.release(job.lease)
 

@@ -52,6 +52,11 @@ class Metrics:
         self._local = threading.local()
         self._threads: list[_ThreadHooks] = []
         self._lock = threading.Lock()
+        #: the latest :meth:`snapshot` of each live worker process, by name (delivery_process)
+        self.workers: dict[str, dict[str, Any]] = {}
+        #: the hook timings of workers that ended, kept like one more thread's
+        self._ended = _ThreadHooks()
+        self._threads.append(self._ended)
 
     # -- SMTP (reactor thread) --------------------------------------------------------------------
 
@@ -70,6 +75,37 @@ class Metrics:
         key = (state, result)
         a = self.attempts
         a[key] = a.get(key, 0) + 1
+
+    def attempt_counts(self) -> dict[tuple[str, str], int]:
+        """Delivery attempts of this process and of its live worker processes."""
+        total = dict(self.attempts)
+        for snap in list(self.workers.values()):
+            for state, result, n in snap.get("attempts", ()):
+                total[(state, result)] = total.get((state, result), 0) + n
+        return total
+
+    # -- worker processes (reactor thread) ----------------------------------------------------------
+
+    def snapshot(self, gauges: dict[str, Any]) -> dict[str, Any]:
+        """This process's counters as JSON-able data, for the parent's :meth:`worker_reported`."""
+        return {
+            "attempts": [[s, r, n] for (s, r), n in self.attempts.items()],
+            "hooks": [[p, h, row] for (p, h), row in self.hooks().items()],
+            "gauges": gauges,
+        }
+
+    def worker_reported(self, name: str, snapshot: dict[str, Any]) -> None:
+        self.workers[name] = snapshot
+
+    def worker_ended(self, name: str) -> None:
+        """Keep an ended worker's counts: counters never go down when a worker is replaced."""
+        snap = self.workers.pop(name, None)
+        if snap is None:
+            return
+        for state, result, n in snap.get("attempts", ()):
+            self.attempts[(state, result)] = self.attempts.get((state, result), 0) + n
+        for plugin, hook, row in snap.get("hooks", ()):
+            _add_row(self._ended.table, (plugin, hook), row)
 
     # -- plugin hooks (any thread) ----------------------------------------------------------------
 
@@ -118,12 +154,10 @@ class Metrics:
             else:
                 items = []
             for key, row in items:
-                acc = total.get(key)
-                if acc is None:
-                    total[key] = list(row)
-                else:
-                    for i, v in enumerate(row):
-                        acc[i] += v
+                _add_row(total, key, row)
+        for snap in list(self.workers.values()):
+            for plugin, hook, row in snap.get("hooks", ()):
+                _add_row(total, (plugin, hook), row)
         return total
 
     def busy_threads(self) -> int:
@@ -136,6 +170,15 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+def _add_row(total: dict[tuple[str, str], list[float]], key: tuple[str, str], row: list[float]) -> None:
+    acc = total.get(key)
+    if acc is None:
+        total[key] = list(row)
+    else:
+        for i, v in enumerate(row):
+            acc[i] += v
 
 
 # -- timing plugin hooks without touching the plugin runner -----------------------------------------
@@ -254,7 +297,7 @@ class MTACollector:
         attempts = CounterMetricFamily(
             "mqmta_delivery_attempts", "delivery attempts by state reached and result", labels=["state", "result"]
         )
-        for (state, result), n in sorted(m.attempts.items()):
+        for (state, result), n in sorted(m.attempt_counts().items()):
             attempts.add_metric([state, result], n)
         yield attempts
         delivery = status["delivery"]

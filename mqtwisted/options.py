@@ -107,6 +107,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("threads", "0", _positive_int, "plugin worker threads (0: number of CPUs)"),
     ("plugin-timeout", "30", _seconds, "seconds a plugin may keep control"),
     ("delivery", "on", _on_off, "deliver the outbox (off: this node only receives)"),
+    ("delivery-processes", "0", _positive_int,
+     "worker processes that deliver (0: the MTA process delivers; spool: at most 1)"),
     ("smarthost", "", str, "send all mail via host[:port]"),
     ("dns-server", "", str, "DNS resolver host:port (default: the system's)"),
     ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),
@@ -200,6 +202,10 @@ class MQOptions(usage.Options):
             self["hostname"] = socket.getfqdn()
         if not self["inbox"]:
             self["inbox"] = self["outbox"]
+        if self["delivery-processes"] > 1 and self["queue"] == "spool":
+            # Spool leases live in the consuming process: two consumers would deliver twice.
+            raise ConfigError("--delivery-processes: the spool has one consumer (at most 1); "
+                              "use --queue amqp://... for more")
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import attrs
 from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.internet.task import deferLater
@@ -199,6 +198,10 @@ class MTAService(service.MultiService):
     def delivery(self) -> Any:
         return self._child("delivery")
 
+    def deliveries(self) -> list[Any]:
+        """The delivery service, or one per delivery worker process."""
+        return [s for s in self if s.name == "delivery" or (s.name or "").startswith("delivery-")]
+
     @property
     def web(self) -> Any:
         return self._child("web")
@@ -214,12 +217,10 @@ class MTAService(service.MultiService):
     def status_counts(self) -> dict[str, Any]:
         """The live gauges (no I/O): connections, delivery in flight, plugin threads."""
         factory = self.factory
-        delivery = self.delivery
         connections = pending = 0
-        if delivery is not None and getattr(delivery, "destinations", None):
-            for dest in list(delivery.destinations.values()):
-                connections += len(dest.runners)
-                pending += len(dest.pending)
+        for delivery in self.deliveries():
+            c, p = delivery.counts()
+            connections, pending = connections + c, pending + p
         host = self.plugins
         runners = host.runners()
         return {
@@ -242,7 +243,7 @@ class MTAService(service.MultiService):
         m = METRICS
         counts = self.status_counts()
         attempts: dict[str, dict[str, int]] = {}
-        for (state, result), n in m.attempts.items():
+        for (state, result), n in m.attempt_counts().items():
             attempts.setdefault(state, {})[result] = n
         hooks = [
             {"plugin": p, "hook": h, "calls": int(row[0]), "seconds": row[1],
@@ -317,13 +318,8 @@ class MTAService(service.MultiService):
             if cert:
                 self.tls.cert_path, self.tls.key_path = cert, key
             self.tls._options = None  # re-read the files for the next handshake
-        delivery = self.delivery
-        if delivery is not None and hasattr(delivery, "options"):
-            from mqtwisted.delivery import DeliveryOptions
-
-            new = DeliveryOptions.from_options(options)
-            delivery.options = attrs.evolve(new, port=delivery.options.port, security=delivery.options.security,
-                                            tls_ca=delivery.options.tls_ca, ipv6=delivery.options.ipv6)
+        for delivery in self.deliveries():
+            delivery.reconfigure(options)
         log.info("reload done; changed: {keys}", keys=", ".join(k for k in changed if k in RELOADABLE) or "nothing")
         return True
 
@@ -345,9 +341,10 @@ class MTAService(service.MultiService):
         log.info("shutting down: no new connections; sessions and deliveries get {t}s", t=timeout)
         await self._each([s.stopService for s in self.smtp_ports()])
         await self._drain_sessions(deadline)
-        delivery = self.delivery
-        if delivery is not None:
-            await self._bounded(delivery.stopService, max(0.0, deadline - reactor.seconds()) + 1.0, "delivery")
+        await defer.gatherResults([
+            defer.ensureDeferred(self._bounded(d.stopService, max(0.0, deadline - reactor.seconds()) + 1.0, d.name))
+            for d in self.deliveries()
+        ])
         await self._each([self.plugins.stopService])
         await self._each([self.getServiceNamed("queue").stopService])
         if self.web is not None:
@@ -417,8 +414,7 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
     hooks.setServiceParent(top)
 
     if options["delivery"]:
-        delivery = make_delivery(options, queue, hooks)
-        if delivery is not None:
+        for delivery in make_delivery(options, queue, hooks):
             delivery.setServiceParent(top)
 
     relay = _relay(options)
@@ -449,10 +445,14 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
     return top
 
 
-def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> service.Service | None:
-    try:
-        from mqtwisted.delivery import make_delivery_service
-    except ImportError:
-        log.warn("delivery is not available in this build; running as a receive-only node")
-        return None
-    return make_delivery_service(options, queue, hooks)
+def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> list[service.Service]:
+    """The delivery service in this process, or one per worker process (delivery_process)."""
+    workers = options["delivery-processes"]
+    if workers:
+        from mqtwisted.delivery_process import DeliveryProcess
+
+        return [DeliveryProcess(options, queue, name="delivery" if i == 0 else f"delivery-{i}")
+                for i in range(workers)]
+    from mqtwisted.delivery import make_delivery_service
+
+    return [make_delivery_service(options, queue, hooks)]

@@ -15,9 +15,12 @@ pytestmark = pytest.mark.slow
 MSG = b"From: a@example.com\r\nSubject: log\r\n\r\nHello.\r\n"
 
 
-def test_json_log_lines_for_sessions_and_delivery_attempts(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_json_log_lines_for_sessions_and_delivery_attempts(tmp_path, workers):
+    # With a delivery worker process, its events reach the MTA's log as JSON all the same.
     dead = free_port()  # the smarthost refuses: one failed attempt to log
-    mta = MTAProcess(str(tmp_path / "data"), "--log-format=json", f"--smarthost=127.0.0.1:{dead}").start()
+    mta = MTAProcess(str(tmp_path / "data"), "--log-format=json", f"--smarthost=127.0.0.1:{dead}",
+                     f"--delivery-processes={workers}").start()
     try:
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=20) as s:
             assert s.sendmail("a@example.com", ["b@example.com"], MSG) == {}

@@ -98,6 +98,15 @@ class Queue(Protocol):
     def release(self, lease: Lease) -> None:
         """Give a lease back unsettled (shutdown): it is delivered again later."""
 
+    def watch(self, queue: str, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever this process made documents of ``queue`` durable, so
+        that a consumer in another process can be told (:meth:`poke`).  Backends whose
+        consumers hear of new documents by themselves (amqp) never call it."""
+
+    def poke(self, queue: str) -> None:
+        """Another process published to ``queue``: look for due documents now, not at the next
+        poll.  A no-op where the backend tells consumers by itself."""
+
     def stats(self) -> Deferred[dict[str, int]]: ...
 
     def list(self, queue: str, limit: int = 20) -> Deferred[list[tuple[str, Document]]]: ...

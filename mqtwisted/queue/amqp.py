@@ -732,6 +732,13 @@ class AmqpQueue:
 
         return self._send(outgoing).addCallback(acknowledge)
 
+    # The broker pushes new documents to every consumer, in whatever process it runs.
+    def watch(self, queue: str, callback: Callable[[], None]) -> None:
+        pass
+
+    def poke(self, queue: str) -> None:
+        pass
+
     def release(self, lease: Lease) -> None:
         delivery = lease.token
         if isinstance(delivery, _Delivery):

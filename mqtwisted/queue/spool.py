@@ -87,6 +87,7 @@ class SpoolQueue:
         self._jobs: threadqueue.SimpleQueue | None = None
         self._thread: threading.Thread | None = None
         self._consumers: dict[str, _Consumer] = {}
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._running = False
 
     # TAP files pickle the service tree: keep only configuration.
@@ -213,7 +214,15 @@ class SpoolQueue:
     def _published(self, ids: list[str], publications: Sequence[Publication]) -> list[str]:
         for queue in {pub.queue for pub in publications}:
             self._wake(queue)
+            for callback in self._watchers.get(queue, ()):
+                callback()
         return ids
+
+    def watch(self, queue: str, callback: Callable[[], None]) -> None:
+        self._watchers.setdefault(queue, []).append(callback)
+
+    def poke(self, queue: str) -> None:
+        self._wake(queue)
 
     @staticmethod
     def _insert(

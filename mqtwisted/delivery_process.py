@@ -1,0 +1,350 @@
+"""Delivery in a process of its own (``--delivery-processes 1``), as Postfix runs smtpd and smtp
+apart: the SMTP server and the outbound client then use two cores instead of sharing one
+reactor thread and one GIL.
+
+The parent (:class:`DeliveryProcess`, the MTA's ``delivery`` child service) spawns
+``python -m mqtwisted.delivery_process`` and talks to it over pipes, one JSON object per line:
+
+* fd 0 (parent → worker): ``{"options": …}`` first, with the MTA's option values; then an empty
+  line whenever this process published to the outbox (the worker looks for due mail at once
+  instead of at its next poll), ``{"reload": …}`` on SIGHUP; end of file means stop.
+* fd 3 (worker → parent): ``{"log": event}`` for every log event (the parent publishes it to its
+  own observers, so ``--logfile`` and ``--log-format json`` hold the worker's lines too),
+  ``{"metrics": …}`` once a second (delivery attempts, hook timings and the live gauges for
+  ``/metrics`` and ``/status``).  fd 1 and 2 are left to plugins' ``print`` and to tracebacks; the
+  parent logs them line by line.
+
+The worker opens the same queue and loads the same plugins (``mq_initialize`` runs once in each
+process; the outbound hooks run in the worker).  On the spool, one worker holds
+``delivery.lock`` in the data directory while it consumes, because leases live in the consuming
+process's memory: a worker started while an old one is still draining (the parent was killed and
+restarted) waits for it instead of delivering the same documents twice.
+
+Stopping: end of file on fd 0, SIGTERM or SIGINT stop the worker gracefully (in-flight messages
+finish or go back to the queue).  A worker that dies is started again, after 1 s, doubling up to
+30 s while it keeps dying young; its leases die with it, so its messages are simply due again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger, eventAsJSON, eventFromJSON, globalLogPublisher
+
+from mqtwisted.metrics import METRICS
+from mqtwisted.reactors import LazyReactor
+
+log = Logger()
+
+#: seconds between two metric snapshots from the worker
+SNAPSHOT_INTERVAL = 1.0
+#: a worker that lived this long was healthy: the next restart comes after the shortest delay
+HEALTHY_AFTER = 60.0
+RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+LOCK_FILE = "delivery.lock"
+
+
+def worker_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The MTA's option values (:data:`mqtwisted.options.OPTIONS`) as JSON-able data."""
+    from mqtwisted.options import OPTIONS
+
+    return {name: list(v) if isinstance(v := options[name], tuple) else v for name, *_ in OPTIONS}
+
+
+# -- the parent's side ------------------------------------------------------------------------------
+
+
+class _WorkerProtocol(protocol.ProcessProtocol):
+    def __init__(self, owner: DeliveryProcess) -> None:
+        self.owner = owner
+        self.partial: dict[int, bytes] = {}
+        self.ended: defer.Deferred[None] = defer.Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        lines = (self.partial.pop(fd, b"") + data).split(b"\n")
+        if lines[-1]:
+            self.partial[fd] = lines[-1]
+        for line in lines[:-1]:
+            if fd == 3:
+                self.owner.message_received(line)
+            elif line.strip():
+                log.info("delivery worker {pid} fd {fd}: {line}", pid=self.transport.pid, fd=fd,
+                         line=line.decode("utf-8", "replace"))
+
+    def processEnded(self, reason: Any) -> None:
+        self.owner.worker_ended(self, reason)
+        self.ended.callback(None)
+
+
+class DeliveryProcess(service.Service):
+    """Runs delivery in a worker process and restarts it when it dies (see the module doc).
+
+    ``queue`` is this process's queue: the parent only publishes to it, and is told through
+    :meth:`~mqtwisted.queue.Queue.watch` when it published to the outbox, to poke the worker.
+    """
+
+    def __init__(self, options: Mapping[str, Any], queue: Any, name: str = "delivery") -> None:
+        self.name = name
+        self.options = worker_options(options)
+        self.queue = queue
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self.worker: _WorkerProtocol | None = None
+        self._started_at = 0.0
+        self._failures = 0
+        self._restart: Any = None
+        self._poke_pending = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"options": self.options, "queue": self.queue, "name": self.name, "parent": self.parent}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.running = 0
+        self._init_runtime()
+
+    reactor = LazyReactor()
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.queue.watch(self.options.get("outbox") or "outbox", self._published)
+        self._spawn()
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Close the worker's stdin and wait for it to finish (the MTA bounds the wait)."""
+        super().stopService()
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        worker = self.worker
+        if worker is None:
+            return defer.succeed(None)
+        worker.transport.closeStdin()
+
+        def kill(result: Any, timeout: float) -> Any:
+            # The MTA cancels this wait after shutdown-timeout: the worker is then cut off, and
+            # its unsettled messages are due again at the next start.
+            if worker.transport.pid is not None:
+                log.warn("delivery worker {pid} did not stop; killing it", pid=worker.transport.pid)
+                worker.transport.signalProcess("KILL")
+            return result
+
+        d: defer.Deferred[None] = defer.Deferred(canceller=lambda d: kill(None, 0))
+        worker.ended.addBoth(lambda _: d.called or d.callback(None))
+        return d
+
+    def _spawn(self) -> None:
+        self._restart = None
+        if not self.running:
+            return
+        worker = _WorkerProtocol(self)
+        env = dict(os.environ)
+        # The worker imports this very package, wherever it was imported from.
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self.reactor.spawnProcess(
+            worker, sys.executable, [sys.executable, "-m", "mqtwisted.delivery_process"],
+            env=env, path=os.getcwd(), childFDs={0: "w", 1: "r", 2: "r", 3: "r"},
+        )
+        self.worker = worker
+        self._started_at = self.reactor.seconds()
+        worker.transport.write(_line({"options": self.options}))
+        log.info("delivery worker {pid} started", pid=worker.transport.pid)
+
+    def worker_ended(self, worker: _WorkerProtocol, reason: Any) -> None:
+        if worker is not self.worker:
+            return
+        self.worker = None
+        METRICS.worker_ended(self.name)
+        if not self.running:
+            log.info("delivery worker stopped ({reason})", reason=reason.getErrorMessage())
+            return
+        lived = self.reactor.seconds() - self._started_at
+        if lived >= HEALTHY_AFTER:
+            self._failures = 0
+        delay = RESTART_DELAYS[min(self._failures, len(RESTART_DELAYS) - 1)]
+        self._failures += 1
+        log.error("delivery worker ended after {lived:.1f}s ({reason}); starting another in {delay:.0f}s",
+                  lived=lived, reason=reason.getErrorMessage(), delay=delay)
+        self._restart = self.reactor.callLater(delay, self._spawn)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _published(self) -> None:
+        # One poke per reactor turn, however many messages were committed in it.
+        if not self._poke_pending:
+            self._poke_pending = True
+            self.reactor.callLater(0, self._poke)
+
+    def _poke(self) -> None:
+        self._poke_pending = False
+        if self.worker is not None:
+            self.worker.transport.write(b"\n")
+
+    def reconfigure(self, options: Mapping[str, Any]) -> None:
+        """SIGHUP: new delivery settings and plugins, applied by the worker (no restart)."""
+        self.options = worker_options(options)
+        if self.worker is not None:
+            self.worker.transport.write(_line({"reload": self.options}))
+
+    def message_received(self, line: bytes) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            log.warn("delivery worker sent a line that is not JSON: {line!r}", line=line[:200])
+            return
+        if "log" in message:
+            event = eventFromJSON(message["log"])
+            event.setdefault("log_system", "delivery")
+            globalLogPublisher(event)
+        elif "metrics" in message:
+            METRICS.worker_reported(self.name, message["metrics"])
+
+    def counts(self) -> tuple[int, int]:
+        """(outbound connections, messages waiting for one), as the worker last reported."""
+        gauges = METRICS.workers.get(self.name, {}).get("gauges", {})
+        return int(gauges.get("connections", 0)), int(gauges.get("pending", 0))
+
+
+def _line(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+# -- the worker's side ----------------------------------------------------------------------------------
+
+
+class _Control(protocol.Protocol):
+    """fd 0 in, fd 3 out (:class:`twisted.internet.stdio.StandardIO`)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self.buffer + data).split(b"\n")
+        self.buffer = lines.pop()
+        for line in lines:
+            self.worker.command(json.loads(line) if line.strip() else {})
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.worker.parent_gone()
+
+
+class Worker:
+    """The service tree of a worker: its queue, its plugins, and the delivery service."""
+
+    def __init__(self, options: dict[str, Any], reactor: Any) -> None:
+        from mqtwisted.service import QueueService, make_hooks, make_queue
+
+        self.options = options
+        self.reactor = reactor
+        self.queue = make_queue(options)
+        self.top = service.MultiService()
+        QueueService(self.queue).setServiceParent(self.top)
+        self.hooks = make_hooks(options)
+        self.hooks.setServiceParent(self.top)
+        from mqtwisted.delivery import make_delivery_service
+
+        self.delivery = make_delivery_service(options, self.queue, self.hooks)
+        self.channel: Any = None
+        self.lock_fd: int | None = None
+        self.stopping = False
+
+    def start(self) -> None:
+        self.top.startService()  # the queue and the plugins; delivery once the lock is held
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.stop)
+        self._take_lock()
+        self.reactor.callLater(SNAPSHOT_INTERVAL, self._send_snapshot)
+
+    def _take_lock(self) -> None:
+        if self.stopping:
+            return
+        if self.options.get("queue", "spool") == "spool":
+            import fcntl
+
+            if self.lock_fd is None:
+                self.lock_fd = os.open(os.path.join(self.options["data-dir"], LOCK_FILE),
+                                       os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another delivery worker still holds {f}; waiting", f=LOCK_FILE)
+                self.reactor.callLater(1.0, self._take_lock)
+                return
+        self.delivery.setServiceParent(self.top)  # starts it: the top service is running
+
+    def command(self, message: dict[str, Any]) -> None:
+        if not message:
+            self.queue.poke(self.options.get("outbox") or "outbox")
+        elif "reload" in message:
+            self.options = message["reload"]
+            self.hooks.reload(self.options["plugin-directory"], self.options["threads"],
+                              self.options["plugin-timeout"])
+            self.delivery.reconfigure(self.options)
+
+    def parent_gone(self) -> None:
+        if self.reactor.running:
+            self.reactor.stop()
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        # The MTA's order: delivery first (finish or give back), then plugins, then the queue.
+        self.stopping = True
+        if self.delivery.running:
+            yield self.delivery.disownServiceParent()
+        yield self.top.stopService()
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        if self.channel is not None and self.channel.transport is not None:
+            self.channel.transport.write(_line(message))
+
+    def _send_snapshot(self) -> None:
+        connections, pending = self.delivery.counts() if self.delivery.running else (0, 0)
+        self.send({"metrics": METRICS.snapshot({"connections": connections, "pending": pending})})
+        self.reactor.callLater(SNAPSHOT_INTERVAL, self._send_snapshot)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        """A log observer: every event goes to the parent (from any thread)."""
+        from twisted.python import threadable
+
+        text = eventAsJSON(event)
+        if threadable.isInIOThread():
+            self.send({"log": text})
+        else:
+            self.reactor.callFromThread(self.send, {"log": text})
+
+
+def main() -> None:
+    import signal
+
+    from twisted.internet import reactor, stdio
+    from twisted.logger import globalLogBeginner
+
+    # Byte by byte: a buffered read could swallow what follows the first line.
+    first = bytearray()
+    while not first.endswith(b"\n"):
+        byte = os.read(0, 1)
+        if not byte:
+            return  # the parent went away before saying anything
+        first += byte
+    options = json.loads(first)["options"]
+    # The terminal's SIGHUP reaches the whole process group: reloads come from the parent.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    worker = Worker(options, reactor)
+    worker.channel = _Control(worker)
+    stdio.StandardIO(worker.channel, stdin=0, stdout=3, reactor=reactor)
+    globalLogBeginner.beginLoggingTo([worker.observe], redirectStandardIO=False)
+    reactor.callWhenRunning(worker.start)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""``--delivery-processes 1``: delivery in a worker process of its own, on the shared spool.
+
+Real ``twistd -n mqmta`` processes, a real smtp-sink, real signals: the worker delivers what the
+server accepted, its attempts show in the parent's ``/metrics`` and log, it is started again when
+it dies (nothing lost), it stops with the MTA and when the MTA is killed, and a second worker waits
+for the first one's lock instead of delivering the same documents twice.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import smtplib
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from mqtwisted.metrics import Metrics
+from mqtwisted.options import ConfigError, MQOptions
+from tests.realmta import MTAProcess, free_port, need, spool_stats, wait_port
+
+pytestmark = pytest.mark.slow
+
+MSG = b"From: a@example.com\r\nSubject: worker\r\n\r\nHello.\r\n"
+
+
+@pytest.fixture
+def sink():
+    path = need("smtp-sink")
+    port = free_port()
+    proc = subprocess.Popen([path, "-u", "nobody", f"127.0.0.1:{port}", "100"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 10)
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def send(port: int, n: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        for _ in range(n):
+            assert s.sendmail("a@example.org", ["b@example.com"], MSG) == {}
+
+
+def until(cond, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached in {timeout}s")
+        time.sleep(0.05)
+
+
+def workers(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "mqtwisted.delivery_process"],
+                         capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start(tmp_path, sink: int, *args: str) -> MTAProcess:
+    return MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--smarthost=127.0.0.1:{sink}",
+                      *args).start()
+
+
+def test_worker_delivers_and_reports_to_the_parent(tmp_path, sink):
+    www = free_port()
+    mta = start(tmp_path, sink, f"--www-port={www}")
+    try:
+        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        send(mta.port, 20)
+        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 20, what="20 deliveries")
+        assert spool_stats(mta.data_dir).get("outbox", 0) == 0
+
+        def scraped() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{www}/metrics", timeout=10) as r:
+                text = r.read().decode()
+            return 'mqmta_delivery_attempts_total{result="accepted",state="message"} 20.0' in text
+
+        until(scraped, 10, "20 accepted attempts in the parent's /metrics")
+    finally:
+        mta.stop()
+    log = mta.output()
+    # The worker's attempt lines are in the MTA's log, marked as the delivery worker's.
+    assert log.count("[delivery] delivery to b@example.com") == 20
+    assert "Traceback" not in log
+
+
+def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path, sink):
+    mta = start(tmp_path, sink)
+    try:
+        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        (first,) = workers(mta.proc.pid)
+        send(mta.port, 10)
+        os.kill(first, signal.SIGKILL)
+        send(mta.port, 10)  # accepted while no worker runs: they wait in the outbox
+        until(lambda: workers(mta.proc.pid) and workers(mta.proc.pid) != [first], what="a new worker")
+        until(lambda: spool_stats(mta.data_dir).get("outbox", 0) == 0 and
+              spool_stats(mta.data_dir).get("success", 0) >= 20, what="every message delivered")
+    finally:
+        mta.stop()
+    assert "delivery worker ended after" in mta.output()
+
+
+def test_worker_stops_with_the_mta(tmp_path, sink):
+    mta = start(tmp_path, sink)
+    until(lambda: workers(mta.proc.pid), what="a delivery worker")
+    (worker,) = workers(mta.proc.pid)
+    send(mta.port, 5)
+    mta.stop()
+    assert not alive(worker)
+    assert "shutdown complete" in mta.output()
+
+
+def test_worker_stops_when_the_mta_is_killed(tmp_path, sink):
+    mta = start(tmp_path, sink)
+    until(lambda: workers(mta.proc.pid), what="a delivery worker")
+    (worker,) = workers(mta.proc.pid)
+    mta.kill(signal.SIGKILL)
+    # End of file on its stdin: the worker stops by itself, it does not deliver on as an orphan.
+    until(lambda: not alive(worker), 20, "the orphaned worker to exit")
+
+
+def test_a_worker_waits_for_the_spool_lock(tmp_path, sink):
+    data = tmp_path / "data"
+    data.mkdir()
+    held = os.open(data / "delivery.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a worker still draining would
+    mta = start(tmp_path, sink)
+    try:
+        send(mta.port, 3)
+        time.sleep(2.5)
+        assert spool_stats(mta.data_dir).get("outbox") == 3, "delivered without the lock"
+        os.close(held)
+        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the lock")
+    finally:
+        mta.stop()
+    assert "another delivery worker still holds delivery.lock" in mta.output()
+
+
+def test_more_than_one_worker_needs_amqp():
+    with pytest.raises(ConfigError, match="at most 1"):
+        MQOptions().parseOptions(["--delivery-processes=2"])
+    opts = MQOptions()
+    opts.parseOptions(["--delivery-processes=3", "--queue=amqp://guest:guest@127.0.0.1/"])
+    assert opts["delivery-processes"] == 3
+
+
+def test_counts_of_a_replaced_worker_are_kept():
+    m = Metrics()
+    m.attempt("message", "accepted")
+    m.worker_reported("delivery", {"attempts": [["message", "accepted", 5]],
+                                   "hooks": [["p", "mq_smtp_out_sent", [2.0, 0.5] + [0.0] * 14]]})
+    assert m.attempt_counts() == {("message", "accepted"): 6}
+    m.worker_ended("delivery")
+    m.worker_reported("delivery", {"attempts": [["message", "accepted", 1]], "hooks": []})
+    assert m.attempt_counts() == {("message", "accepted"): 7}
+    assert m.hooks()[("p", "mq_smtp_out_sent")][:2] == [2.0, 0.5]
