@@ -8,11 +8,17 @@ The parent (:class:`DeliveryProcess`, the MTA's ``delivery`` child service) spaw
 * fd 0 (parent → worker): ``{"options": …}`` first, with the MTA's option values; then an empty
   line whenever this process published to the outbox (the worker looks for due mail at once
   instead of at its next poll), ``{"reload": …}`` on SIGHUP; end of file means stop.
-* fd 3 (worker → parent): ``{"log": event}`` for every log event (the parent publishes it to its
-  own observers, so ``--logfile`` and ``--log-format json`` hold the worker's lines too),
-  ``{"metrics": …}`` once a second (delivery attempts, hook timings and the live gauges for
-  ``/metrics`` and ``/status``).  fd 1 and 2 are left to plugins' ``print`` and to tracebacks; the
-  parent logs them line by line.
+* fd 3 (worker → parent): ``{"metrics": …}`` once a second (delivery attempts, hook timings and
+  the live gauges for ``/metrics`` and ``/status``), and ``{"log": event}`` for log events where
+  the worker cannot write them itself.
+
+Log lines: where the MTA's log is a stream both processes can append to (standard output, or the
+``--log-format json`` file), the worker writes its own lines there, marked ``[delivery]``: a line
+forwarded through the parent would cost the busy SMTP process a JSON decode and a second
+formatting per delivery attempt.  Where it is twistd's rotating ``--logfile``, only the parent
+may write, and events are forwarded (:func:`worker_log` decides).  fd 1 and 2 (plugins'
+``print``, tracebacks) are the parent's own in the first case; otherwise the parent logs them line
+by line.
 
 The worker opens the same queue and loads the same plugins (``mq_initialize`` runs once in each
 process; the outbound hooks run in the worker).  On the spool, one worker holds
@@ -48,6 +54,16 @@ SNAPSHOT_INTERVAL = 1.0
 HEALTHY_AFTER = 60.0
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 LOCK_FILE = "delivery.lock"
+
+
+def worker_log(log_format: str, json_path: str | None, to_stdout: bool) -> dict[str, Any] | None:
+    """Where a worker writes its log lines: ``{"format": "text"|"json", "path": …}`` to write
+    them itself (no path: standard output), ``None`` to forward them to the parent."""
+    if log_format == "json" and json_path:
+        return {"format": "json", "path": json_path}
+    if to_stdout:
+        return {"format": log_format, "path": None}
+    return None
 
 
 def worker_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,8 +105,10 @@ class DeliveryProcess(service.Service):
     :meth:`~mqtwisted.queue.Queue.watch` when it published to the outbox, to poke the worker.
     """
 
-    def __init__(self, options: Mapping[str, Any], queue: Any, name: str = "delivery") -> None:
+    def __init__(self, options: Mapping[str, Any], queue: Any, name: str = "delivery",
+                 log_to: dict[str, Any] | None = None) -> None:
         self.name = name
+        self.log_to = log_to
         self.options = worker_options(options)
         self.queue = queue
         self._init_runtime()
@@ -103,7 +121,8 @@ class DeliveryProcess(service.Service):
         self._poke_pending = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "queue": self.queue, "name": self.name, "parent": self.parent}
+        return {"options": self.options, "queue": self.queue, "name": self.name, "parent": self.parent,
+                "log_to": self.log_to}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -150,13 +169,15 @@ class DeliveryProcess(service.Service):
         # The worker imports this very package, wherever it was imported from.
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        shared = self.log_to is not None and self.log_to["path"] is None  # the same stdout
         self.reactor.spawnProcess(
             worker, sys.executable, [sys.executable, "-m", "mqtwisted.delivery_process"],
-            env=env, path=os.getcwd(), childFDs={0: "w", 1: "r", 2: "r", 3: "r"},
+            env=env, path=os.getcwd(),
+            childFDs={0: "w", 1: 1 if shared else "r", 2: 2 if shared else "r", 3: "r"},
         )
         self.worker = worker
         self._started_at = self.reactor.seconds()
-        worker.transport.write(_line({"options": self.options}))
+        worker.transport.write(_line({"options": self.options, "log": self.log_to, "name": self.name}))
         log.info("delivery worker {pid} started", pid=worker.transport.pid)
 
     def worker_ended(self, worker: _WorkerProtocol, reason: Any) -> None:
@@ -202,9 +223,7 @@ class DeliveryProcess(service.Service):
             log.warn("delivery worker sent a line that is not JSON: {line!r}", line=line[:200])
             return
         if "log" in message:
-            event = eventFromJSON(message["log"])
-            event.setdefault("log_system", "delivery")
-            globalLogPublisher(event)
+            globalLogPublisher(eventFromJSON(message["log"]))
         elif "metrics" in message:
             METRICS.worker_reported(self.name, message["metrics"])
 
@@ -322,6 +341,28 @@ class Worker:
             self.reactor.callFromThread(self.send, {"log": text})
 
 
+def log_observer(log_to: dict[str, Any] | None, worker: Worker) -> Any:
+    if log_to is None:
+        return worker.observe
+    if log_to["format"] == "json":
+        from mqtwisted.oplog import JSONLogObserver
+
+        return JSONLogObserver(log_to["path"])
+    from twisted.logger import textFileLogObserver
+
+    return textFileLogObserver(sys.stdout)
+
+
+def marked(name: str, observer: Any) -> Any:
+    """Every event marked with the worker's name as its system: ``[delivery]`` in text lines."""
+
+    def observe(event: dict[str, Any]) -> None:
+        event.setdefault("log_system", name)
+        observer(event)
+
+    return observe
+
+
 def main() -> None:
     import signal
 
@@ -335,13 +376,15 @@ def main() -> None:
         if not byte:
             return  # the parent went away before saying anything
         first += byte
-    options = json.loads(first)["options"]
+    hello = json.loads(first)
+    options = hello["options"]
     # The terminal's SIGHUP reaches the whole process group: reloads come from the parent.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     worker = Worker(options, reactor)
     worker.channel = _Control(worker)
     stdio.StandardIO(worker.channel, stdin=0, stdout=3, reactor=reactor)
-    globalLogBeginner.beginLoggingTo([worker.observe], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([marked(hello.get("name") or "delivery", log_observer(hello.get("log"), worker))],
+                                     redirectStandardIO=False)
     reactor.callWhenRunning(worker.start)
     reactor.run()
 

@@ -169,6 +169,8 @@ class MQOptions(usage.Options):
     argv: list[str] | None = None
     #: where --log-format json writes (twistd's --logfile, else standard output)
     json_log_path: str | None = None
+    #: twistd writes its log lines to standard output (-n, no --logfile, --syslog or --logger)
+    log_to_stdout = False
     _probe = False
 
     def parseOptions(self, options: list[str] | None = None) -> None:
@@ -216,3 +218,7 @@ class MQOptions(usage.Options):
                 self.json_log_path = os.path.abspath(logfile)
             elif not parent.get("nodaemon") and not logfile:
                 self.json_log_path = os.path.abspath("twistd.log")
+            self.log_to_stdout = bool(
+                parent.get("nodaemon") and logfile in (None, "", "-")
+                and not parent.get("syslog") and not parent.get("logger")
+            )

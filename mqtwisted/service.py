@@ -449,9 +449,11 @@ def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> list[service
     """The delivery service in this process, or one per worker process (delivery_process)."""
     workers = options["delivery-processes"]
     if workers:
-        from mqtwisted.delivery_process import DeliveryProcess
+        from mqtwisted.delivery_process import DeliveryProcess, worker_log
 
-        return [DeliveryProcess(options, queue, name="delivery" if i == 0 else f"delivery-{i}")
+        log_to = worker_log(options["log-format"], getattr(options, "json_log_path", None),
+                            getattr(options, "log_to_stdout", False))
+        return [DeliveryProcess(options, queue, name="delivery" if i == 0 else f"delivery-{i}", log_to=log_to)
                 for i in range(workers)]
     from mqtwisted.delivery import make_delivery_service
 

@@ -95,6 +95,20 @@ def test_worker_delivers_and_reports_to_the_parent(tmp_path, sink):
     assert "Traceback" not in log
 
 
+def test_worker_lines_reach_a_rotating_logfile_through_the_parent(tmp_path, sink):
+    # twistd's --logfile rotates, so only the parent writes it: the worker forwards its events.
+    logfile = tmp_path / "mta.log"
+    mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--smarthost=127.0.0.1:{sink}")
+    mta.start(f"--logfile={logfile}")
+    try:
+        send(mta.port, 5)
+        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 5, what="5 deliveries")
+        until(lambda: logfile.read_text().count("[delivery] delivery to b@example.com") == 5, 10,
+              "5 attempt lines in the log file")
+    finally:
+        mta.stop()
+
+
 def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path, sink):
     mta = start(tmp_path, sink)
     try:
