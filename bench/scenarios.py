@@ -358,7 +358,7 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
                 if server.unverified:
                     return True  # no stats command: the sink's count is all we have
                 last.update(Mqmta.stats(server))
-                return last.get("outbox", 1) == 0 and last.get("success", 0) >= n
+                return last.get("outbox", 0) == 0 and last.get("success", 0) >= n
 
             def note_fn() -> str:
                 return f"queues at the end: {last}" if last else ""
