@@ -109,6 +109,25 @@ def test_worker_lines_reach_a_rotating_logfile_through_the_parent(tmp_path, sink
         mta.stop()
 
 
+def test_sighup_reconfigures_the_worker(tmp_path, sink):
+    dead = free_port()
+    config = tmp_path / "mqmta.conf"
+    config.write_text(f"smarthost: 127.0.0.1:{dead}\nretry-interval: 1\n")
+    mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--config={config}").start()
+    try:
+        send(mta.port, 3)
+        until(lambda: spool_stats(mta.data_dir).get("retry", 0) >= 3, what="failed attempts at the dead port")
+        assert spool_stats(mta.data_dir).get("success", 0) == 0
+        config.write_text(f"smarthost: 127.0.0.1:{sink}\nretry-interval: 1\n")
+        mta.proc.send_signal(signal.SIGHUP)
+        # The worker is not restarted: the same process delivers to the new smarthost.
+        (worker,) = workers(mta.proc.pid)
+        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the reload")
+        assert workers(mta.proc.pid) == [worker]
+    finally:
+        mta.stop()
+
+
 def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path, sink):
     mta = start(tmp_path, sink)
     try:
