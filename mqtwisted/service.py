@@ -39,10 +39,16 @@ class QueueService(service.Service):
 
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
+        #: fires when the queue has started (amqp: connected, or given up waiting for the broker)
+        self.started: defer.Deferred[None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "started": None}
 
     def startService(self) -> None:
         super().startService()
-        self.queue.start().addErrback(lambda f: log.failure("queue failed to start", f))
+        self.started = self.queue.start()
+        self.started.addErrback(lambda f: log.failure("queue failed to start", f))
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
@@ -161,6 +167,10 @@ class MTAService(service.MultiService):
 
     def startService(self) -> None:
         super().startService()
+        if self.factory is not None:
+            factory, queue_service = self.factory, self.getServiceNamed("queue")
+            factory.hold_greetings()
+            queue_service.started.addBoth(lambda _: factory.release_greetings())
         if self.signals:
             self._install_sighup()
 

@@ -9,7 +9,7 @@ import pytest
 from mqtwisted.auth import load_checker
 from mqtwisted.connection import Reply
 from mqtwisted.smtp.session import IN_HOOKS, TABLE, Session, State
-from tests.smtpdialog import SlowHooks, ours
+from tests.smtpdialog import PausableTransport, SlowHooks, ours
 
 TX = b"EHLO c.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
 
@@ -233,3 +233,23 @@ def test_bare_postmaster_is_accepted_from_anyone_as_local():
     assert dialog.codes() == [250, 250, 250, 354, 250]
     (recipient,) = rec.messages[0][1].recipients
     assert recipient.address == "postmaster@mx.test" and recipient.local
+
+
+def test_greetings_wait_until_the_queue_has_started() -> None:
+    # The MTA listens at once; a client greeted before the queue could store (a broker still
+    # connecting) would only learn it after DATA, with a 451.
+    dialog, _ = ours(greet=False)
+    factory = dialog.protocol.factory
+    assert dialog.codes() == [220]  # not held: greeted at once
+    factory.hold_greetings()
+    held = factory.buildProtocol(None)
+    held.callLater = dialog.clock.callLater
+    transport = PausableTransport("127.0.0.1")
+    held.makeConnection(transport)
+    gone = factory.buildProtocol(None)
+    gone.callLater = dialog.clock.callLater
+    gone.makeConnection(PausableTransport("127.0.0.1"))
+    gone.connectionLost(None)  # left while waiting: must not be greeted nor break the others
+    assert transport.value() == b""
+    factory.release_greetings()
+    assert transport.value().startswith(b"220 mx.test ESMTP")

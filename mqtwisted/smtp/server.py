@@ -150,7 +150,11 @@ class SMTPServer(smtp.ESMTP):
             self._send(refusal)
             self._close()
             return
-        self._run(CONNECT, self._greet)
+        self.factory.when_ready(self._connected)
+
+    def _connected(self) -> None:
+        if not self._closing:  # the client may have left while the greeting was held
+            self._run(CONNECT, self._greet)
 
     def _greet(self, reply: Reply | None) -> None:
         if reply is not None and reply.refuses:
@@ -677,11 +681,30 @@ class SMTPFactory(smtp.SMTPFactory):
         self.sessions: set[SMTPServer] = set()
         self.per_ip: dict[str, int] = {}
         self.total = 0
+        #: greetings held until the queue has started (None: not held)
+        self._held: list[Callable[[], None]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.update(sessions=set(), per_ip={}, total=0)
+        state.update(sessions=set(), per_ip={}, total=0, _held=None)
         return state
+
+    def hold_greetings(self) -> None:
+        """Connections wait for their 220 until :meth:`release_greetings`: the MTA listens at
+        once, but a client greeted before the queue can store would only get 451 after DATA."""
+        if self._held is None:
+            self._held = []
+
+    def release_greetings(self) -> None:
+        held, self._held = self._held or [], None
+        for greet in held:
+            greet()
+
+    def when_ready(self, greet: Callable[[], None]) -> None:
+        if self._held is None:
+            greet()
+        else:
+            self._held.append(greet)
 
     def buildProtocol(self, addr: Any) -> SMTPServer:
         p = self.protocol(contextFactory=self.tls)
