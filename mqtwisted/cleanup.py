@@ -5,6 +5,9 @@ all durably.  What the server receives back is the list of queue ids, or the rep
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from typing import Any
 
 from twisted.internet import defer
@@ -19,6 +22,7 @@ from mqtwisted.smtp.session import MESSAGE_HOOK
 log = Logger()
 
 UNAVAILABLE = Reply(451, "Queue unavailable, try again later", "4.3.0")
+_COPY_CHUNK = 1 << 20
 
 
 class Cleanup:
@@ -60,10 +64,22 @@ class Cleanup:
         head_source = body.data if body.data is not None else _head_of_file(body.path)
         head = header_block(head_source)
         properties: dict[str, Any] = {}
+        rewritten: str | None = None
         if self._extracts(conn):
             properties, stripped = extract_properties(head_source, head)
-            if properties:
-                body = Body(data=stripped + (b"" if body.data is not None else body.read()[len(head_source):]))
+            if properties and body.data is not None:
+                body = Body(data=stripped, size=len(stripped))
+            elif properties and body.path is not None:
+                body = _rewrite_file(body.path, stripped, len(head_source))
+                rewritten = body.path
+        d = self._accept_message(conn, envelope, body, head, properties)
+        if rewritten is not None:
+            d.addBoth(_remove, rewritten)  # the queue has its own copy once publish fired
+        return d
+
+    def _accept_message(
+        self, conn: Connection, envelope: Any, body: Body, head: bytes, properties: dict[str, Any]
+    ) -> defer.Deferred:
         msgid = message_id(head)
         handles = [
             MessageHandle(
@@ -129,6 +145,30 @@ class Cleanup:
         else:
             log.warn("queue unavailable: {why}", why=failure.getErrorMessage())
         return UNAVAILABLE
+
+
+def _rewrite_file(path: str, start: bytes, skip: int) -> Body:
+    """A spilled body with its first ``skip`` bytes replaced by ``start``, copied in chunks to a
+    new file beside it: a 25 MB message never has to fit in memory to lose its x-mq headers."""
+    fd, new = tempfile.mkstemp(prefix="incoming-", suffix=".eml", dir=os.path.dirname(path))
+    size = len(start)
+    try:
+        with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+            out.write(start)
+            src.seek(skip)
+            while chunk := src.read(_COPY_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+    except BaseException:
+        _remove(None, new)
+        raise
+    return Body(path=new, size=size)
+
+
+def _remove(result: Any, path: str) -> Any:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    return result
 
 
 def _head_of_file(path: str | None) -> bytes:
