@@ -236,6 +236,35 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def write_postfix_config(conf: Path, root: Path, listen: str, hostname: str, routing: str) -> None:
+    """main.cf and master.cf of a private Postfix instance in ``conf``, with its queue and data
+    directories (and its log, ``maillog``) under ``root``, listening on ``listen`` only and
+    relaying for 127.0.0.0/8; ``routing`` adds the main.cf lines that say where mail goes.
+    The bench and the interop tests (tests/test_interop_postfix.py) both start Postfix this way."""
+    (conf / "main.cf").write_text(
+        f"""\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+meta_directory = /etc/postfix
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = {hostname}
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
+{routing}"""
+    )
+    (conf / "master.cf").write_text(_MASTER_CF.format(listen=listen))
+
+
 class Postfix(Peer):
     """Postfix, durable (fsync before 250), in its own config/queue dir; never the system one.
 
@@ -269,30 +298,10 @@ class Postfix(Peer):
                 "default_transport = smtp\nrelay_transport = relay\n"
                 f"relayhost = [{LOOPBACK}]:{self.relay_port}\nsmtp_host_lookup = native\n"
             )
-        (conf / "main.cf").write_text(
-            f"""\
-compatibility_level = 3.6
-queue_directory = {workdir}/queue
-data_directory = {workdir}/data
-meta_directory = /etc/postfix
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-shlib_directory = /usr/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.bench.invalid
-mydestination =
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-relay_domains = example.com
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-message_size_limit = 0
-maillog_file = {maillog}
-maillog_file_prefixes = {workdir}
-{transport}"""
+        write_postfix_config(
+            conf, workdir, f"{LOOPBACK}:{port}", "postfix.bench.invalid",
+            f"relay_domains = example.com\nmessage_size_limit = 0\n{transport}",
         )
-        (conf / "master.cf").write_text(_MASTER_CF.format(listen=f"{LOOPBACK}:{port}"))
         r = run(["postfix", "-c", conf, "start"], 120)
         if r.returncode:
             raise BenchError(f"postfix start failed: {(r.stdout + r.stderr)[-800:]}")

@@ -23,34 +23,11 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor, task, threads
 
+from bench.peers import write_postfix_config
 from mqtwisted.testing import start_mta
 from tests.realmta import free_port, wait_port
 
 pytestmark = pytest.mark.slow
-
-MASTER_CF = """\
-127.0.0.1:{port} inet n - n - - smtpd
-pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-"""
 
 
 def _need_postfix() -> None:
@@ -97,29 +74,8 @@ class PostfixInstance:
                 f"virtual_uid_maps = static:{postfix.pw_uid}\n"
                 f"virtual_gid_maps = static:{postfix.pw_gid}\n"
             )
-        (self.conf / "main.cf").write_text(
-            f"""\
-compatibility_level = 3.6
-queue_directory = {self.dir}/queue
-data_directory = {self.dir}/data
-meta_directory = /etc/postfix
-command_directory = /usr/sbin
-daemon_directory = /usr/lib/postfix/sbin
-shlib_directory = /usr/lib/postfix
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = postfix.test
-mydestination =
-inet_interfaces = loopback-only
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject
-smtp_host_lookup = native
-maillog_file = {self.maillog}
-maillog_file_prefixes = {self.dir}
-{routing}"""
-        )
-        (self.conf / "master.cf").write_text(MASTER_CF.format(port=self.port))
+        write_postfix_config(self.conf, self.dir, f"127.0.0.1:{self.port}", "postfix.test",
+                             f"smtp_host_lookup = native\n{routing}")
         r = subprocess.run(["postfix", "-c", str(self.conf), "start"], capture_output=True, text=True, timeout=120)
         if r.returncode:
             raise RuntimeError(f"postfix start failed: {(r.stdout + r.stderr)[-1500:]}")
