@@ -160,7 +160,7 @@ class PluginHost(service.Service):
         if any(ctx.connections for ctx in runner.contexts):
             return True
         # a hook still running for a connection that has closed (its close hook, typically)
-        return bool(getattr(runner, "_active", None))
+        return runner.hooks_running
 
     def _maybe_retire(self, runner: Any) -> None:
         if runner not in self.retiring or self._busy(runner):

@@ -251,6 +251,11 @@ class PluginRunner:
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    @property
+    def hooks_running(self) -> bool:
+        """A hook is running or waiting for some connection, open or just closed."""
+        return bool(self._active)
+
     def start(self) -> None:
         if self._started:
             return

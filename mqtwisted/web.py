@@ -42,20 +42,22 @@ class _Async(resource.Resource):
 
     def render_GET(self, request: Any) -> Any:
         d = defer.maybeDeferred(self.mta.queue_stats)
+        gone: list[bool] = []  # the client left before the answer was ready
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
 
         def no_stats(f: Any) -> dict[str, int]:
             log.warn("queue stats unavailable for {path}: {why}", path=request.path, why=f.getErrorMessage())
             return {}
 
         def write(depths: dict[str, int]) -> None:
-            if request._disconnected:
+            if gone:
                 return
             request.write(self.body(depths, request))
             request.finish()
 
         def failed(f: Any) -> None:
             log.failure("rendering {path} failed", f, path=request.path)
-            if not request._disconnected and not request.finished:
+            if not gone and not request.finished:
                 request.setResponseCode(500)
                 request.finish()
 
