@@ -205,7 +205,8 @@ def run(argv: Sequence[str], timeout: float, **kw: object) -> subprocess.Complet
 
 @contextlib.contextmanager
 def scratch_dir(prefix: str) -> Iterator[Path]:
-    """A fresh temp dir readable by the postfix user, removed afterwards."""
+    """A fresh temp dir readable by the postfix user, removed afterwards (kept with
+    ``MQBENCH_KEEP=1``, to read a server's log after a failed round)."""
     import tempfile
 
     base = Path(os.environ.get("MQBENCH_TMP", "/var/tmp"))
@@ -214,7 +215,8 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
     try:
         yield d
     finally:
-        shutil.rmtree(d, ignore_errors=True)
+        if not os.environ.get("MQBENCH_KEEP"):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- installs

@@ -33,6 +33,7 @@ finish or go back to the queue).  A worker that dies is started again, after 1 s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -54,6 +55,8 @@ SNAPSHOT_INTERVAL = 1.0
 HEALTHY_AFTER = 60.0
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 LOCK_FILE = "delivery.lock"
+#: longest line kept waiting for its newline on the worker's pipes
+MAX_LINE = 1 << 16
 
 
 def worker_log(log_format: str, json_path: str | None, to_stdout: bool) -> dict[str, Any] | None:
@@ -84,6 +87,8 @@ class _WorkerProtocol(protocol.ProcessProtocol):
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
         lines = (self.partial.pop(fd, b"") + data).split(b"\n")
+        if fd != 3 and len(lines[-1]) > MAX_LINE:  # a plugin printing without newlines: in pieces
+            lines.append(b"")
         if lines[-1]:
             self.partial[fd] = lines[-1]
         for line in lines[:-1]:
@@ -251,7 +256,11 @@ class _Control(protocol.Protocol):
         lines = (self.buffer + data).split(b"\n")
         self.buffer = lines.pop()
         for line in lines:
-            self.worker.command(json.loads(line) if line.strip() else {})
+            try:
+                self.worker.command(json.loads(line) if line.strip() else {})
+            except Exception:
+                # A bad reload must not cut the pipe: that would stop the worker.
+                log.failure("delivery worker: command from the MTA failed: {line!r}", line=line[:200])
 
     def connectionLost(self, reason: Any = None) -> None:
         self.worker.parent_gone()
@@ -310,7 +319,9 @@ class Worker:
             self.delivery.reconfigure(self.options)
 
     def parent_gone(self) -> None:
-        if self.reactor.running:
+        from twisted.internet.error import ReactorNotRunning
+
+        with contextlib.suppress(ReactorNotRunning):  # already stopping (SIGTERM came first)
             self.reactor.stop()
 
     @defer.inlineCallbacks
