@@ -359,9 +359,9 @@ def log_observer(log_to: dict[str, Any] | None, worker: Worker) -> Any:
         from mqtwisted.oplog import JSONLogObserver
 
         return JSONLogObserver(log_to["path"])
-    from twisted.logger import textFileLogObserver
+    from mqtwisted.oplog import TextLogObserver
 
-    return textFileLogObserver(sys.stdout)
+    return TextLogObserver(sys.stdout)
 
 
 def marked(name: str, observer: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Operational log lines (one per SMTP session, one per delivery attempt) and the JSON observer.
+"""Operational log lines (one per SMTP session, one per delivery attempt) and the observers that
+write them: JSON lines, and twistd's text lines made cheaply.
 
 Every line goes through :mod:`twisted.logger` with its facts as event fields, so ``--log-format
 json`` (or ``twistd --logger mqtwisted.oplog.json_observer``, or ``twist --log-format json``)
@@ -12,7 +13,14 @@ import sys
 import time
 from typing import IO, Any
 
-from twisted.logger import ILogObserver, Logger, jsonFileLogObserver
+from twisted.logger import (
+    ILogObserver,
+    Logger,
+    eventAsText,
+    formatTime,
+    jsonFileLogObserver,
+    timeFormatRFC3339,
+)
 from zope.interface import implementer
 
 from mqtwisted.metrics import METRICS
@@ -106,3 +114,52 @@ class JSONLogObserver:
 def json_observer() -> JSONLogObserver:
     """For ``twistd --logger mqtwisted.oplog.json_observer``: JSON lines on standard output."""
     return JSONLogObserver()
+
+
+@implementer(ILogObserver)
+class TextLogObserver:
+    """twistd's text lines (``2026-11-25T06:45:03+0000 [system] text``, as
+    :func:`twisted.logger.formatEventAsClassicLogText` makes them) on standard output, for a
+    fraction of the cost: the timestamp is formatted once a second instead of once a line, and the
+    lines this module pre-formats (``"{line}"``) skip the string formatter.  At a thousand messages
+    a second the two log lines per message were the largest single cost of the delivery worker.
+
+    It pickles (a TAP's Application may carry it): the stream is looked up on the first event.
+    """
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+        self._second = -1
+        self._stamp = ""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()  # type: ignore[misc]
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event.get("log_format") == "{line}" and "log_failure" not in event:
+            system = event.get("log_system")
+            if system is None:
+                level = event.get("log_level")
+                system = f"{event.get('log_namespace', '-')}#{level.name if level is not None else '-'}"
+            text = f"[{system}] {event.get('line')}"
+        else:
+            text = eventAsText(event, includeTimestamp=False)
+            if not text:
+                return
+        when = event.get("log_time")
+        if when is None:
+            stamp = "-"
+        else:
+            second = int(when)
+            if second != self._second:
+                self._second, self._stamp = second, formatTime(second, timeFormatRFC3339)
+            stamp = self._stamp
+        stream = self._stream
+        if stream is None:
+            # Not sys.stdout: twistd redirects that into the log, which would loop.
+            stream = self._stream = sys.__stdout__
+        stream.write(f"{stamp} {text}".replace("\n", "\n\t") + "\n")
+        stream.flush()

@@ -140,6 +140,7 @@ class MTAService(service.MultiService):
         self.options = {name: options[name] for name, *_ in OPTIONS}
         self.signals = signals
         self.json_log_path: str | None = getattr(options, "json_log_path", None)
+        self.log_to_stdout: bool = getattr(options, "log_to_stdout", False)
         self.factory: SMTPFactory | None = None
         self.cleanup: Cleanup | None = None
         self.tls: ServerTLS | None = None
@@ -156,13 +157,18 @@ class MTAService(service.MultiService):
     def setServiceParent(self, parent: Any) -> None:
         # twistd (and mqmta mktap) hand us the Application itself, before adapting it: the one
         # place a service can give twistd a log observer (AppLogger.start reads the component).
-        if self.options["log-format"] == "json" and isinstance(parent, Componentized):
+        if isinstance(parent, Componentized):
             from twisted.logger import ILogObserver
 
-            from mqtwisted.oplog import JSONLogObserver
+            from mqtwisted.oplog import JSONLogObserver, TextLogObserver
 
             if parent.getComponent(ILogObserver, None) is None:
-                parent.setComponent(ILogObserver, JSONLogObserver(self.json_log_path))
+                if self.options["log-format"] == "json":
+                    parent.setComponent(ILogObserver, JSONLogObserver(self.json_log_path))
+                elif self.log_to_stdout:
+                    # The same lines as twistd's own observer on stdout, made for less CPU;
+                    # a --logfile keeps twistd's observer (and its rotation).
+                    parent.setComponent(ILogObserver, TextLogObserver())
         super().setServiceParent(parent)
 
     def startService(self) -> None:

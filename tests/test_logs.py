@@ -39,3 +39,32 @@ def test_json_log_lines_for_sessions_and_delivery_attempts(tmp_path, workers):
     assert attempts and attempts[0]["recipient"] == "b@example.com"
     assert attempts[0]["state"] == "connect" and attempts[0]["result"] == "error"
     assert any(e.get("log_namespace") == "mqtwisted.service" and "shutdown complete" in e["log_format"] for e in events)
+
+
+def test_text_observer_writes_twistds_lines():
+    # TextLogObserver replaces twistd's observer on stdout: its lines must be twistd's, byte for
+    # byte, for pre-formatted lines, ordinary events, failures and multi-line text alike.
+    import io
+
+    from twisted.logger import LogLevel, formatEventAsClassicLogText
+    from twisted.python.failure import Failure
+
+    from mqtwisted.oplog import TextLogObserver
+
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failure = Failure()
+    base = {"log_time": 1795590000.25, "log_level": LogLevel.info, "log_namespace": "mqtwisted.x"}
+    events = [
+        {**base, "log_format": "{line}", "line": "smtp session 1: quit"},
+        {**base, "log_format": "{line}", "line": "from the worker", "log_system": "delivery"},
+        {**base, "log_format": "{a} and {b!r}", "a": 1, "b": "two\nlines"},
+        {**base, "log_format": "boom", "log_failure": failure, "log_level": LogLevel.critical},
+        {**base, "log_format": "{line}", "line": "no time"} | {"log_time": None},
+        {**base, "log_format": ""},
+    ]
+    for event in events:
+        out = io.StringIO()
+        TextLogObserver(out)(dict(event))
+        assert out.getvalue() == (formatEventAsClassicLogText(dict(event)) or "")
