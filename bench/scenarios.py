@@ -357,7 +357,9 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
                     return False
                 if server.unverified:
                     return True  # no stats command: the sink's count is all we have
-                last.update(Mqmta.stats(server))
+                stats = Mqmta.stats(server)
+                last.clear()  # an emptied queue is absent from the counts: keep none from before
+                last.update(stats)
                 return last.get("outbox", 0) == 0 and last.get("success", 0) >= n
 
             def note_fn() -> str:
