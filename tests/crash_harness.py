@@ -1,7 +1,8 @@
 """Crash-safety harness: kill -9 a real ``twistd mqmta`` at random moments during inbound load and
 during delivery, restart it on the same spool, and count (issue 7).
 
-    python -m tests.crash_harness --rounds 10 [--seed N] [--clients 6] [--json]
+    python -m tests.crash_harness --rounds 10 [--seed N] [--clients 6] [--json] \
+        [--mta-arg=--delivery-processes=1]
 
 Set-up: a counting sink (aiosmtpd in this process, on a loopback port) records the Message-ID of
 every message it receives; the MTA relays everything to it (``--smarthost``); client threads send
@@ -129,7 +130,8 @@ class Clients:
 
 def run(rounds: int, seed: int | None = None, clients: int = 6, workdir: str | None = None,
         min_run: float = 0.5, max_run: float = 2.0, drain_timeout: float = 90.0,
-        kinds: list[str] | None = None, out: Any = sys.stdout) -> dict[str, Any]:
+        kinds: list[str] | None = None, out: Any = sys.stdout,
+        mta_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run the harness; returns the report (also printed to ``out``).  ``kinds`` fixes the kind of
     each round ("inbound"/"delivery", cycled); by default each is chosen at random."""
     seed = random.randrange(1 << 30) if seed is None else seed
@@ -140,7 +142,7 @@ def run(rounds: int, seed: int | None = None, clients: int = 6, workdir: str | N
     sink = CountingSink(free_port(), os.path.join(workdir, "sink.log")).start()
     mta = MTAProcess(
         data, f"--smarthost=127.0.0.1:{sink.port}", "--retry-interval=1", "--threads=2",
-        "--max-idle-time=1",
+        "--max-idle-time=1", *mta_args,
     )
     port = mta.port
     load = Clients(port, clients, f"s{seed}-")
@@ -226,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--clients", type=int, default=6)
     p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
+    p.add_argument("--mta-arg", action="append", default=[], metavar="OPT",
+                   help="extra twistd mqmta option, e.g. --mta-arg=--delivery-processes=1")
     args = p.parse_args(argv)
-    report = run(args.rounds, seed=args.seed, clients=args.clients)
+    report = run(args.rounds, seed=args.seed, clients=args.clients, mta_args=tuple(args.mta_arg))
     if args.json:
         print(json.dumps(report, indent=2))
     return 1 if report["lost"] else 0

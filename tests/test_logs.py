@@ -52,7 +52,7 @@ def test_text_observer_writes_twistds_lines():
     from mqtwisted.oplog import TextLogObserver
 
     try:
-        1 / 0
+        raise ZeroDivisionError("boom")
     except ZeroDivisionError:
         failure = Failure()
     base = {"log_time": 1795590000.25, "log_level": LogLevel.info, "log_namespace": "mqtwisted.x"}
