@@ -55,6 +55,8 @@ SNAPSHOT_INTERVAL = 1.0
 HEALTHY_AFTER = 60.0
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 LOCK_FILE = "delivery.lock"
+#: seconds the worker's settles wait to share one spool transaction (SpoolQueue.settle_delay)
+SETTLE_DELAY = 0.02
 #: longest line kept waiting for its newline on the worker's pipes
 MAX_LINE = 1 << 16
 
@@ -274,7 +276,7 @@ class Worker:
 
         self.options = options
         self.reactor = reactor
-        self.queue = make_queue(options)
+        self.queue = make_queue(options, settle_delay=SETTLE_DELAY)
         self.top = service.MultiService()
         QueueService(self.queue).setServiceParent(self.top)
         self.hooks = make_hooks(options)

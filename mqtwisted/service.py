@@ -55,12 +55,13 @@ class QueueService(service.Service):
         return self.queue.stop()
 
 
-def make_queue(options: Any) -> Queue:
+def make_queue(options: Any, settle_delay: float = 0.0) -> Queue:
+    """The queue backend of ``--queue``; ``settle_delay``: see SpoolQueue (the spool only)."""
     url = options["queue"]
     if url == "spool":
         from mqtwisted.queue.spool import SpoolQueue
 
-        return SpoolQueue(os.path.join(options["data-dir"], "spool.sqlite3"))
+        return SpoolQueue(os.path.join(options["data-dir"], "spool.sqlite3"), settle_delay=settle_delay)
     if url.startswith(("amqp://", "amqps://")):
         from mqtwisted.queue.amqp import AmqpQueue
 

@@ -121,3 +121,44 @@ def test_requeue_to_the_same_queue_keeps_the_queue_id(spool, tmp_path):
     assert (yield spool.stats()) == {"outbox": 2, "retry": 1}
     db = sqlite3.connect(str(tmp_path / "spool.sqlite3"))
     assert db.execute("SELECT COUNT(*) FROM bodies").fetchone() == (1,)  # still shared by r1
+
+
+@pytest_twisted.ensureDeferred
+async def test_another_process_holding_the_write_lock(spool, tmp_path):
+    # A delivery worker (or mqmta inject) writes the same spool: reads do not take the write
+    # lock (so they neither wait for it nor hold it up), and a publish waits for it in small
+    # steps instead of failing.
+    other = sqlite3.connect(tmp_path / "spool.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    assert await spool.stats() == {}
+    assert time.monotonic() - started < 0.5
+    published = spool.publish([Publication("outbox", {"recipient": "a@example.com"})])
+    await task.deferLater(reactor, 0.3, lambda: None)
+    assert not published.called
+    other.execute("COMMIT")
+    released = time.monotonic()
+    (doc_id,) = await published
+    assert time.monotonic() - released < 0.5
+    assert (await spool.stats()) == {"outbox": 1} and doc_id
+
+
+@pytest_twisted.ensureDeferred
+async def test_settles_held_for_a_moment_share_one_commit(tmp_path):
+    queue = SpoolQueue(str(tmp_path / "held.sqlite3"), settle_delay=0.2)
+    await queue.start()
+    try:
+        await queue.publish([Publication("outbox", {"recipient": f"r{i}@example.com"}) for i in range(3)])
+        leases = []
+        queue.consume("outbox", leases.append)
+        await task.deferLater(reactor, 0.1, lambda: None)
+        assert len(leases) == 3
+        started = time.monotonic()
+        settled = [queue.settle(lease, [Publication("success", lease.document)]) for lease in leases]
+        await task.deferLater(reactor, 0.05, lambda: None)
+        assert not any(d.called for d in settled)  # held, not yet committed
+        await defer.gatherResults(settled)
+        assert 0.15 < time.monotonic() - started < 2.0
+        assert await queue.stats() == {"success": 3}
+    finally:
+        await queue.stop()
