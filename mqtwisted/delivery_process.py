@@ -155,15 +155,14 @@ class DeliveryProcess(service.Service):
             return defer.succeed(None)
         worker.transport.closeStdin()
 
-        def kill(result: Any, timeout: float) -> Any:
+        def kill(_: defer.Deferred[None]) -> None:
             # The MTA cancels this wait after shutdown-timeout: the worker is then cut off, and
             # its unsettled messages are due again at the next start.
             if worker.transport.pid is not None:
                 log.warn("delivery worker {pid} did not stop; killing it", pid=worker.transport.pid)
                 worker.transport.signalProcess("KILL")
-            return result
 
-        d: defer.Deferred[None] = defer.Deferred(canceller=lambda d: kill(None, 0))
+        d: defer.Deferred[None] = defer.Deferred(canceller=kill)
         worker.ended.addBoth(lambda _: d.called or d.callback(None))
         return d
 
@@ -177,11 +176,17 @@ class DeliveryProcess(service.Service):
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         shared = self.log_to is not None and self.log_to["path"] is None  # the same stdout
-        self.reactor.spawnProcess(
-            worker, sys.executable, [sys.executable, "-m", "mqtwisted.delivery_process"],
-            env=env, path=os.getcwd(),
-            childFDs={0: "w", 1: 1 if shared else "r", 2: 2 if shared else "r", 3: "r"},
-        )
+        try:
+            self.reactor.spawnProcess(
+                worker, sys.executable, [sys.executable, "-m", "mqtwisted.delivery_process"],
+                env=env, path=os.getcwd(),
+                childFDs={0: "w", 1: 1 if shared else "r", 2: 2 if shared else "r", 3: "r"},
+            )
+        except OSError as e:  # no fork (out of memory, process limit): try again later
+            log.error("cannot start a delivery worker: {error}; trying again in {delay:.0f}s",
+                      error=e, delay=RESTART_DELAYS[-1])
+            self._restart = self.reactor.callLater(RESTART_DELAYS[-1], self._spawn)
+            return
         self.worker = worker
         self._started_at = self.reactor.seconds()
         worker.transport.write(_line({"options": self.options, "log": self.log_to, "name": self.name}))

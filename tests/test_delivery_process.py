@@ -198,3 +198,30 @@ def test_counts_of_a_replaced_worker_are_kept():
     m.worker_reported("delivery", {"attempts": [["message", "accepted", 1]], "hooks": []})
     assert m.attempt_counts() == {("message", "accepted"): 7}
     assert m.hooks()[("p", "mq_smtp_out_sent")][:2] == [2.0, 0.5]
+
+
+def test_a_worker_stuck_past_the_shutdown_timeout_is_killed(tmp_path):
+    # A remote that accepts and never speaks holds the worker's session: twistd must still stop
+    # within shutdown-timeout (plus a little), kill the worker, and keep the message queued.
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(10)
+    try:
+        mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", "--shutdown-timeout=1",
+                         f"--smarthost=127.0.0.1:{silent.getsockname()[1]}").start()
+        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        (worker,) = workers(mta.proc.pid)
+        send(mta.port, 1)
+        silent.settimeout(20)
+        conn, _ = silent.accept()  # the worker is connected and waiting for a greeting
+        started = time.monotonic()
+        mta.stop()
+        assert time.monotonic() - started < 15
+        assert not alive(worker)
+        assert "did not stop; killing it" in mta.output()
+        assert spool_stats(mta.data_dir).get("outbox") == 1  # not lost: due again at next start
+        conn.close()
+    finally:
+        silent.close()
