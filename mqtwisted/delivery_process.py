@@ -29,6 +29,8 @@ restarted) waits for it instead of delivering the same documents twice.
 Stopping: end of file on fd 0, SIGTERM or SIGINT stop the worker gracefully (in-flight messages
 finish or go back to the queue).  A worker that dies is started again, after 1 s, doubling up to
 30 s while it keeps dying young; its leases die with it, so its messages are simply due again.
+A worker that sends nothing for ``SILENT_LIMIT`` seconds (its reactor blocked by a plugin, or the
+process stopped) is killed and replaced the same way.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ log = Logger()
 
 #: seconds between two metric snapshots from the worker
 SNAPSHOT_INTERVAL = 1.0
+#: a worker silent this long (no snapshot: its reactor is blocked, or it was stopped) is killed
+#: and replaced
+SILENT_LIMIT = 30.0
 #: a worker that lived this long was healthy: the next restart comes after the shortest delay
 HEALTHY_AFTER = 60.0
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
@@ -126,6 +131,8 @@ class DeliveryProcess(service.Service):
         self._failures = 0
         self._restart: Any = None
         self._poke_pending = False
+        self._heard = 0.0
+        self._watchdog: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"options": self.options, "queue": self.queue, "name": self.name, "parent": self.parent,
@@ -144,12 +151,23 @@ class DeliveryProcess(service.Service):
         super().startService()
         self.queue.watch(self.options.get("outbox") or "outbox", self._published)
         self._spawn()
+        self._watchdog = self.reactor.callLater(SILENT_LIMIT / 3, self._check_heard)
+
+    def _check_heard(self) -> None:
+        self._watchdog = self.reactor.callLater(SILENT_LIMIT / 3, self._check_heard)
+        worker = self.worker
+        silent = self.reactor.seconds() - self._heard
+        if worker is not None and silent > SILENT_LIMIT and worker.transport.pid is not None:
+            log.error("delivery worker {pid} silent for {s:.0f}s (blocked or stopped); killing it",
+                      pid=worker.transport.pid, s=silent)
+            worker.transport.signalProcess("KILL")
 
     def stopService(self) -> defer.Deferred[None]:
         """Close the worker's stdin and wait for it to finish (the MTA bounds the wait)."""
         super().stopService()
-        if self._restart is not None and self._restart.active():
-            self._restart.cancel()
+        for call in (self._restart, self._watchdog):
+            if call is not None and call.active():
+                call.cancel()
         worker = self.worker
         if worker is None:
             return defer.succeed(None)
@@ -188,7 +206,7 @@ class DeliveryProcess(service.Service):
             self._restart = self.reactor.callLater(RESTART_DELAYS[-1], self._spawn)
             return
         self.worker = worker
-        self._started_at = self.reactor.seconds()
+        self._started_at = self._heard = self.reactor.seconds()
         worker.transport.write(_line({"options": self.options, "log": self.log_to, "name": self.name}))
         log.info("delivery worker {pid} started", pid=worker.transport.pid)
 
@@ -229,6 +247,7 @@ class DeliveryProcess(service.Service):
             self.worker.transport.write(_line({"reload": self.options}))
 
     def message_received(self, line: bytes) -> None:
+        self._heard = self.reactor.seconds()
         try:
             message = json.loads(line)
         except ValueError:

@@ -225,3 +225,22 @@ def test_a_worker_stuck_past_the_shutdown_timeout_is_killed(tmp_path):
         conn.close()
     finally:
         silent.close()
+
+
+def test_a_silent_worker_is_replaced(tmp_path, sink):
+    # SIGSTOP: the worker neither dies nor reports. After SILENT_LIMIT the MTA kills it and a new
+    # one delivers what was accepted meanwhile.
+    from mqtwisted.delivery_process import SILENT_LIMIT
+
+    mta = start(tmp_path, sink)
+    try:
+        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        (first,) = workers(mta.proc.pid)
+        os.kill(first, signal.SIGSTOP)
+        send(mta.port, 3)
+        until(lambda: workers(mta.proc.pid) and workers(mta.proc.pid) != [first], SILENT_LIMIT + 20,
+              "a replacement for the stopped worker")
+        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery by the new worker")
+    finally:
+        mta.stop()
+    assert "silent for" in mta.output()
