@@ -93,12 +93,10 @@ class _WorkerProtocol(protocol.ProcessProtocol):
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
-        lines = (self.partial.pop(fd, b"") + data).split(b"\n")
-        if fd != 3 and len(lines[-1]) > MAX_LINE:  # a plugin printing without newlines: in pieces
-            lines.append(b"")
-        if lines[-1]:
-            self.partial[fd] = lines[-1]
-        for line in lines[:-1]:
+        # fd 3 carries whole JSON lines, whatever their length; fd 1 and 2 are whatever plugins
+        # print, logged in pieces when they never end a line.
+        lines, self.partial[fd] = _split_lines(self.partial.get(fd, b""), data, None if fd == 3 else MAX_LINE)
+        for line in lines:
             if fd == 3:
                 self.owner.message_received(line)
             elif line.strip():
@@ -157,10 +155,8 @@ class DeliveryProcess(service.Service):
         self._watchdog = self.reactor.callLater(SILENT_LIMIT / 3, self._check_heard)
         worker = self.worker
         silent = self.reactor.seconds() - self._heard
-        if worker is not None and silent > SILENT_LIMIT and worker.transport.pid is not None:
-            log.error("delivery worker {pid} silent for {s:.0f}s (blocked or stopped); killing it",
-                      pid=worker.transport.pid, s=silent)
-            worker.transport.signalProcess("KILL")
+        if worker is not None and silent > SILENT_LIMIT:
+            _kill(worker, f"silent for {silent:.0f}s (blocked or stopped)")
 
     def stopService(self) -> defer.Deferred[None]:
         """Close the worker's stdin and wait for it to finish (the MTA bounds the wait)."""
@@ -173,14 +169,9 @@ class DeliveryProcess(service.Service):
             return defer.succeed(None)
         worker.transport.closeStdin()
 
-        def kill(_: defer.Deferred[None]) -> None:
-            # The MTA cancels this wait after shutdown-timeout: the worker is then cut off, and
-            # its unsettled messages are due again at the next start.
-            if worker.transport.pid is not None:
-                log.warn("delivery worker {pid} did not stop; killing it", pid=worker.transport.pid)
-                worker.transport.signalProcess("KILL")
-
-        d: defer.Deferred[None] = defer.Deferred(canceller=kill)
+        # The MTA cancels this wait after shutdown-timeout: the worker is then cut off, and its
+        # unsettled messages are due again at the next start.
+        d: defer.Deferred[None] = defer.Deferred(canceller=lambda _: _kill(worker, "did not stop"))
         worker.ended.addBoth(lambda _: d.called or d.callback(None))
         return d
 
@@ -264,8 +255,25 @@ class DeliveryProcess(service.Service):
         return int(gauges.get("connections", 0)), int(gauges.get("pending", 0))
 
 
+def _kill(worker: _WorkerProtocol, why: str) -> None:
+    if worker.transport.pid is not None:  # None: it has ended already
+        log.error("delivery worker {pid} {why}; killing it", pid=worker.transport.pid, why=why)
+        worker.transport.signalProcess("KILL")
+
+
 def _line(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
+
+
+def _split_lines(pending: bytes, data: bytes, limit: int | None = None) -> tuple[list[bytes], bytes]:
+    """The complete lines in ``pending + data`` and what is left of an unfinished one (which is
+    given as a line of its own once it exceeds ``limit``)."""
+    lines = (pending + data).split(b"\n")
+    rest = lines.pop()
+    if limit is not None and len(rest) > limit:
+        lines.append(rest)
+        rest = b""
+    return lines, rest
 
 
 # -- the worker's side ----------------------------------------------------------------------------------
@@ -279,8 +287,7 @@ class _Control(protocol.Protocol):
         self.buffer = b""
 
     def dataReceived(self, data: bytes) -> None:
-        lines = (self.buffer + data).split(b"\n")
-        self.buffer = lines.pop()
+        lines, self.buffer = _split_lines(self.buffer, data)
         for line in lines:
             try:
                 self.worker.command(json.loads(line) if line.strip() else {})
@@ -296,6 +303,7 @@ class Worker:
     """The service tree of a worker: its queue, its plugins, and the delivery service."""
 
     def __init__(self, options: dict[str, Any], reactor: Any) -> None:
+        from mqtwisted.delivery import make_delivery_service
         from mqtwisted.service import QueueService, make_hooks, make_queue
 
         self.options = options
@@ -305,8 +313,6 @@ class Worker:
         QueueService(self.queue).setServiceParent(self.top)
         self.hooks = make_hooks(options)
         self.hooks.setServiceParent(self.top)
-        from mqtwisted.delivery import make_delivery_service
-
         self.delivery = make_delivery_service(options, self.queue, self.hooks)
         self.channel: Any = None
         self.lock_fd: int | None = None

@@ -211,10 +211,6 @@ class MTAService(service.MultiService):
     def plugins(self) -> PluginHost:
         return self.getServiceNamed("plugins")  # type: ignore[return-value]
 
-    @property
-    def delivery(self) -> Any:
-        return self._child("delivery")
-
     def deliveries(self) -> list[Any]:
         """The delivery service, or one per delivery worker process."""
         return [s for s in self if s.name == "delivery" or (s.name or "").startswith("delivery-")]

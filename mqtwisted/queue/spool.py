@@ -201,20 +201,18 @@ class SpoolQueue:
     def _unavailable(self, e: Exception) -> QueueUnavailable:
         return QueueUnavailable(f"spool {self.path!r}: commit failed: {e}")
 
-    def _submit(self, fn: Callable[[sqlite3.Connection], Any], reads: bool = False) -> Deferred:
+    def _submit(self, fn: Callable[[sqlite3.Connection], Any], reads: bool = False, hold: bool = False) -> Deferred:
+        """Queue ``fn`` for the spool thread; ``hold``: keep it back for ``settle_delay``."""
         if not self._running or self._jobs is None:
             raise QueueUnavailable(f"spool {self.path!r} is not running")
         d: Deferred = Deferred()
-        self._jobs.put(_Job(fn, d, reads))
-        return d
-
-    def _submit_held(self, fn: Callable[[sqlite3.Connection], Any]) -> Deferred:
-        if not self._running or self._jobs is None:
-            raise QueueUnavailable(f"spool {self.path!r} is not running")
-        d: Deferred = Deferred()
-        self._held.append(_Job(fn, d))
-        if self._held_timer is None:
-            self._held_timer = self.reactor.callLater(self.settle_delay, self._release_held)
+        job = _Job(fn, d, reads)
+        if hold and self.settle_delay > 0:
+            self._held.append(job)
+            if self._held_timer is None:
+                self._held_timer = self.reactor.callLater(self.settle_delay, self._release_held)
+        else:
+            self._jobs.put(job)
         return d
 
     def _release_held(self) -> None:
@@ -401,7 +399,7 @@ class SpoolQueue:
                 _delete(db, row_id)
             return ids
 
-        d = self._submit_held(settle) if self.settle_delay > 0 else self._submit(settle)
+        d = self._submit(settle, hold=True)
 
         def settled(ids: list[str]) -> list[str]:
             self._forget(lease.queue, row_id)
