@@ -225,7 +225,13 @@ class MTAService(service.MultiService):
     # -- status ----------------------------------------------------------------------------------
 
     def queue_stats(self) -> defer.Deferred[dict[str, int]]:
-        return self.queue.stats()
+        """Documents per queue, every named queue included: the spool counts only the queues
+        that hold documents, and a depth that vanished when its queue emptied would leave
+        ``/metrics`` gauges and ``/status`` readers with the last non-zero value."""
+        from mqtwisted.queue import QUEUE_NAMES
+
+        names = {*QUEUE_NAMES, self.options["inbox"], self.options["outbox"], self.options["local"]}
+        return self.queue.stats().addCallback(lambda counts: {**dict.fromkeys(names, 0), **counts})
 
     def status_counts(self) -> dict[str, Any]:
         """The live gauges (no I/O): connections, delivery in flight, plugin threads."""

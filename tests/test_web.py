@@ -70,6 +70,8 @@ def test_metrics_and_status_after_traffic(tmp_path):
         assert samples("mqmta_smtp_messages")[(("code", "250"), ("result", "accepted"))] == 3
         assert samples("mqmta_smtp_messages")[(("code", "552"), ("result", "refused"))] == 1
         assert samples("mqmta_queue_depth")[(("queue", "outbox"),)] == 3
+        # An empty queue is a depth of 0, not a missing gauge (the spool counts only non-empty ones).
+        assert samples("mqmta_queue_depth")[(("queue", "failure"),)] == 0
         assert families["mqmta_smtp_connections"].samples[0].value >= 1
         assert families["mqmta_smtp_connections_open"].samples[0].value >= 0
         hook = {
@@ -90,6 +92,7 @@ def test_metrics_and_status_after_traffic(tmp_path):
         assert status["messages"]["accepted"] == 3
         assert status["messages"]["refused_by_code"] == {"552": 1}
         assert status["queues"]["outbox"] == 3
+        assert status["queues"]["success"] == 0
         assert status["connections"]["total"] >= 1
         assert status["plugins"]["loaded"] == ["timing"]
         assert {h["hook"] for h in status["plugins"]["hooks"]} == {"mq_smtp_in_rcptto", "mq_smtp_in_data"}
