@@ -109,6 +109,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("delivery", "on", _on_off, "deliver the outbox (off: this node only receives)"),
     ("delivery-processes", "0", _positive_int,
      "worker processes that deliver (0: the MTA process delivers; spool: at most 1)"),
+    ("delivery-nice", "10", _positive_int,
+     "nice increment of delivery worker processes, 0-19 (sessions' clients wait, deliveries do not)"),
     ("smarthost", "", str, "send all mail via host[:port]"),
     ("dns-server", "", str, "DNS resolver host:port (default: the system's)"),
     ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),
@@ -208,6 +210,8 @@ class MQOptions(usage.Options):
             # Spool leases live in the consuming process: two consumers would deliver twice.
             raise ConfigError("--delivery-processes: the spool has one consumer (at most 1); "
                               "use --queue amqp://... for more")
+        if self["delivery-nice"] > 19:
+            raise ConfigError(f"--delivery-nice: {self['delivery-nice']} is not a nice increment (0-19)")
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])

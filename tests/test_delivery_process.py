@@ -188,6 +188,35 @@ def test_more_than_one_worker_needs_amqp():
     assert opts["delivery-processes"] == 3
 
 
+def nice_of(pid: int, tid: int | None = None) -> int:
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    with open(path) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_worker_yields_the_cpu_to_sessions(tmp_path, sink):
+    mta = start(tmp_path, sink, "--delivery-nice=7")
+    try:
+        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        send(mta.port, 3)  # the worker's spool thread exists once it has delivered
+        until(lambda: spool_stats(mta.data_dir).get("success") == 3, what="3 delivered")
+        (worker,) = workers(mta.proc.pid)
+        base = nice_of(mta.proc.pid)
+        threads = os.listdir(f"/proc/{worker}/task")
+        assert len(threads) > 1
+        assert {nice_of(worker, int(t)) for t in threads} == {base + 7}
+    finally:
+        mta.stop()
+
+
+def test_delivery_nice_is_a_nice_increment():
+    with pytest.raises(ConfigError, match="0-19"):
+        MQOptions().parseOptions(["--delivery-nice=20"])
+    opts = MQOptions()
+    opts.parseOptions([])
+    assert opts["delivery-nice"] == 10
+
+
 def test_counts_of_a_replaced_worker_are_kept():
     m = Metrics()
     m.attempt("message", "accepted")

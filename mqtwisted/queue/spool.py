@@ -325,29 +325,24 @@ class SpoolQueue:
             return
         consumer.fetching = True
         consumer.again = False
-        exclude = frozenset(consumer.leased)
+        exclude = json.dumps(sorted(consumer.leased))
         now = time.time()
 
-        def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, int | None]], float | None]:
-            # Ids first, from the covering index: the leased documents skipped here may be many,
-            # and reading their JSON and MIME only to drop them cost more than the delivery.
-            ids = db.execute(
-                "SELECT id FROM docs WHERE queue = ? AND due <= ? ORDER BY due, id LIMIT ?",
-                (queue, now, room + len(exclude)),
+        def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, bytes | None]], float | None]:
+            # One statement: the leased ids are skipped on the covering index, before their JSON
+            # and MIME are read (reading them only to drop them cost more than the delivery),
+            # and a shared body comes with its document.
+            rows = db.execute(
+                "SELECT d.id, d.doc, coalesce(d.mime, b.data) FROM docs AS d"
+                " LEFT JOIN bodies AS b ON b.id = d.body"
+                " WHERE d.queue = ? AND d.due <= ? AND d.id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY d.due, d.id LIMIT ?",
+                (queue, now, exclude, room),
             ).fetchall()
-            loaded = []
-            for (row_id,) in ids:
-                if row_id in exclude:
-                    continue
-                row = db.execute("SELECT doc, body, mime FROM docs WHERE id = ?", (row_id,)).fetchone()
-                if row is not None:
-                    loaded.append((row_id, row[0], _load_body(db, row[1], row[2])))
-                    if len(loaded) == room:
-                        break
             (nxt,) = db.execute(
                 "SELECT MIN(due) FROM docs WHERE queue = ? AND due > ?", (queue, now)
             ).fetchone()
-            return loaded, nxt
+            return rows, nxt
 
         self._submit(fetch, reads=True).addCallbacks(
             self._fetched, self._fetch_failed, callbackArgs=(consumer,), errbackArgs=(consumer,)
