@@ -62,7 +62,7 @@ RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 LOCK_FILE = "delivery.lock"
 #: seconds the worker's settles wait to share one spool transaction (SpoolQueue.settle_delay)
 SETTLE_DELAY = 0.02
-#: seconds between the worker's looks at the outbox when the MTA pokes it (``Worker._poke``)
+#: shortest time between two pokes of the worker (``DeliveryProcess._published``)
 POKE_INTERVAL = 0.005
 #: longest line kept waiting for its newline on the worker's pipes
 MAX_LINE = 1 << 16
@@ -131,6 +131,7 @@ class DeliveryProcess(service.Service):
         self._failures = 0
         self._restart: Any = None
         self._poke_pending = False
+        self._poked_at = float("-inf")
         self._heard = 0.0
         self._watchdog: Any = None
 
@@ -223,13 +224,16 @@ class DeliveryProcess(service.Service):
     # -- messages ------------------------------------------------------------------------------
 
     def _published(self) -> None:
-        # One poke per reactor turn, however many messages were committed in it.
+        # At most one poke per POKE_INTERVAL, however many commits there were: each poke wakes
+        # the worker for a spool fetch, and fewer, larger fetches cost both processes less.
         if not self._poke_pending:
             self._poke_pending = True
-            self.reactor.callLater(0, self._poke)
+            wait = self._poked_at + POKE_INTERVAL - self.reactor.seconds()
+            self.reactor.callLater(max(0.0, wait), self._poke)
 
     def _poke(self) -> None:
         self._poke_pending = False
+        self._poked_at = self.reactor.seconds()
         if self.worker is not None:
             self.worker.transport.write(b"\n")
 
@@ -319,8 +323,6 @@ class Worker:
         self.channel: Any = None
         self.lock_fd: int | None = None
         self.stopping = False
-        self._poked_at = float("-inf")
-        self._poke_timer: Any = None
 
     def start(self) -> None:
         self.top.startService()  # the queue and the plugins; delivery once the lock is held
@@ -347,28 +349,12 @@ class Worker:
 
     def command(self, message: dict[str, Any]) -> None:
         if not message:
-            self._poke()
+            self.queue.poke(self.options.get("outbox") or "outbox")
         elif "reload" in message:
             self.options = message["reload"]
             self.hooks.reload(self.options["plugin-directory"], self.options["threads"],
                               self.options["plugin-timeout"])
             self.delivery.reconfigure(self.options)
-
-    def _poke(self) -> None:
-        # At most one outbox fetch per POKE_INTERVAL, however often the MTA commits: fewer,
-        # larger fetches (each a spool transaction and a trip through the spool thread).
-        if self._poke_timer is not None:
-            return
-        wait = self._poked_at + POKE_INTERVAL - self.reactor.seconds()
-        if wait > 0:
-            self._poke_timer = self.reactor.callLater(wait, self._poke_now)
-        else:
-            self._poke_now()
-
-    def _poke_now(self) -> None:
-        self._poke_timer = None
-        self._poked_at = self.reactor.seconds()
-        self.queue.poke(self.options.get("outbox") or "outbox")
 
     def parent_gone(self) -> None:
         from twisted.internet.error import ReactorNotRunning

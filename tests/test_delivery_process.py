@@ -217,6 +217,31 @@ def test_delivery_nice_is_a_nice_increment():
     assert opts["delivery-nice"] == 10
 
 
+def test_pokes_are_paced():
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from mqtwisted.delivery_process import POKE_INTERVAL, DeliveryProcess
+
+    opts = MQOptions()
+    opts.parseOptions([])
+    dp = DeliveryProcess(opts, queue=None)
+    dp._reactor = clock = Clock()
+    dp.worker = type("W", (), {"transport": StringTransport()})()
+    sent = dp.worker.transport
+    dp._published()
+    clock.advance(0)
+    assert sent.value() == b"\n"  # the first commit pokes at once
+    for _ in range(50):  # a burst of commits within one interval: one more poke, at its end
+        dp._published()
+        clock.advance(POKE_INTERVAL / 100)
+    assert sent.value() == b"\n"
+    clock.advance(POKE_INTERVAL)
+    assert sent.value() == b"\n\n"
+    clock.advance(10 * POKE_INTERVAL)
+    assert sent.value() == b"\n\n"  # nothing committed since: nothing to say
+
+
 def test_counts_of_a_replaced_worker_are_kept():
     m = Metrics()
     m.attempt("message", "accepted")
