@@ -19,8 +19,17 @@ DEFAULT_MAX_DELIVERTIME = 86400
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
+#: the last second formatted: a busy worker stamps many attempts within the same second
+_last_formatted: tuple[int, str] = (-1, "")
+
+
 def format_time(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime(_TIME_FORMAT)
+    global _last_formatted
+    whole = int(seconds)
+    last = _last_formatted  # one read: another thread may replace it meanwhile
+    if last[0] != whole:
+        last = _last_formatted = (whole, datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime(_TIME_FORMAT))
+    return last[1]
 
 
 def parse_time(value: Any) -> float | None:
