@@ -84,7 +84,9 @@ class Peer:
 def _sink_counter(path: Path) -> int:
     # smtp-sink -c rewrites "sess=N quit=N mesg=N" lines separated by \r; the last one wins.
     try:
-        data = path.read_bytes()[-200:]
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 200))  # the tail: the file grows all run long
+            data = f.read()
     except OSError:
         return 0
     found = re.findall(rb"mesg=(\d+)", data)

@@ -7,6 +7,7 @@ One :class:`Attempt` per try; ``Attempt.record()`` is the object appended to a d
 from __future__ import annotations
 
 import datetime
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ _last_formatted: tuple[int, str] = (-1, "")
 
 def format_time(seconds: float) -> str:
     global _last_formatted
-    whole = int(seconds)
+    whole = math.floor(seconds)
     last = _last_formatted  # one read: another thread may replace it meanwhile
     if last[0] != whole:
         last = _last_formatted = (whole, datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime(_TIME_FORMAT))

@@ -9,7 +9,7 @@ import pytest
 from mqtwisted.results import format_time, parse_time
 
 
-@pytest.mark.parametrize("seconds", [0, 1.5, 1795590000.0, 1795590000.999, 1795590001.0, 1795590000.2, 86399.9])
+@pytest.mark.parametrize("seconds", [0, 1.5, -0.5, 1795590000.0, 1795590000.999, 1795590001.0, 1795590000.2, 86399.9])
 def test_format_time_is_utc_to_the_second(seconds):
     expected = datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
     assert format_time(seconds) == expected
