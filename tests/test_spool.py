@@ -83,6 +83,22 @@ def test_prefetch_bounds_leases_and_release_redelivers(spool):
 
 
 @pytest_twisted.inlineCallbacks
+def test_leased_documents_are_not_fetched_again_and_shared_bodies_come_along(spool):
+    seen = []
+    spool.consume("outbox", seen.append, prefetch=5)
+    yield spool.publish([Publication("outbox", {"n": i}) for i in range(2)])
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert sorted(lease.document["n"] for lease in seen) == [0, 1]
+    # Still leased while two more arrive, one body shared by two recipients' documents: the
+    # fetch that follows skips the leased two and brings the shared body with each document.
+    body = Body(data=b"Subject: shared\r\n\r\nbody\r\n")
+    yield spool.publish([Publication("outbox", {"n": 2}, body), Publication("outbox", {"n": 3}, body)])
+    yield task.deferLater(reactor, 0.1, lambda: None)
+    assert sorted(lease.document["n"] for lease in seen) == [0, 1, 2, 3]
+    assert [lease.document["mime"] for lease in seen[2:]] == ["Subject: shared\r\n\r\nbody\r\n"] * 2
+
+
+@pytest_twisted.inlineCallbacks
 def test_file_body_streams_into_database(spool, tmp_path):
     path = tmp_path / "big.eml"
     path.write_bytes(b"a" * (3 << 20))

@@ -325,7 +325,7 @@ class SpoolQueue:
             return
         consumer.fetching = True
         consumer.again = False
-        exclude = json.dumps(sorted(consumer.leased))
+        exclude = json.dumps(list(consumer.leased))
         now = time.time()
 
         def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, bytes | None]], float | None]:
