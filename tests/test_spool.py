@@ -45,6 +45,42 @@ def test_concurrent_publishes_share_commits(spool):
 
 
 @pytest_twisted.inlineCallbacks
+def test_commits_wait_for_siblings_only_after_a_busy_batch(spool, monkeypatch):
+    import threading
+    import types
+
+    from mqtwisted.queue import spool as spool_module
+
+    sleeps: list[float] = []
+    fake_time = types.SimpleNamespace(**{n: getattr(time, n) for n in ("time", "monotonic")})
+    fake_time.sleep = lambda s: (sleeps.append(s), time.sleep(s))
+    monkeypatch.setattr(spool_module, "time", fake_time)
+    delay = spool_module.COMMIT_DELAY
+
+    def one(n):
+        return spool.publish([Publication("outbox", {"n": n})])
+
+    yield one(0)
+    yield one(1)
+    assert delay not in sleeps  # a lone session never waits
+
+    # Three commits queue up behind a job that holds the spool thread: they share one batch...
+    release = threading.Event()
+    held = spool._submit(lambda db: release.wait(10))
+    queued = [one(n) for n in (2, 3, 4)]
+    time.sleep(0.1)
+    release.set()
+    yield held
+    yield defer.gatherResults(queued)
+    assert delay not in sleeps
+    # ... so the next commit waits for siblings once, and the one after it (alone again) does not.
+    yield one(5)
+    assert sleeps.count(delay) == 1
+    yield one(6)
+    assert sleeps.count(delay) == 1
+
+
+@pytest_twisted.inlineCallbacks
 def test_settle_publishes_outcome_and_removes_lease_and_body(spool, tmp_path):
     body = Body(data=b"x\r\n")
     yield spool.publish([Publication("outbox", {"recipient": "a@b"}, body)])
