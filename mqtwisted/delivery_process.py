@@ -130,7 +130,7 @@ class DeliveryProcess(service.Service):
         self._started_at = 0.0
         self._failures = 0
         self._restart: Any = None
-        self._poke_pending = False
+        self._poke_call: Any = None
         self._poked_at = float("-inf")
         self._heard = 0.0
         self._watchdog: Any = None
@@ -164,7 +164,7 @@ class DeliveryProcess(service.Service):
     def stopService(self) -> defer.Deferred[None]:
         """Close the worker's stdin and wait for it to finish (the MTA bounds the wait)."""
         super().stopService()
-        for call in (self._restart, self._watchdog):
+        for call in (self._restart, self._watchdog, self._poke_call):
             if call is not None and call.active():
                 call.cancel()
         worker = self.worker
@@ -226,13 +226,12 @@ class DeliveryProcess(service.Service):
     def _published(self) -> None:
         # At most one poke per POKE_INTERVAL, however many commits there were: each poke wakes
         # the worker for a spool fetch, and fewer, larger fetches cost both processes less.
-        if not self._poke_pending:
-            self._poke_pending = True
+        if self._poke_call is None:
             wait = self._poked_at + POKE_INTERVAL - self.reactor.seconds()
-            self.reactor.callLater(max(0.0, wait), self._poke)
+            self._poke_call = self.reactor.callLater(max(0.0, wait), self._poke)
 
     def _poke(self) -> None:
-        self._poke_pending = False
+        self._poke_call = None
         self._poked_at = self.reactor.seconds()
         if self.worker is not None:
             self.worker.transport.write(b"\n")

@@ -80,8 +80,7 @@ class Metrics:
         """Delivery attempts of this process and of its live worker processes."""
         total = dict(self.attempts)
         for snap in list(self.workers.values()):
-            for state, result, n in snap.get("attempts", ()):
-                total[(state, result)] = total.get((state, result), 0) + n
+            _add_attempts(total, snap)
         return total
 
     # -- worker processes (reactor thread) ----------------------------------------------------------
@@ -102,8 +101,7 @@ class Metrics:
         snap = self.workers.pop(name, None)
         if snap is None:
             return
-        for state, result, n in snap.get("attempts", ()):
-            self.attempts[(state, result)] = self.attempts.get((state, result), 0) + n
+        _add_attempts(self.attempts, snap)
         for plugin, hook, row in snap.get("hooks", ()):
             _add_row(self._ended.table, (plugin, hook), row)
 
@@ -170,6 +168,11 @@ class Metrics:
 
 
 METRICS = Metrics()
+
+
+def _add_attempts(total: dict[tuple[str, str], int], snapshot: dict[str, Any]) -> None:
+    for state, result, n in snapshot.get("attempts", ()):
+        total[(state, result)] = total.get((state, result), 0) + n
 
 
 def _add_row(total: dict[tuple[str, str], list[float]], key: tuple[str, str], row: list[float]) -> None:

@@ -8,8 +8,8 @@ waits ``COMMIT_DELAY`` before taking the next, so that more jobs share it (Postg
 ``commit_delay``/``commit_siblings``).  Under concurrent load that means fewer, larger transactions
 and far fewer GIL hand-overs between this thread and the reactor's (each SQLite call releases the
 GIL): in the inbound benchmark the spool thread's CPU halved, the reactor thread's fell by a
-quarter, and so did the run's time.  A lone session never waits.  When a job raises, the batch is rolled back and each job is run again alone, so one bad
-job fails alone.
+quarter, and so did the run's time.  A lone session never waits.  When a job raises, the batch
+is rolled back and each job is run again alone, so one bad job fails alone.
 
 Several processes may share the spool (the SMTP process and its delivery worker, ``mqmta inject``):
 only writes take SQLite's write lock (a batch of reads runs in a plain snapshot), a busy lock is
@@ -170,8 +170,7 @@ class SpoolQueue:
         except Exception as e:
             failure = QueueUnavailable(f"cannot open spool {self.path!r}: {e}")
             while True:
-                item = self._jobs.get()
-                for job in item if isinstance(item, list) else [item]:
+                for job in _jobs_in([self._jobs.get()]):
                     self.reactor.callFromThread(job.deferred.errback, failure)
         stopping: _Job | None = None
         siblings = False
@@ -184,7 +183,7 @@ class SpoolQueue:
                     batch.append(self._jobs.get_nowait())
                 except threadqueue.Empty:
                     break
-            batch = [job for item in batch for job in (item if isinstance(item, list) else [item])]
+            batch = _jobs_in(batch)
             siblings = len(batch) > 1
             try:
                 outcomes = _transaction(db, batch)
@@ -438,6 +437,11 @@ class SpoolQueue:
 class _JobFailed(Exception):
     def __init__(self, error: Exception) -> None:
         self.error = error
+
+
+def _jobs_in(items: list[Any]) -> list[_Job]:
+    """The jobs of items taken from the job queue: a job, or a list of held settles."""
+    return [job for item in items for job in (item if isinstance(item, list) else [item])]
 
 
 def _begin(db: sqlite3.Connection) -> None:
