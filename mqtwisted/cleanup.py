@@ -13,15 +13,15 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
 from mqtwisted.message import extract_properties, header_block, incoming_document, message_id
 from mqtwisted.queue import Body, Publication, Queue, QueueUnavailable, mime_text
+from mqtwisted.replies import LOCAL_ERROR, QUEUE_UNAVAILABLE
 from mqtwisted.smtp.policy import RelayPolicy
-from mqtwisted.smtp.session import MESSAGE_HOOK
 
 log = Logger()
 
-UNAVAILABLE = Reply(451, "Queue unavailable, try again later", "4.3.0")
 _COPY_CHUNK = 1 << 20
 
 
@@ -58,7 +58,7 @@ class Cleanup:
             return self._accept(conn, envelope, body)
         except Exception:
             log.failure("cleanup failed for session {id}", id=conn.id)
-            return defer.succeed(Reply(451, "Local error in processing", "4.3.0"))
+            return defer.succeed(LOCAL_ERROR)
 
     def _accept(self, conn: Connection, envelope: Any, body: Body) -> defer.Deferred:
         head_source = body.data if body.data is not None else _head_of_file(body.path)
@@ -98,7 +98,7 @@ class Cleanup:
             for r in envelope.recipients
         ]
         locals_ = [r.local for r in envelope.recipients]
-        if not self.hooks.defines(MESSAGE_HOOK):
+        if not self.hooks.defines(hook_names.IN_MESSAGE):
             return self._publish(handles, locals_, body)
         return defer.ensureDeferred(self._with_hooks(conn, handles, locals_, body))
 
@@ -112,7 +112,7 @@ class Cleanup:
             # MQ_local reads it, MQ_setLocal changes it; _publish takes it out of the JSON.
             handle.document["local"] = is_local
             conn.response = None
-            reply = await self.hooks.run(MESSAGE_HOOK, conn, handle)
+            reply = await self.hooks.run(hook_names.IN_MESSAGE, conn, handle)
             if reply is not None and reply.refuses:
                 return reply
         return await self._publish(handles, locals_, body, original)
@@ -144,7 +144,7 @@ class Cleanup:
             log.failure("publishing to the queue failed", failure)
         else:
             log.warn("queue unavailable: {why}", why=failure.getErrorMessage())
-        return UNAVAILABLE
+        return QUEUE_UNAVAILABLE
 
 
 def _rewrite_file(path: str, start: bytes, skip: int) -> Body:

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from mqtwisted.connection import Connection
+from mqtwisted.xtext import xtext_decode
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
 _XMQ = re.compile(rb"^x-mq-([A-Za-z0-9-]+):[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)\r\n", re.I | re.M)
@@ -58,8 +59,6 @@ def extract_properties(mime: bytes, head: bytes) -> tuple[dict[str, Any], bytes]
 
 
 def dsn_fields(sender_params: dict[str, str | None], rcpt_params: dict[str, str | None]) -> dict[str, Any]:
-    from mqtwisted.smtp.commands import xtext_decode
-
     dsn: dict[str, Any] = {}
     if rcpt_params.get("NOTIFY"):
         dsn["notify"] = (rcpt_params["NOTIFY"] or "").upper()

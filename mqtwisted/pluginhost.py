@@ -19,20 +19,19 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, NoHooks, Reply
 from mqtwisted.metrics import TimedModule
 
 log = Logger()
 
-CLOSE_HOOK = "mq_smtp_in_close"
-
 
 def build_runner(directory: str, threads: int, timeout: float) -> Any:
     """A PluginRunner for ``directory`` whose connection hooks are timed for ``/metrics``."""
-    from mqtwisted.plugins import CONNECTION_HOOKS, Plugin, PluginRunner, load_plugins
+    from mqtwisted.plugins import Plugin, PluginRunner, load_plugins
 
     plugins = [
-        Plugin(p.name, p.path, TimedModule(p.module, p.name, CONNECTION_HOOKS))  # type: ignore[arg-type]
+        Plugin(p.name, p.path, TimedModule(p.module, p.name, hook_names.CONNECTION_HOOKS))  # type: ignore[arg-type]
         for p in load_plugins(directory)
     ]
     runner = PluginRunner(plugins, threads=threads, timeout=timeout)
@@ -92,10 +91,9 @@ class PluginHost(service.Service):
     def _refresh(self) -> None:
         # A hook is worth calling when any live runner defines it: an old connection still needs
         # its close hook even if the new plugin set has none.
-        from mqtwisted.plugins import CONNECTION_HOOKS
 
         self._defined = frozenset(
-            h for r in self.runners() for h in CONNECTION_HOOKS if r.defines(h)
+            h for r in self.runners() for h in hook_names.CONNECTION_HOOKS if r.defines(h)
         )
 
     # -- HookRunner ------------------------------------------------------------------------------

@@ -30,28 +30,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtwisted import api
+from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, Reply
 from mqtwisted.contexts import ContextPool, MQ_Context, current_plugin
+from mqtwisted.replies import LOCAL_ERROR, PLUGIN_TIMEOUT, PLUGINS_STOPPING
 
 log = Logger()
 
-#: Hooks that run with a connection and may take control, in the order a session meets them.
-CONNECTION_HOOKS = (
-    "mq_smtp_in_connect",
-    "mq_smtp_in_secure",
-    "mq_smtp_in_authenticate",
-    "mq_smtp_in_mailfrom",
-    "mq_smtp_in_rcptto",
-    "mq_smtp_in_data",
-    "mq_smtp_in_message",
-    "mq_smtp_in_close",
-    "mq_smtp_out_data",
-    "mq_smtp_out_sent",
-)
-
-ERROR_REPLY = Reply(451, "Local error in processing", "4.3.0")
-TIMEOUT_REPLY = Reply(451, "Plugin did not answer in time, try again later", "4.4.7")
-SHUTDOWN_REPLY = Reply(421, "Service shutting down", "4.3.2")
 
 
 class PluginError(Exception):
@@ -107,7 +92,7 @@ def plugin_from_module(module: ModuleType, name: str | None = None) -> Plugin:
 def check_plugin(plugin: Plugin) -> Plugin:
     """Raise :class:`PluginError` unless ``mq_version()`` returns ``MQ_API_VERSION``."""
     name, path = plugin.name, plugin.path
-    version_fn = plugin.hook("mq_version")
+    version_fn = plugin.hook(hook_names.VERSION)
     if version_fn is None:
         raise PluginError(f"plugin {name!r} ({path}) defines no mq_version()")
     try:
@@ -204,7 +189,7 @@ class PluginRunner:
         for ctx in self.pool.contexts:
             ctx.runner = self
         self._hooks: dict[str, tuple[_Entry, ...]] = {}
-        for hook in CONNECTION_HOOKS:
+        for hook in hook_names.CONNECTION_HOOKS:
             entries = []
             for p in self.plugins:
                 fn = p.hook(hook)
@@ -260,7 +245,7 @@ class PluginRunner:
         if self._started:
             return
         self._started = True
-        self._call_each("mq_initialize")
+        self._call_each(hook_names.INITIALIZE)
         self.pool.start()
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = self.reactor
@@ -273,14 +258,14 @@ class PluginRunner:
             if self._sweeper is not None and self._sweeper.running:
                 self._sweeper.stop()
             for step in list(self._active.values()):
-                self._finish(step, SHUTDOWN_REPLY)
+                self._finish(step, PLUGINS_STOPPING)
             if self._started:
                 stopping = self.pool.stop()
                 # A plugin blocking its thread forever must not block shutdown with it: give
                 # the contexts plugin-timeout to run mq_context_cleanup and end, then go on.
                 stopping.addTimeout(self.timeout, self.reactor)
                 stopping.addErrback(self._contexts_stuck)
-                stopping.addCallback(lambda _: self._call_each("mq_cleanup"))
+                stopping.addCallback(lambda _: self._call_each(hook_names.CLEANUP))
                 self._stopping = stopping
             else:
                 self._stopping = defer.succeed(None)
@@ -311,10 +296,10 @@ class PluginRunner:
                 current_plugin.set("")
 
     def _context_initialize(self, ctx: MQ_Context) -> None:
-        self._call_each("mq_context_initialize", ctx)
+        self._call_each(hook_names.CONTEXT_INITIALIZE, ctx)
 
     def _context_cleanup(self, ctx: MQ_Context) -> None:
-        self._call_each("mq_context_cleanup", ctx)
+        self._call_each(hook_names.CONTEXT_CLEANUP, ctx)
 
     # -- HookRunner ------------------------------------------------------------------------------
 
@@ -345,7 +330,7 @@ class PluginRunner:
             return defer.succeed(None)
         d: defer.Deferred[Reply | None] = defer.Deferred()
         if self._shutdown:
-            d.callback(SHUTDOWN_REPLY)
+            d.callback(PLUGINS_STOPPING)
             return d
         if not self._started:
             self.start()  # a runner used before its service started: do not hang the session
@@ -518,7 +503,7 @@ class PluginRunner:
             plugin=step.entries[i].plugin,
             hook=step.hook,
         )
-        self._finish(step, ERROR_REPLY)
+        self._finish(step, LOCAL_ERROR)
 
     def _sweep(self) -> None:
         # One periodic check instead of a DelayedCall per step: a hook call then costs no
@@ -539,7 +524,7 @@ class PluginRunner:
             timeout=self.timeout,
             id=step.conn.id,
         )
-        self._finish(step, TIMEOUT_REPLY)
+        self._finish(step, PLUGIN_TIMEOUT)
 
     def _finish(self, step: _Step, reply: Reply | None) -> None:
         if step.state == "done":
@@ -561,7 +546,7 @@ class PluginRunner:
             if self._shutdown:
                 del self._active[conn_id]
                 nxt.state = "done"
-                nxt.deferred.callback(SHUTDOWN_REPLY)
+                nxt.deferred.callback(PLUGINS_STOPPING)
             else:
                 self._begin(nxt)
 

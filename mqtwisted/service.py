@@ -20,11 +20,12 @@ from twisted.python.components import Componentized
 
 from mqtwisted import __version__
 from mqtwisted.cleanup import Cleanup
-from mqtwisted.connection import HookRunner, Reply
+from mqtwisted.connection import HookRunner
 from mqtwisted.metrics import METRICS
 from mqtwisted.options import OPTIONS
 from mqtwisted.pluginhost import PluginHost
 from mqtwisted.queue import Queue
+from mqtwisted.replies import SHUTTING_DOWN
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.server import ServerConfig, SMTPFactory
 from mqtwisted.tls import ServerTLS, make_self_signed
@@ -92,7 +93,6 @@ RELOADABLE = (
     "max-connections-per-domain", "shutdown-timeout",
 )
 
-SHUTDOWN_REPLY = Reply(421, "Service shutting down, try again later", "4.3.2")
 
 
 def _server_config(options: Any) -> ServerConfig:
@@ -399,7 +399,7 @@ class MTAService(service.MultiService):
             over = reactor.seconds() >= deadline
             for session in list(factory.sessions):
                 if over or not session.in_transaction:
-                    session.shutdown(SHUTDOWN_REPLY)
+                    session.shutdown(SHUTTING_DOWN)
             if over:
                 break
             await _sleep(0.05)

@@ -34,3 +34,24 @@ def test_dsn_fields_decode_xtext():
     assert dsn_fields({"RET": "hdrs", "ENVID": "a+2Bb"}, {"NOTIFY": "failure", "ORCPT": "rfc822;x+40y"}) == {
         "ret": "HDRS", "envid": "a+b", "notify": "FAILURE", "orcpt": "rfc822;x@y",
     }
+
+
+def test_xtext_encode_and_decode_are_inverse():
+    from mqtwisted.xtext import is_xtext, xtext_decode, xtext_encode
+
+    for text in ("a+b=c d", "plain@example.com", "tab\there", "~!"):
+        encoded = xtext_encode(text)
+        assert is_xtext(encoded) and xtext_decode(encoded) == text
+    assert xtext_encode("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert not is_xtext("a+b") and not is_xtext("a=b") and not is_xtext("a b")
+
+
+def test_hook_registry_orders_a_session_and_names_each_hook_once():
+    from mqtwisted import hooks
+
+    assert hooks.ALL_HOOKS[0] == hooks.VERSION
+    assert len(set(hooks.ALL_HOOKS)) == len(hooks.ALL_HOOKS)
+    assert hooks.IN_HOOKS[0] == hooks.IN_CONNECT and hooks.IN_HOOKS[-1] == hooks.IN_CLOSE
+    assert set(hooks.CONNECTION_HOOKS) == set(hooks.IN_HOOKS) | set(hooks.OUT_HOOKS)
+    assert all(h.startswith("mq_smtp_in_") for h in hooks.IN_HOOKS)
+    assert all(h.startswith("mq_smtp_out_") for h in hooks.OUT_HOOKS)

@@ -8,7 +8,8 @@ import pytest
 
 from mqtwisted.auth import load_checker
 from mqtwisted.connection import Reply
-from mqtwisted.smtp.session import IN_HOOKS, TABLE, Session, State
+from mqtwisted.hooks import IN_HOOKS
+from mqtwisted.smtp.session import TABLE, Session, State
 from tests.smtpdialog import PausableTransport, SlowHooks, ours
 
 TX = b"EHLO c.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"

@@ -11,6 +11,7 @@ import re
 import attrs
 
 from mqtwisted.connection import Reply
+from mqtwisted.xtext import is_xtext
 
 _VERB = re.compile(r"[A-Za-z]{1,16}\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -33,7 +34,6 @@ _MAILBOX = _mailbox(_ATOM, _QUOTED, _LABEL)
 _MAILBOX_UTF8 = _mailbox(_ATOM_UTF8, _QUOTED_UTF8, _LABEL_UTF8)
 _PATH = re.compile(r"\s*<([^<>]*)>(?:\s+(.*))?\Z|\s*([^<>\s]+)(?:\s+(.*))?\Z", re.S)
 _ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
-_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})*\Z")
 _PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 
 MAX_ADDRESS = 254
@@ -67,10 +67,6 @@ def parse_command(line: bytes) -> Command | Reply:
     if not _VERB.match(verb):
         return Reply(500, "Syntax error: command unrecognized", "5.5.2")
     return Command(verb.upper(), arg.strip())
-
-
-def xtext_decode(value: str) -> str:
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
 def parse_path(arg: str, keyword: str) -> Path | Reply:
@@ -128,7 +124,7 @@ def check_mail_params(params: dict[str, str | None], maxsize: int) -> Reply | No
             return Reply(501, "SMTPUTF8 takes no value", "5.5.4")
         elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
             return Reply(501, "RET must be FULL or HDRS", "5.5.4")
-        elif key == "ENVID" and (not value or len(value) > 100 or not _XTEXT.match(value)):
+        elif key == "ENVID" and (not value or len(value) > 100 or not is_xtext(value)):
             return Reply(501, "Bad ENVID", "5.5.4")
     return None
 
@@ -145,6 +141,6 @@ def check_rcpt_params(params: dict[str, str | None]) -> Reply | None:
                 return Reply(501, "Bad NOTIFY value", "5.5.4")
         elif key == "ORCPT":
             kind, semi, addr = (value or "").partition(";")
-            if not semi or not kind or not addr or len(value or "") > 500 or not _XTEXT.match(addr):
+            if not semi or not kind or not addr or len(value or "") > 500 or not is_xtext(addr):
                 return Reply(501, "Bad ORCPT value", "5.5.4")
     return None

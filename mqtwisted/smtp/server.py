@@ -30,13 +30,14 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
 
+from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, HookRunner, NoHooks, Reply
 from mqtwisted.metrics import METRICS
 from mqtwisted.oplog import session_ended
 from mqtwisted.smtp import commands
 from mqtwisted.smtp.body import BodyReader
 from mqtwisted.smtp.policy import RelayPolicy
-from mqtwisted.smtp.session import CLOSE_HOOK, CONNECT, END_OF_DATA, Session, Transition
+from mqtwisted.smtp.session import CONNECT, END_OF_DATA, Session, Transition
 from mqtwisted.smtp.wire import write_now
 
 log = Logger()
@@ -138,7 +139,7 @@ class SMTPServer(smtp.ESMTP):
             conn=self.conn,
             tls_available=self.ctx is not None,
             auth_available=self.factory.auth is not None
-            or self.factory.hooks.defines("mq_smtp_in_authenticate"),
+            or self.factory.hooks.defines(hook_names.IN_AUTHENTICATE),
             auth_plaintext=config.auth_plaintext,
         )
         self.setTimeout(config.timeout)
@@ -176,8 +177,8 @@ class SMTPServer(smtp.ESMTP):
             self.conn.peer_certificate = handle.get_peer_certificate()
         except Exception:
             pass
-        if self.factory.hooks.defines("mq_smtp_in_secure"):
-            self._run(Transition("<tls>", None, "mq_smtp_in_secure"), self._secured)
+        if self.factory.hooks.defines(hook_names.IN_SECURE):
+            self._run(Transition("<tls>", None, hook_names.IN_SECURE), self._secured)
 
     def _secured(self, reply: Reply | None) -> None:
         if reply is not None and reply.refuses:
@@ -193,8 +194,8 @@ class SMTPServer(smtp.ESMTP):
             self._reader = None
         self.factory.release(self)
         hooks = self.factory.hooks
-        if hooks.defines(CLOSE_HOOK):
-            hooks.run(CLOSE_HOOK, self.conn)
+        if hooks.defines(hook_names.IN_CLOSE):
+            hooks.run(hook_names.IN_CLOSE, self.conn)
         hooks.connection_closed(self.conn)
         session_ended(self)
 

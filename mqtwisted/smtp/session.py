@@ -27,6 +27,7 @@ import enum
 
 import attrs
 
+from mqtwisted import hooks
 from mqtwisted.connection import Connection, Reply
 
 
@@ -54,18 +55,18 @@ _S = State
 #: state -> verb -> transition.  Commands allowed in every state are added below.
 TABLE: dict[State, dict[str, Transition]] = {
     _S.GREETED: {
-        "STARTTLS": Transition("STARTTLS", _S.GREETED, "mq_smtp_in_secure"),
+        "STARTTLS": Transition("STARTTLS", _S.GREETED, hooks.IN_SECURE),
     },
     _S.READY: {
-        "STARTTLS": Transition("STARTTLS", _S.GREETED, "mq_smtp_in_secure"),
-        "AUTH": Transition("AUTH", _S.READY, "mq_smtp_in_authenticate"),
-        "MAIL": Transition("MAIL", _S.MAIL, "mq_smtp_in_mailfrom"),
+        "STARTTLS": Transition("STARTTLS", _S.GREETED, hooks.IN_SECURE),
+        "AUTH": Transition("AUTH", _S.READY, hooks.IN_AUTHENTICATE),
+        "MAIL": Transition("MAIL", _S.MAIL, hooks.IN_MAILFROM),
     },
     _S.MAIL: {
-        "RCPT": Transition("RCPT", _S.RCPT, "mq_smtp_in_rcptto"),
+        "RCPT": Transition("RCPT", _S.RCPT, hooks.IN_RCPTTO),
     },
     _S.RCPT: {
-        "RCPT": Transition("RCPT", _S.RCPT, "mq_smtp_in_rcptto"),
+        "RCPT": Transition("RCPT", _S.RCPT, hooks.IN_RCPTTO),
         "DATA": Transition("DATA", _S.DATA),
     },
 }
@@ -83,16 +84,8 @@ for _state, _row in TABLE.items():
     )
 
 #: Transitions that are not commands.
-CONNECT = Transition("<connect>", _S.GREETED, "mq_smtp_in_connect")
-END_OF_DATA = Transition("<end of data>", _S.READY, "mq_smtp_in_data")
-MESSAGE_HOOK = "mq_smtp_in_message"
-CLOSE_HOOK = "mq_smtp_in_close"
-
-#: Every inbound hook, in the order a complete session meets them.
-IN_HOOKS: tuple[str, ...] = (
-    "mq_smtp_in_connect", "mq_smtp_in_secure", "mq_smtp_in_authenticate", "mq_smtp_in_mailfrom",
-    "mq_smtp_in_rcptto", "mq_smtp_in_data", "mq_smtp_in_message", "mq_smtp_in_close",
-)
+CONNECT = Transition("<connect>", _S.GREETED, hooks.IN_CONNECT)
+END_OF_DATA = Transition("<end of data>", _S.READY, hooks.IN_DATA)
 
 #: Verbs we know and do not offer: 502, not 500.
 UNOFFERED_VERBS = frozenset({"BDAT", "ETRN", "TURN", "EXPN"})
