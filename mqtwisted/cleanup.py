@@ -8,21 +8,28 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
+from mqtwisted.envelope import Body, Envelope
 from mqtwisted.message import extract_properties, header_block, incoming_document, message_id
-from mqtwisted.queue import Body, Publication, Queue, QueueUnavailable, mime_text
+from mqtwisted.queue import Publication, Queue, QueueUnavailable, mime_text
 from mqtwisted.replies import LOCAL_ERROR, QUEUE_UNAVAILABLE
-from mqtwisted.smtp.policy import RelayPolicy
 
 log = Logger()
 
 _COPY_CHUNK = 1 << 20
+
+
+class TrustPolicy(Protocol):
+    """Whose x-mq-* headers become properties when ``smtp-extract`` is ``trusted``."""
+
+    def is_trusted(self, ip: str) -> bool:
+        """True when a client at ``ip`` may set properties through headers."""
 
 
 class Cleanup:
@@ -31,7 +38,7 @@ class Cleanup:
     def __init__(
         self,
         queue: Queue,
-        relay: RelayPolicy,
+        relay: TrustPolicy,
         hostname: str,
         hooks: HookRunner | None = None,
         inbox: str = "outbox",
@@ -53,14 +60,14 @@ class Cleanup:
             return False
         return conn.authenticated or self.relay.is_trusted(conn.remote_ip)
 
-    def __call__(self, conn: Connection, envelope: Any, body: Body) -> defer.Deferred:
+    def __call__(self, conn: Connection, envelope: Envelope, body: Body) -> defer.Deferred:
         try:
             return self._accept(conn, envelope, body)
         except Exception:
             log.failure("cleanup failed for session {id}", id=conn.id)
             return defer.succeed(LOCAL_ERROR)
 
-    def _accept(self, conn: Connection, envelope: Any, body: Body) -> defer.Deferred:
+    def _accept(self, conn: Connection, envelope: Envelope, body: Body) -> defer.Deferred:
         head_source = body.data if body.data is not None else _head_of_file(body.path)
         head = header_block(head_source)
         properties: dict[str, Any] = {}
@@ -78,7 +85,7 @@ class Cleanup:
         return d
 
     def _accept_message(
-        self, conn: Connection, envelope: Any, body: Body, head: bytes, properties: dict[str, Any]
+        self, conn: Connection, envelope: Envelope, body: Body, head: bytes, properties: dict[str, Any]
     ) -> defer.Deferred:
         msgid = message_id(head)
         handles = [

@@ -10,10 +10,10 @@ import sqlite3
 import pytest_twisted
 
 from mqtwisted.cleanup import Cleanup
+from mqtwisted.envelope import Envelope, Recipient
 from mqtwisted.queue import Body, mime_bytes
 from mqtwisted.queue.spool import SpoolQueue, read_document
 from mqtwisted.smtp.policy import RelayPolicy
-from mqtwisted.smtp.server import Envelope, Recipient
 from mqtwisted.testing import test_connection
 
 

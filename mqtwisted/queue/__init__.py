@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
+from mqtwisted.envelope import Body
+
 #: MailerQ's named queues (their default names).
 QUEUE_NAMES: tuple[str, ...] = (
     "outbox", "inbox", "local", "refused", "dsn", "results", "success", "failure", "retry",
@@ -37,24 +39,6 @@ def mime_text(data: bytes) -> str:
 def mime_bytes(text: str) -> bytes:
     """The inverse of :func:`mime_text`."""
     return text.encode("utf-8", "surrogateescape")
-
-
-@attrs.define(eq=False)
-class Body:
-    """A message body shared by the documents of one message: in memory, or in a file already
-    written (and fsync'd by the backend before the documents that point at it commit)."""
-
-    data: bytes | None = None
-    path: str | None = None
-    size: int = 0
-
-    def read(self) -> bytes:
-        if self.data is not None:
-            return self.data
-        if self.path is None:
-            raise ValueError("Body has neither data nor path")
-        with open(self.path, "rb") as f:
-            return f.read()
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ import tempfile
 
 import attrs
 
-from mqtwisted.queue import Body
+from mqtwisted.envelope import Body
 
 _END = b"\r\n.\r\n"
 

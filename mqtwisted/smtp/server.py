@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, HookRunner, NoHooks, Reply
+from mqtwisted.envelope import Body, Envelope, Recipient
 from mqtwisted.metrics import METRICS
 from mqtwisted.oplog import session_ended
 from mqtwisted.smtp import commands
@@ -65,24 +66,7 @@ class ServerConfig:
     spill_dir: str | None = None
 
 
-@attrs.frozen
-class Recipient:
-    address: str
-    params: dict[str, str | None]
-    local: bool
-
-
-@attrs.define
-class Envelope:
-    """One SMTP transaction, as handed to ``accept`` when its DATA ended."""
-
-    sender: str
-    params: dict[str, str | None]
-    recipients: list[Recipient] = attrs.field(factory=list)
-    received: float = 0.0
-
-
-Accept = Callable[[Connection, Envelope, Any], defer.Deferred]
+Accept = Callable[[Connection, Envelope, Body], defer.Deferred]
 Authenticator = Callable[[str, str], bool]
 
 
