@@ -1,4 +1,4 @@
-"""The mqmta command's queue inspection, and --smtp-auth from a file of crypt(3) hashes."""
+"""The mqmta command's queue inspection (``--smtp-auth`` files: tests/test_auth_file.py)."""
 
 from __future__ import annotations
 
@@ -6,43 +6,18 @@ import json
 import smtplib
 import subprocess
 import sys
-import warnings
 
-import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from mqtwisted.auth import AuthConfigError, load_checker
 from mqtwisted.testing import start_mta
 from tests.realmta import ROOT, env
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import crypt
 
 
 def mqmta(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mqtwisted.cli", *args], capture_output=True, text=True, env=env(), cwd=ROOT, timeout=60
     )
-
-
-def test_file_auth_checks_crypt_hashes(tmp_path):
-    path = tmp_path / "users"
-    path.write_text(f"# users\nann:{crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_SHA512))}\n")
-    check = load_checker(f"file://{path}")
-    assert check("ann", "s3cret") and not check("ann", "wrong") and not check("bob", "s3cret")
-
-
-def test_auth_config_errors_name_the_problem(tmp_path):
-    with pytest.raises(AuthConfigError, match="cannot read"):
-        load_checker(f"file://{tmp_path}/missing")
-    bad = tmp_path / "bad"
-    bad.write_text("no-colon-here\n")
-    with pytest.raises(AuthConfigError, match=f"{bad}:1"):
-        load_checker(f"file://{bad}")
-    with pytest.raises(AuthConfigError, match="unknown scheme"):
-        load_checker("ldap://x")
 
 
 def _send(port):
