@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import pika
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.protocols import portforward
 
 from mqtwisted.queue import QUEUE_NAMES, Lease
 from mqtwisted.queue.amqp import DELAY_BUCKETS, AmqpQueue
+from tests.conftest import sleep
 
 AMQP_URL = os.environ.get("MQMTA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 _parts = urlsplit(AMQP_URL)
@@ -84,21 +84,6 @@ def leaked_calls() -> list[Any]:
         call for call in reactor.getDelayedCalls()
         if "pika" in getattr(call.func, "__module__", "") or "amqp" in repr(call.func)
     ]
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, step: float = 0.05) -> Any:
-    """Poll ``predicate`` (the tests' only polling: the code under test must not need it)."""
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        yield sleep(step)
-        waited += step
 
 
 class Leases:

@@ -33,7 +33,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from tests.realmta import MTAProcess, free_port
+from tests.conftest import free_port
+from tests.realmta import MTAProcess
 
 _MSGID = re.compile(rb"^Message-ID:\s*(<[^>]+>)", re.IGNORECASE | re.MULTILINE)
 

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import ssl
 import subprocess
 import sys
-import time
 from typing import Any
 
-import pytest
+from tests.conftest import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # twistd of this interpreter, whatever is first on PATH
 TWISTD = "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"mqmta exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 def env() -> dict[str, str]:
@@ -87,21 +64,6 @@ class MTAProcess:
     def output(self) -> str:
         with open(self.log_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
-
-
-def no_verify() -> ssl.SSLContext:
-    """A client TLS context for the MTA's self-signed test certificate."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool) or (f"/usr/sbin/{tool}" if os.path.exists(f"/usr/sbin/{tool}") else None)
-    if path is None:
-        pytest.skip(f"{tool} is not installed (apt-get install postfix swaks; .ci/run does this)")
-    return path
 
 
 def spool_stats(data_dir: str) -> dict[str, int]:

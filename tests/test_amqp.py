@@ -12,6 +12,7 @@ from twisted.internet import defer, reactor
 
 from mqtwisted.queue import Body, Publication, QueueUnavailable, mime_bytes
 from mqtwisted.queue.amqp import AmqpQueue, decode_document, delay_bucket, encode_document
+from tests.conftest import sleep, wait_until
 from tests.conftest_amqp import (
     AMQP_URL,
     Leases,
@@ -21,8 +22,6 @@ from tests.conftest_amqp import (
     blocking_channel,
     closed_port,
     leaked_calls,
-    sleep,
-    wait_for,
 )
 
 # -- no broker needed ---------------------------------------------------------------------------
@@ -229,11 +228,11 @@ def test_prefetch_bounds_unsettled_leases(amqp_queue):
     yield amqp_queue.publish([Publication("outbox", {"n": i}) for i in range(5)])
     leases = Leases()
     amqp_queue.consume("outbox", leases, prefetch=2)
-    yield wait_for(lambda: len(leases.seen) == 2)
+    yield wait_until(lambda: len(leases.seen) == 2)
     yield sleep(0.3)
     assert len(leases.seen) == 2
     yield amqp_queue.settle(leases.seen[0], [])
-    yield wait_for(lambda: len(leases.seen) == 3)
+    yield wait_until(lambda: len(leases.seen) == 3)
     assert [lease.document["n"] for lease in leases.seen] == [0, 1, 2]
 
 
@@ -247,7 +246,7 @@ def test_list_and_show_leave_documents_in_place(amqp_queue):
     assert (yield amqp_queue.stats())["outbox"] == 3
     leases = Leases()
     amqp_queue.consume("outbox", leases)
-    yield wait_for(lambda: len(leases.seen) == 3)
+    yield wait_until(lambda: len(leases.seen) == 3)
     assert [lease.id for lease in leases.seen] == ids  # order kept
 
 
@@ -295,9 +294,9 @@ def test_two_nodes_share_the_outbox_and_take_over_unsettled(amqp_prefix):
     nodes[0].consume("outbox", handler(0), prefetch=10)
     nodes[1].consume("outbox", handler(1), prefetch=10)
     yield nodes[0].publish([Publication("outbox", {"n": i}) for i in range(200)])
-    yield wait_for(lambda: len(held) == 5 and len(handled[0]) + len(handled[1]) == 195)
+    yield wait_until(lambda: len(held) == 5 and len(handled[0]) + len(handled[1]) == 195)
     yield nodes[1].stop()
-    yield wait_for(lambda: len(handled[0]) + len(handled[1]) == 200)
+    yield wait_until(lambda: len(handled[0]) + len(handled[1]) == 200)
     everything = sorted(handled[0] + handled[1])
     assert everything == list(range(200))  # each exactly once, the held ones by node 0
     assert {lease.document["n"] for lease in held} <= set(handled[0])
@@ -317,7 +316,7 @@ def test_broker_cut_off_and_back(amqp_prefix):
     before = yield leases.next()
 
     yield relay.stop()
-    yield wait_for(lambda: not q.connected, timeout=5)
+    yield wait_until(lambda: not q.connected, timeout=5)
     started = time.monotonic()
     with pytest.raises(QueueUnavailable):
         yield q.publish([Publication("outbox", {"n": 2})])
@@ -395,7 +394,7 @@ def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix):
             delivered.add(json.loads(body)["n"])
 
     try:
-        yield wait_for(drain, timeout=20, step=0.2)
+        yield wait_until(drain, timeout=20, step=0.2)
     finally:
         conn.close()
     yield q.stop()
@@ -414,7 +413,7 @@ def test_hung_broker_times_out_publishes_then_recovers(amqp_prefix):
         yield q.publish([Publication("outbox", {"n": 1})])
     assert 1.0 < time.monotonic() - started < 3.0  # bounded by the timeout, never a hang
     yield relay.stop()  # the partition ends with the connection gone
-    yield wait_for(lambda: not q.connected, timeout=5)
+    yield wait_until(lambda: not q.connected, timeout=5)
     relay.start()
     yield q.wait_connected(timeout=10)
     yield q.publish([Publication("outbox", {"n": 2})])

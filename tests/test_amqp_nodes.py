@@ -24,17 +24,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, threads
 
-from tests.conftest_amqp import Relay, require_broker, sleep, wait_for
+from tests.conftest import free_port, sleep, wait_until
+from tests.conftest_amqp import Relay, require_broker
 
 pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -63,7 +58,7 @@ class Sink:
         if shutil.which("smtp-sink") is None:
             pytest.skip("smtp-sink (Postfix) not installed")
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         os.makedirs(directory, exist_ok=True)
         args = ["smtp-sink", "-u", os.environ.get("USER", "root"), "-d",
                 os.path.join(directory, "%H%M%S."), "-m", "200"]
@@ -101,7 +96,7 @@ class Sink:
 class Node:
     def __init__(self, name: str, workdir: str, amqp_url: str, sink: Sink) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = os.path.join(workdir, name)
         os.makedirs(self.dir, exist_ok=True)
         env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -199,7 +194,7 @@ def cluster(vhost: str, tmp_path: Any) -> Any:
 @defer.inlineCallbacks
 def _up(*nodes: Node) -> Any:
     try:
-        yield wait_for(lambda: all(n.listening() for n in nodes), timeout=30, step=0.2)
+        yield wait_until(lambda: all(n.listening() for n in nodes), timeout=30, step=0.2)
     except AssertionError:
         raise AssertionError("\n".join(n.tail() for n in nodes)) from None
 
@@ -216,7 +211,7 @@ def test_two_nodes_deliver_every_message_exactly_once(cluster):
         [threads.deferToThread(inject, a.port, batch, until) for batch in batches])
     accepted = set().union(*(r[0] for r in results))
     assert len(accepted) == 2000
-    yield wait_for(lambda: len(sink.subjects()) >= 2000, timeout=180, step=0.5)
+    yield wait_until(lambda: len(sink.subjects()) >= 2000, timeout=180, step=0.5)
     yield sleep(2.0)  # would-be duplicates have time to show up
     subjects = sink.subjects()
     assert len(subjects) == 2000 and len(set(subjects)) == 2000
@@ -231,9 +226,9 @@ def test_kill9_of_a_delivering_node_loses_nothing(cluster):
     yield _up(a, b)
     accepted, refused = yield threads.deferToThread(inject, b.port, range(300), time.time() + 60)
     assert not refused and len(accepted) == 300
-    yield wait_for(lambda: sink.helos().get("nodea.test", 0) >= 5, timeout=60, step=0.2)
+    yield wait_until(lambda: sink.helos().get("nodea.test", 0) >= 5, timeout=60, step=0.2)
     a.kill(signal.SIGKILL)
-    yield wait_for(lambda: set(sink.subjects()) >= {f"msg {i}" for i in accepted},
+    yield wait_until(lambda: set(sink.subjects()) >= {f"msg {i}" for i in accepted},
                    timeout=240, step=1.0)
     subjects = sink.subjects()
     repeats = len(subjects) - len(set(subjects))
@@ -258,13 +253,13 @@ def test_broker_cut_off_and_back_under_a_node(cluster):
     accepted, refused = yield injecting
     assert accepted and refused  # the cuts fell into the traffic: 4xx, never a false 250
     # every 250 delivered, and delivery resumed by itself after the cuts
-    yield wait_for(lambda: set(sink.subjects()) >= {f"msg {i}" for i in accepted},
+    yield wait_until(lambda: set(sink.subjects()) >= {f"msg {i}" for i in accepted},
                    timeout=120, step=0.5)
     # publishing resumed too: the node accepts mail again without a restart
     more, refused_after = yield threads.deferToThread(
         inject, a.port, range(1000, 1010), time.time() + 20)
     assert len(more) == 10 and not refused_after
-    yield wait_for(lambda: set(sink.subjects()) >= {f"msg {i}" for i in more},
+    yield wait_until(lambda: set(sink.subjects()) >= {f"msg {i}" for i in more},
                    timeout=60, step=0.5)
     a.kill()
     yield relay.stop()

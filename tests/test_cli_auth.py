@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import smtplib
 import subprocess
 import sys
 
@@ -11,6 +10,7 @@ import pytest_twisted
 from twisted.internet import threads
 
 from mqtwisted.testing import start_mta
+from tests.conftest import send_mail
 from tests.realmta import ROOT, env
 
 
@@ -20,9 +20,6 @@ def mqmta(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _send(port):
-    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
-        s.sendmail("a@example.com", ["r1@example.com", "r2@example.com"], "Subject: cli\r\n\r\nhello\r\n")
 
 
 @pytest_twisted.inlineCallbacks
@@ -30,7 +27,8 @@ def test_queue_stats_list_show(tmp_path):
     data = str(tmp_path / "data")
     mta = yield start_mta(data)
     try:
-        yield threads.deferToThread(_send, mta.port)
+        yield threads.deferToThread(send_mail, mta.port, rcpts=["r1@example.com", "r2@example.com"],
+                                     msg="Subject: cli\r\n\r\nhello\r\n")
         stats = yield threads.deferToThread(mqmta, "queue", "--data-dir", data, "stats")
         assert stats.returncode == 0, stats.stderr
         assert {line.split()[0]: int(line.split()[1]) for line in stats.stdout.splitlines()}["outbox"] == 2

@@ -9,14 +9,11 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 
 from mqtwisted import api as mq
 from mqtwisted.contexts import ContextPool, MQ_Context, current_plugin
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
+from tests.conftest import sleep
 
 
 def until(event: threading.Event, timeout: float = 5.0) -> defer.Deferred:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import smtplib
 import subprocess
 import time
 import urllib.request
@@ -20,37 +19,12 @@ import pytest
 
 from mqtwisted.metrics import Metrics
 from mqtwisted.options import ConfigError, MQOptions
-from tests.realmta import MTAProcess, free_port, need, spool_stats, wait_port
+from tests.conftest import block_until, free_port, send_mail
+from tests.realmta import MTAProcess, spool_stats
 
 pytestmark = pytest.mark.slow
 
 MSG = b"From: a@example.com\r\nSubject: worker\r\n\r\nHello.\r\n"
-
-
-@pytest.fixture
-def sink():
-    path = need("smtp-sink")
-    port = free_port()
-    proc = subprocess.Popen([path, "-u", "nobody", f"127.0.0.1:{port}", "100"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, 10)
-    yield port
-    proc.terminate()
-    proc.wait(5)
-
-
-def send(port: int, n: int) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
-        for _ in range(n):
-            assert s.sendmail("a@example.org", ["b@example.com"], MSG) == {}
-
-
-def until(cond, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached in {timeout}s")
-        time.sleep(0.05)
 
 
 def workers(pid: int) -> list[int]:
@@ -67,18 +41,18 @@ def alive(pid: int) -> bool:
         return False
 
 
-def start(tmp_path, sink: int, *args: str) -> MTAProcess:
-    return MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--smarthost=127.0.0.1:{sink}",
+def start(tmp_path, smtp_sink: int, *args: str) -> MTAProcess:
+    return MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--smarthost=127.0.0.1:{smtp_sink}",
                       *args).start()
 
 
-def test_worker_delivers_and_reports_to_the_parent(tmp_path, sink):
+def test_worker_delivers_and_reports_to_the_parent(tmp_path, smtp_sink):
     www = free_port()
-    mta = start(tmp_path, sink, f"--www-port={www}")
+    mta = start(tmp_path, smtp_sink, f"--www-port={www}")
     try:
-        until(lambda: workers(mta.proc.pid), what="a delivery worker")
-        send(mta.port, 20)
-        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 20, what="20 deliveries")
+        block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        send_mail(mta.port, count=20, msg=MSG)
+        block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 20, what="20 deliveries")
         assert spool_stats(mta.data_dir).get("outbox", 0) == 0
 
         def scraped() -> bool:
@@ -86,7 +60,7 @@ def test_worker_delivers_and_reports_to_the_parent(tmp_path, sink):
                 text = r.read().decode()
             return 'mqmta_delivery_attempts_total{result="accepted",state="message"} 20.0' in text
 
-        until(scraped, 10, "20 accepted attempts in the parent's /metrics")
+        block_until(scraped, 10, "20 accepted attempts in the parent's /metrics")
     finally:
         mta.stop()
     log = mta.output()
@@ -95,86 +69,86 @@ def test_worker_delivers_and_reports_to_the_parent(tmp_path, sink):
     assert "Traceback" not in log
 
 
-def test_worker_lines_reach_a_rotating_logfile_through_the_parent(tmp_path, sink):
+def test_worker_lines_reach_a_rotating_logfile_through_the_parent(tmp_path, smtp_sink):
     # twistd's --logfile rotates, so only the parent writes it: the worker forwards its events.
     logfile = tmp_path / "mta.log"
-    mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--smarthost=127.0.0.1:{sink}")
+    mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--smarthost=127.0.0.1:{smtp_sink}")
     mta.start(f"--logfile={logfile}")
     try:
-        send(mta.port, 5)
-        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 5, what="5 deliveries")
-        until(lambda: logfile.read_text().count("[delivery] delivery to b@example.com") == 5, 10,
+        send_mail(mta.port, count=5, msg=MSG)
+        block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 5, what="5 deliveries")
+        block_until(lambda: logfile.read_text().count("[delivery] delivery to b@example.com") == 5, 10,
               "5 attempt lines in the log file")
     finally:
         mta.stop()
 
 
-def test_sighup_reconfigures_the_worker(tmp_path, sink):
+def test_sighup_reconfigures_the_worker(tmp_path, smtp_sink):
     dead = free_port()
     config = tmp_path / "mqmta.conf"
     config.write_text(f"smarthost: 127.0.0.1:{dead}\nretry-interval: 1\n")
     mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", f"--config={config}").start()
     try:
-        send(mta.port, 3)
-        until(lambda: spool_stats(mta.data_dir).get("retry", 0) >= 3, what="failed attempts at the dead port")
+        send_mail(mta.port, count=3, msg=MSG)
+        block_until(lambda: spool_stats(mta.data_dir).get("retry", 0) >= 3, what="failed attempts at the dead port")
         assert spool_stats(mta.data_dir).get("success", 0) == 0
-        config.write_text(f"smarthost: 127.0.0.1:{sink}\nretry-interval: 1\n")
+        config.write_text(f"smarthost: 127.0.0.1:{smtp_sink}\nretry-interval: 1\n")
         mta.proc.send_signal(signal.SIGHUP)
         # The worker is not restarted: the same process delivers to the new smarthost.
         (worker,) = workers(mta.proc.pid)
-        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the reload")
+        block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the reload")
         assert workers(mta.proc.pid) == [worker]
     finally:
         mta.stop()
 
 
-def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path, sink):
-    mta = start(tmp_path, sink)
+def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path, smtp_sink):
+    mta = start(tmp_path, smtp_sink)
     try:
-        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
         (first,) = workers(mta.proc.pid)
-        send(mta.port, 10)
+        send_mail(mta.port, count=10, msg=MSG)
         os.kill(first, signal.SIGKILL)
-        send(mta.port, 10)  # accepted while no worker runs: they wait in the outbox
-        until(lambda: workers(mta.proc.pid) and workers(mta.proc.pid) != [first], what="a new worker")
-        until(lambda: spool_stats(mta.data_dir).get("outbox", 0) == 0 and
+        send_mail(mta.port, count=10, msg=MSG)  # accepted while no worker runs: they wait in the outbox
+        block_until(lambda: workers(mta.proc.pid) and workers(mta.proc.pid) != [first], what="a new worker")
+        block_until(lambda: spool_stats(mta.data_dir).get("outbox", 0) == 0 and
               spool_stats(mta.data_dir).get("success", 0) >= 20, what="every message delivered")
     finally:
         mta.stop()
     assert "delivery worker ended after" in mta.output()
 
 
-def test_worker_stops_with_the_mta(tmp_path, sink):
-    mta = start(tmp_path, sink)
-    until(lambda: workers(mta.proc.pid), what="a delivery worker")
+def test_worker_stops_with_the_mta(tmp_path, smtp_sink):
+    mta = start(tmp_path, smtp_sink)
+    block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
     (worker,) = workers(mta.proc.pid)
-    send(mta.port, 5)
+    send_mail(mta.port, count=5, msg=MSG)
     mta.stop()
     assert not alive(worker)
     assert "shutdown complete" in mta.output()
 
 
-def test_worker_stops_when_the_mta_is_killed(tmp_path, sink):
-    mta = start(tmp_path, sink)
-    until(lambda: workers(mta.proc.pid), what="a delivery worker")
+def test_worker_stops_when_the_mta_is_killed(tmp_path, smtp_sink):
+    mta = start(tmp_path, smtp_sink)
+    block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
     (worker,) = workers(mta.proc.pid)
     mta.kill(signal.SIGKILL)
     # End of file on its stdin: the worker stops by itself, it does not deliver on as an orphan.
-    until(lambda: not alive(worker), 20, "the orphaned worker to exit")
+    block_until(lambda: not alive(worker), 20, "the orphaned worker to exit")
 
 
-def test_a_worker_waits_for_the_spool_lock(tmp_path, sink):
+def test_a_worker_waits_for_the_spool_lock(tmp_path, smtp_sink):
     data = tmp_path / "data"
     data.mkdir()
     held = os.open(data / "delivery.lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)  # as a worker still draining would
-    mta = start(tmp_path, sink)
+    mta = start(tmp_path, smtp_sink)
     try:
-        send(mta.port, 3)
+        send_mail(mta.port, count=3, msg=MSG)
         time.sleep(2.5)
         assert spool_stats(mta.data_dir).get("outbox") == 3, "delivered without the lock"
         os.close(held)
-        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the lock")
+        block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the lock")
     finally:
         mta.stop()
     assert "another delivery worker still holds delivery.lock" in mta.output()
@@ -194,12 +168,12 @@ def nice_of(pid: int, tid: int | None = None) -> int:
         return int(f.read().rsplit(")", 1)[1].split()[16])
 
 
-def test_the_worker_yields_the_cpu_to_sessions(tmp_path, sink):
-    mta = start(tmp_path, sink, "--delivery-nice=7")
+def test_the_worker_yields_the_cpu_to_sessions(tmp_path, smtp_sink):
+    mta = start(tmp_path, smtp_sink, "--delivery-nice=7")
     try:
-        until(lambda: workers(mta.proc.pid), what="a delivery worker")
-        send(mta.port, 3)  # the worker's spool thread exists once it has delivered
-        until(lambda: spool_stats(mta.data_dir).get("success") == 3, what="3 delivered")
+        block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        send_mail(mta.port, count=3, msg=MSG)  # the worker's spool thread exists once it has delivered
+        block_until(lambda: spool_stats(mta.data_dir).get("success") == 3, what="3 delivered")
         (worker,) = workers(mta.proc.pid)
         base = nice_of(mta.proc.pid)
         threads = os.listdir(f"/proc/{worker}/task")
@@ -265,15 +239,15 @@ def test_a_worker_stuck_past_the_shutdown_timeout_is_killed(tmp_path):
     try:
         mta = MTAProcess(str(tmp_path / "data"), "--delivery-processes=1", "--shutdown-timeout=1",
                          f"--smarthost=127.0.0.1:{silent.getsockname()[1]}").start()
-        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
         (worker,) = workers(mta.proc.pid)
-        send(mta.port, 1)
+        send_mail(mta.port, count=1, msg=MSG)
         silent.settimeout(20)
         conn, _ = silent.accept()  # the worker is connected and waiting for a greeting
         started = time.monotonic()
         mta.stop()
         assert time.monotonic() - started < 15
-        assert not alive(worker)
+        block_until(lambda: not alive(worker), 5, "the stuck worker killed")  # SIGKILL is not instant
         assert "did not stop; killing it" in mta.output()
         assert spool_stats(mta.data_dir).get("outbox") == 1  # not lost: due again at next start
         conn.close()
@@ -281,20 +255,20 @@ def test_a_worker_stuck_past_the_shutdown_timeout_is_killed(tmp_path):
         silent.close()
 
 
-def test_a_silent_worker_is_replaced(tmp_path, sink):
+def test_a_silent_worker_is_replaced(tmp_path, smtp_sink):
     # SIGSTOP: the worker neither dies nor reports. After SILENT_LIMIT the MTA kills it and a new
     # one delivers what was accepted meanwhile.
     from mqtwisted.delivery_process import SILENT_LIMIT
 
-    mta = start(tmp_path, sink)
+    mta = start(tmp_path, smtp_sink)
     try:
-        until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
         (first,) = workers(mta.proc.pid)
         os.kill(first, signal.SIGSTOP)
-        send(mta.port, 3)
-        until(lambda: workers(mta.proc.pid) and workers(mta.proc.pid) != [first], SILENT_LIMIT + 20,
+        send_mail(mta.port, count=3, msg=MSG)
+        block_until(lambda: workers(mta.proc.pid) and workers(mta.proc.pid) != [first], SILENT_LIMIT + 20,
               "a replacement for the stopped worker")
-        until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery by the new worker")
+        block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery by the new worker")
     finally:
         mta.stop()
     assert "silent for" in mta.output()

@@ -3,11 +3,6 @@ receiver, the SQLite spool as the queue, and scripted servers with a self-signed
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor, ssl, task
@@ -15,6 +10,7 @@ from twisted.internet.defer import Deferred
 
 from mqtwisted.delivery import DeliveryOptions, DeliveryService
 from mqtwisted.queue import Publication
+from tests.conftest import wait_until
 from tests.deliveryhelpers import StaticResolver, doc
 from tests.dnszone import DNSZone
 from tests.memqueue import MemoryQueue
@@ -23,43 +19,12 @@ from tests.smtppeers import ScriptedFactory
 pytestmark = pytest.mark.slow
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def until(cond, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await task.deferLater(reactor, 0.05, lambda: None)
-
-
 def open_connections(svc: DeliveryService) -> int:
     return sum(len(d.runners) for d in svc.destinations.values())
 
 
-@pytest.fixture
-def sink():
-    if shutil.which("smtp-sink") is None:
-        pytest.skip("smtp-sink (Postfix) not installed")
-    port = free_port()
-    proc = subprocess.Popen(["smtp-sink", "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(5)
-
-
 @pytest_twisted.ensureDeferred
-async def test_end_to_end_spool_dns_smtp_sink(tmp_path, sink: int) -> None:
+async def test_end_to_end_spool_dns_smtp_sink(tmp_path, smtp_sink: int) -> None:
     from mqtwisted.queue.spool import SpoolQueue
 
     zone = DNSZone({"example.com": [("MX", 10, "mx.example.com")], "mx.example.com": [("A", "127.0.0.1")]})
@@ -68,7 +33,7 @@ async def test_end_to_end_spool_dns_smtp_sink(tmp_path, sink: int) -> None:
     queue.start()
     n = 300
     await queue.publish([Publication("outbox", doc(f"u{i}@example.com")) for i in range(n)])
-    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", dns_server=f"127.0.0.1:{zone.port}", port=sink, security="none"))
+    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", dns_server=f"127.0.0.1:{zone.port}", port=smtp_sink, security="none"))
     svc.startService()
     try:
         async def count() -> int:
@@ -89,7 +54,7 @@ async def test_end_to_end_spool_dns_smtp_sink(tmp_path, sink: int) -> None:
         assert all(d["results"][0]["to"] == "127.0.0.1" for _, d in results)
     finally:
         await svc.stopService()
-        await until(lambda: open_connections(svc) == 0)
+        await wait_until(lambda: open_connections(svc) == 0)
         svc.resolver.close()
         await queue.stop()
         await zone.stop()
@@ -114,10 +79,10 @@ async def _deliver_one(server: ScriptedFactory, security: str, **extra) -> Memor
     svc.startService()
     try:
         await queue.publish([Publication("outbox", doc())])
-        await until(lambda: queue.docs("results") or queue.docs("retry"), 20)
+        await wait_until(lambda: queue.docs("results") or queue.docs("retry"), 20)
     finally:
         await svc.stopService()
-        await until(lambda: open_connections(svc) == 0)
+        await wait_until(lambda: open_connections(svc) == 0)
         await port.stopListening()
         queue.stop()
     return queue
@@ -161,21 +126,21 @@ async def test_optional_falls_back_to_plaintext_when_tls_breaks() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_trickle_reuses_the_parked_connection_until_max_idle_time(sink: int) -> None:
+async def test_trickle_reuses_the_parked_connection_until_max_idle_time(smtp_sink: int) -> None:
     # The cause of slow relaying under a trickle: one new connection per message.  A message
     # that comes within max-idle-time rides the parked connection; after it, a new one opens.
     queue = MemoryQueue(reactor)
-    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", smarthost=f"127.0.0.1:{sink}",
+    svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", smarthost=f"127.0.0.1:{smtp_sink}",
                                                        security="none", max_idle_time=0.6))
     svc.startService()
     try:
         for n, pause in enumerate((0.0, 0.3, 0.3, 1.0)):
             await task.deferLater(reactor, pause, lambda: None)
             await queue.publish([Publication("outbox", doc(f"u{n}@example.com"))])
-            await until(lambda n=n: len(queue.docs("success")) > n, 10)
+            await wait_until(lambda n=n: len(queue.docs("success")) > n, 10)
         counts = [d["results"][0]["messages"] for d in queue.docs("success")]
         assert counts == [1, 2, 3, 1]
     finally:
         await svc.stopService()
-        await until(lambda: open_connections(svc) == 0)
+        await wait_until(lambda: open_connections(svc) == 0)
         queue.stop()

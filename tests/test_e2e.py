@@ -6,52 +6,25 @@ accepted attempt, and connections must have been reused (``messages`` > 1)."""
 
 from __future__ import annotations
 
-import inspect
 import subprocess
 import time
 from collections import Counter
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
+from twisted.internet import threads
 
 from mqtwisted.testing import start_mta
+from tests.conftest import need, wait_until
 from tests.dnszone import DNSZone
-from tests.realmta import free_port, need, wait_port
 
 pytestmark = pytest.mark.slow
 
 N = 5000
 
 
-@pytest.fixture
-def sink():
-    """smtp-sink on a free loopback port: accepts everything, keeps nothing."""
-    path = need("smtp-sink")
-    port = free_port()
-    proc = subprocess.Popen([path, "-u", "nobody", "-c", f"127.0.0.1:{port}", "1000"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port, 10)
-    yield port
-    proc.terminate()
-    proc.wait(5)
-
-
-async def until(cond, timeout: float, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not reached in {timeout}s")
-        await task.deferLater(reactor, step, lambda: None)
-
-
 @pytest_twisted.ensureDeferred
-async def test_smtp_source_5000_via_mx_from_dns_to_smtp_sink(tmp_path, sink: int) -> None:
+async def test_smtp_source_5000_via_mx_from_dns_to_smtp_sink(tmp_path, smtp_sink: int) -> None:
     source = need("smtp-source")
     zone = DNSZone({
         "example.com": [("MX", 10, "mx1.example.com"), ("MX", 20, "mx2.example.com")],
@@ -60,7 +33,7 @@ async def test_smtp_source_5000_via_mx_from_dns_to_smtp_sink(tmp_path, sink: int
     })
     zone.start()
     mta = await start_mta(str(tmp_path / "mta"), delivery="on", dns_server=f"127.0.0.1:{zone.port}",
-                          delivery_port=str(sink), smtp_connections_per_ip="0")
+                          delivery_port=str(smtp_sink), smtp_connections_per_ip="0")
     try:
         started = time.monotonic()
         # smtp-source blocks: run it in a thread while the reactor serves both directions.
@@ -76,7 +49,7 @@ async def test_smtp_source_5000_via_mx_from_dns_to_smtp_sink(tmp_path, sink: int
         async def all_delivered() -> bool:
             return (await mta.queue.stats()).get("success", 0) >= N
 
-        await until(all_delivered, 60, 0.2)
+        await wait_until(all_delivered, 60, 0.2)
         relayed = time.monotonic() - started
         print(f"\n{N} messages: accepted in {accepted:.1f}s, delivered in {relayed:.1f}s")
 

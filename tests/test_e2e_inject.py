@@ -12,9 +12,9 @@ import pytest_twisted
 from twisted.internet import reactor, threads
 
 from mqtwisted.testing import start_mta
+from tests.conftest import wait_until
 from tests.realmta import ROOT, env
 from tests.smtppeers import ScriptedFactory
-from tests.test_e2e import until
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ async def test_inject_puts_documents_on_the_outbox_that_get_delivered(tmp_path) 
         async def delivered() -> bool:
             return (await mta.queue.stats()).get("success", 0) >= 2
 
-        await until(delivered, 20)
+        await wait_until(delivered, 20)
         assert sorted(m["rcpt"][0] for m in server.messages) == [b"RCPT TO:<x@example.com>", b"RCPT TO:<y@example.com>"]
         # CRLF on the wire, the leading dot kept (stuffed on the wire, unstuffed by the server).
         assert server.messages[0]["body"] == EML.replace(b"\n", b"\r\n")
@@ -77,7 +77,7 @@ async def test_inject_into_a_running_mta_is_delivered(tmp_path) -> None:
         async def delivered() -> bool:
             return (await mta.queue.stats()).get("success", 0) >= 1
 
-        await until(delivered, 3)
+        await wait_until(delivered, 3)
     finally:
         await mta.stop()
         await port.stopListening()

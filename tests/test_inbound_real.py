@@ -8,10 +8,10 @@ import subprocess
 
 import pytest
 import pytest_twisted
-from twisted.internet import threads, utils
+from twisted.internet import utils
 
 from mqtwisted.testing import start_mta
-from tests.realmta import need, no_verify
+from tests.conftest import in_thread, need, no_verify, send_mail
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\nMessage-ID: <m1@test>\r\n\r\nHello.\r\n"
 
@@ -25,27 +25,9 @@ def mta(tmp_path):
     pytest_twisted.blockon(m.stop())
 
 
-def send(port, *, starttls=False, implicit=False, login=None, rcpts=("b@example.com",), msg=MSG):
-    cls = smtplib.SMTP_SSL if implicit else smtplib.SMTP
-    kw = {"context": no_verify()} if implicit else {}
-    with cls("127.0.0.1", port, timeout=10, **kw) as s:
-        s.ehlo("client.test")
-        if starttls:
-            s.starttls(context=no_verify())
-            s.ehlo("client.test")
-        if login:
-            s.login(*login)
-        s.sendmail("a@example.com", list(rcpts), msg)
-        return s.noop()
-
-
-def in_thread(fn, *a, **kw):
-    return threads.deferToThread(fn, *a, **kw)
-
-
 @pytest_twisted.inlineCallbacks
 def test_smtplib_plain_three_recipients_three_documents(mta):
-    yield in_thread(send, mta.port, rcpts=["r1@example.com", "r2@example.com", "r3@example.org"])
+    yield in_thread(send_mail, mta.port, msg=MSG, rcpts=["r1@example.com", "r2@example.com", "r3@example.org"])
     docs = yield mta.documents()
     assert sorted(d["recipient"] for d in docs) == ["r1@example.com", "r2@example.com", "r3@example.org"]
     for d in docs:
@@ -55,21 +37,21 @@ def test_smtplib_plain_three_recipients_three_documents(mta):
 
 @pytest_twisted.inlineCallbacks
 def test_smtplib_starttls_marks_document_secure(mta):
-    yield in_thread(send, mta.port, starttls=True)
+    yield in_thread(send_mail, mta.port, msg=MSG, starttls=True)
     (doc,) = yield mta.documents()
     assert doc["connection"]["secure"] is True
 
 
 @pytest_twisted.inlineCallbacks
 def test_smtplib_implicit_tls(mta):
-    yield in_thread(send, mta.secure_port, implicit=True)
+    yield in_thread(send_mail, mta.secure_port, msg=MSG, implicit=True)
     (doc,) = yield mta.documents()
     assert doc["connection"]["secure"] is True
 
 
 @pytest_twisted.inlineCallbacks
 def test_smtplib_auth_over_starttls_then_relay_from_anywhere(mta):
-    yield in_thread(send, mta.port, starttls=True, login=("user", "secret"))
+    yield in_thread(send_mail, mta.port, msg=MSG, starttls=True, login=("user", "secret"))
     (doc,) = yield mta.documents()
     assert doc["connection"]["user"] == "user"
 
@@ -77,7 +59,7 @@ def test_smtplib_auth_over_starttls_then_relay_from_anywhere(mta):
 @pytest_twisted.inlineCallbacks
 def test_smtplib_bad_password_refused(mta):
     with pytest.raises(smtplib.SMTPAuthenticationError):
-        yield in_thread(send, mta.port, starttls=True, login=("user", "nope"))
+        yield in_thread(send_mail, mta.port, msg=MSG, starttls=True, login=("user", "nope"))
 
 
 def _injection(port):

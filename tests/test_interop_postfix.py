@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import smtplib
 import subprocess
 import tempfile
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
+from twisted.internet import threads
 
 from bench.peers import write_postfix_config
 from mqtwisted.testing import start_mta
-from tests.realmta import free_port, wait_port
+from tests.conftest import free_port, send_mail, wait_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -105,24 +104,6 @@ class PostfixInstance:
         return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
 
 
-async def until(cond, timeout: float, what: str, step: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = cond()
-        if hasattr(value, "__await__"):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in {timeout}s")
-        await task.deferLater(reactor, step, lambda: None)
-
-
-def _send(port: int, rcpts: list[str], body: str) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
-        s.sendmail("sender@example.org", rcpts, body)
-
-
 BODY = (
     "From: sender@example.org\r\nTo: b@example.com\r\nSubject: interop {n}\r\n\r\n"
     "hello {n}\r\n.a line that starts with a dot\r\n..two dots\r\nlast\r\n"
@@ -137,13 +118,13 @@ async def test_mqmta_delivers_to_postfix_which_keeps_the_mail(tmp_path) -> None:
     mta = await start_mta(str(tmp_path / "mta"), delivery="on", smarthost=f"127.0.0.1:{postfix.port}")
     try:
         for n in range(3):
-            await threads.deferToThread(_send, mta.port, [f"user{n}@example.com"], BODY.format(n=n))
+            await threads.deferToThread(send_mail, mta.port, rcpts=[f"user{n}@example.com"], msg=BODY.format(n=n), sender="sender@example.org", timeout=30)
 
         async def delivered() -> bool:
             return (await mta.queue.stats()).get("success", 0) >= 3
 
-        await until(delivered, 30, "mqmta success results")
-        await until(lambda: len(postfix.kept()) >= 3, 30, "messages in Postfix's Maildir")
+        await wait_until(delivered, 30, "mqmta success results")
+        await wait_until(lambda: len(postfix.kept()) >= 3, 30, "messages in Postfix's Maildir")
         assert postfix.log().count("status=sent") == 3
         kept = postfix.kept()
         for message in kept:
@@ -168,13 +149,13 @@ async def test_postfix_relays_into_mqmta(tmp_path) -> None:
     postfix = PostfixInstance(relay_port=mta.port)
     await threads.deferToThread(postfix.start)
     try:
-        await threads.deferToThread(_send, postfix.port, ["b@example.com", "c@example.com"], BODY.format(n=7))
+        await threads.deferToThread(send_mail, postfix.port, rcpts=["b@example.com", "c@example.com"], msg=BODY.format(n=7), sender="sender@example.org", timeout=30)
 
         async def arrived() -> bool:
             return len(await mta.documents("outbox")) >= 2
 
-        await until(arrived, 30, "documents on mqmta's outbox")
-        await until(lambda: postfix.log().count("status=sent") >= 2, 15, "status=sent in Postfix's log")
+        await wait_until(arrived, 30, "documents on mqmta's outbox")
+        await wait_until(lambda: postfix.log().count("status=sent") >= 2, 15, "status=sent in Postfix's log")
         docs = sorted(await mta.documents("outbox"), key=lambda d: d["recipient"])
         assert [d["recipient"] for d in docs] == ["b@example.com", "c@example.com"]
         assert {d["envelope"] for d in docs} == {"sender@example.org"}

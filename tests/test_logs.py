@@ -8,7 +8,8 @@ import smtplib
 
 import pytest
 
-from tests.realmta import MTAProcess, free_port
+from tests.conftest import block_until, free_port
+from tests.realmta import MTAProcess
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +25,7 @@ def test_json_log_lines_for_sessions_and_delivery_attempts(tmp_path, workers):
     try:
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=20) as s:
             assert s.sendmail("a@example.com", ["b@example.com"], MSG) == {}
-        import time
-
-        deadline = time.monotonic() + 15
-        while "mqtwisted.delivery.attempt" not in mta.output() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        block_until(lambda: "mqtwisted.delivery.attempt" in mta.output(), 15, "a delivery attempt logged")
     finally:
         mta.stop()
     events = [json.loads(line) for line in mta.output().splitlines() if line.strip()]  # every line is JSON

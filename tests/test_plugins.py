@@ -8,13 +8,14 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 from twisted.python import threadable
 
 from mqtwisted import api
 from mqtwisted.connection import Connection, Reply
 from mqtwisted.plugins import PluginError, PluginRunner, load_plugins
+from tests.conftest import sleep
 from tests.test_plugins_support import make_runner_factory, module, write_plugins
 
 
@@ -37,10 +38,6 @@ def texts(events: list[dict]) -> str:
     from twisted.logger import formatEvent
 
     return "\n".join(formatEvent(e) for e in events)
-
-
-def sleep(seconds: float) -> defer.Deferred:
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 RECORD = """

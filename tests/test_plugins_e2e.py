@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor, task, threads
 
 from mqtwisted.testing import start_mta
-from tests.realmta import no_verify
+from tests.conftest import in_thread, send_mail, sleep, wait_until
 from tests.test_plugins_support import write_plugins
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -59,26 +58,6 @@ def mq_smtp_in_close(ctx, conn):
 """
 
 
-def send(port, *, starttls=False, login=None, rcpts=("b@example.com",), sender="a@example.com"):
-    """One session; returns the (code, message) of every step, or raises on refusal."""
-    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
-        s.ehlo("client.test")
-        if starttls:
-            s.starttls(context=no_verify())
-            s.ehlo("client.test")
-        if login:
-            s.login(*login)
-        return s.sendmail(sender, list(rcpts), MSG)
-
-
-def in_thread(fn, *a, **kw):
-    return threads.deferToThread(fn, *a, **kw)
-
-
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 def plugin_module(name: str):
     return sys.modules["mqtwisted_plugin_" + name]
 
@@ -98,14 +77,6 @@ def mtas():
 
 
 @pytest_twisted.inlineCallbacks
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        yield sleep(0.01)
-
-
-@pytest_twisted.inlineCallbacks
 def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mtas):
     plugins = write_plugins(tmp_path / "plugins", {"recorder.py": RECORDER})
     mta = yield mtas(
@@ -116,8 +87,8 @@ def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mt
     )
     calls = plugin_module("recorder").CALLS
     rcpts = ["r1@example.com", "r2@example.org"]
-    yield in_thread(send, mta.port, starttls=True, login=("user", "secret"), rcpts=rcpts)
-    yield wait_for(lambda: any(c[0] == "close" for c in calls))
+    yield in_thread(send_mail, mta.port, msg=MSG, starttls=True, login=("user", "secret"), rcpts=rcpts)
+    yield wait_until(lambda: any(c[0] == "close" for c in calls), 5)
 
     # mq_context_initialize: once per worker thread, in that thread
     inits = [c for c in calls if c[0] == "mq_context_initialize"]
@@ -192,7 +163,7 @@ def test_take_control_from_thread_and_timer_and_retry_over_tcp(tmp_path, mtas):
     plugins = write_plugins(tmp_path / "plugins", {"a_count.py": COUNTER, "b_take.py": TAKER})
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
     start = time.monotonic()
-    refused = yield in_thread(send, mta.port)
+    refused = yield in_thread(send_mail, mta.port, msg=MSG)
     assert refused == {}
     assert time.monotonic() - start >= 0.25
     calls = plugin_module("b_take").CALLS
@@ -223,9 +194,9 @@ def test_blocked_context_does_not_delay_a_connection_on_another(tmp_path, mtas):
     plugins = write_plugins(tmp_path / "plugins", {"sleeper.py": SLEEPER})
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
     start = time.monotonic()
-    slow = in_thread(send, mta.port, rcpts=["slow@example.com"])
+    slow = in_thread(send_mail, mta.port, msg=MSG, rcpts=["slow@example.com"])
     yield sleep(0.3)  # the slow session is inside its rcptto hook now
-    yield in_thread(send, mta.port, rcpts=["fast@example.com"])
+    yield in_thread(send_mail, mta.port, msg=MSG, rcpts=["fast@example.com"])
     fast_done = time.monotonic() - start
     yield slow
     slow_done = time.monotonic() - start
@@ -240,10 +211,10 @@ def test_failing_plugin_answers_451_and_the_mta_goes_on(tmp_path, mtas):
     )
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
     with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
-        yield in_thread(send, mta.port)
+        yield in_thread(send_mail, mta.port, msg=MSG)
     assert e.value.recipients["b@example.com"][0] == 451
     with pytest.raises(smtplib.SMTPRecipientsRefused):
-        yield in_thread(send, mta.port)
+        yield in_thread(send_mail, mta.port, msg=MSG)
     assert (yield mta.documents()) == []
 
 
@@ -266,7 +237,7 @@ def test_allowlist_refuses_unlisted_recipients(tmp_path, mtas, monkeypatch):
     monkeypatch.setenv("MQ_ALLOWLIST", str(listing))
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
     refused = yield in_thread(
-        send, mta.port, rcpts=["ok@example.com", "any@example.org", "no@example.com"]
+        send_mail, mta.port, msg=MSG, rcpts=["ok@example.com", "any@example.org", "no@example.com"]
     )
     assert refused["no@example.com"][0] == 550 and b"not allowed" in refused["no@example.com"][1]
     docs = yield mta.documents()
@@ -283,9 +254,9 @@ def test_sqlite_login_one_connection_per_context(tmp_path, mtas, monkeypatch):
     db = sqlite3.connect(str(db_path))
     module.add_user(db, "ann", "s3cret")
     db.close()
-    yield in_thread(send, mta.port, starttls=True, login=("ann", "s3cret"))
+    yield in_thread(send_mail, mta.port, msg=MSG, starttls=True, login=("ann", "s3cret"))
     with pytest.raises(smtplib.SMTPAuthenticationError):
-        yield in_thread(send, mta.port, starttls=True, login=("ann", "wrong"))
+        yield in_thread(send_mail, mta.port, msg=MSG, starttls=True, login=("ann", "wrong"))
     runner = mta.service.getServiceNamed("plugins").runner
     conns = [ctx.data["sqlitelogin"] for ctx in runner.contexts]
     assert all(isinstance(c, sqlite3.Connection) for c in conns) and conns[0] is not conns[1]
@@ -301,18 +272,18 @@ def test_greylist_holds_then_refuses_then_accepts(tmp_path, mtas, monkeypatch):
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="1")
     start = time.monotonic()
     with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
-        yield in_thread(send, mta.port)
+        yield in_thread(send_mail, mta.port, msg=MSG)
     assert e.value.recipients["b@example.com"][0] == 451
     assert time.monotonic() - start >= 0.3  # held by take-control until the timer
     yield sleep(0.5)
-    assert (yield in_thread(send, mta.port)) == {}
+    assert (yield in_thread(send_mail, mta.port, msg=MSG)) == {}
 
 
 @pytest_twisted.inlineCallbacks
 def test_tagger_and_hooklog(tmp_path, mtas):
     plugins = copy_examples(tmp_path, "hooklog.py", "tagger.py")
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
-    yield in_thread(send, mta.port, rcpts=["r1@example.com", "r2@example.com"])
+    yield in_thread(send_mail, mta.port, msg=MSG, rcpts=["r1@example.com", "r2@example.com"])
     docs = yield mta.documents()
     assert len(docs) == 2
     for d in docs:
@@ -374,8 +345,8 @@ def test_the_guide_plugin_works_as_documented(tmp_path, mtas, monkeypatch):
     monkeypatch.setenv("BLOCKLIST_DB", str(db_path))
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins))
     with pytest.raises(smtplib.SMTPSenderRefused) as e:
-        yield in_thread(send, mta.port, sender="Spam <spam@example.net>")
+        yield in_thread(send_mail, mta.port, msg=MSG, sender="Spam <spam@example.net>")
     assert e.value.smtp_code == 550
-    yield in_thread(send, mta.port)
+    yield in_thread(send_mail, mta.port, msg=MSG)
     (doc,) = yield mta.documents()
     assert doc["tags"] == ["not-blocked"]

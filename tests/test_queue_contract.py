@@ -14,12 +14,12 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mqtwisted.queue import QUEUE_NAMES, Body, Publication, QueueUnavailable
+from tests.conftest import sleep
 from tests.conftest_amqp import (
     AMQP_URL,
     Leases,
     delete_topology,
     require_broker,
-    sleep,
     unique_prefix,
 )
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import signal
 import smtplib
-import time
 
 import pytest
 
+from tests.conftest import block_until
 from tests.realmta import MTAProcess, spool_documents
 
 pytestmark = pytest.mark.slow
@@ -43,15 +43,6 @@ def mq_smtp_in_message(ctx, conn, message):
 MSG = b"From: a@example.com\r\nSubject: reload\r\n\r\nHello.\r\n"
 
 
-def wait_for(predicate, what: str, timeout: float = 15.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sighup_reloads_plugins_and_options_without_dropping_connections(tmp_path, monkeypatch):
     hook_log = tmp_path / "hooks.log"
     hook_log.touch()
@@ -73,7 +64,7 @@ def test_sighup_reloads_plugins_and_options_without_dropping_connections(tmp_pat
         (plugins / "tagger.py").write_text(PLUGIN.format(version="version-two"))
         conf.write_text("smtp-maxsize: 2000\nlocal: elsewhere\n")  # a queue name needs a restart: warned, kept
         mta.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload done" in mta.output(), "the reload")
+        block_until(lambda: "reload done" in mta.output(), what="the reload")
         assert "local changed but need a restart" in mta.output()
 
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=20) as new:
@@ -85,12 +76,12 @@ def test_sighup_reloads_plugins_and_options_without_dropping_connections(tmp_pat
         assert old.sendmail("a@example.com", ["old2@example.com"], MSG) == {}
         assert "mq_cleanup v1" not in hook_log.read_text()
         old.quit()
-        wait_for(lambda: "mq_cleanup v1" in hook_log.read_text(), "the old plugin set to be cleaned up")
+        block_until(lambda: "mq_cleanup v1" in hook_log.read_text(), what="the old plugin set to be cleaned up")
 
         # A config with an error: the reload is refused and everything keeps running as it was.
         conf.write_text("smtp-maxsize: lots\n")
         mta.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "reload refused" in mta.output(), "the refusal")
+        block_until(lambda: "reload refused" in mta.output(), what="the refusal")
         with smtplib.SMTP("127.0.0.1", mta.port, timeout=20) as again:
             assert again.sendmail("a@example.com", ["after@example.com"], MSG) == {}
     finally:

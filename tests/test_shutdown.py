@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.realmta import MTAProcess, need, spool_documents
+from tests.conftest import need
+from tests.realmta import MTAProcess, spool_documents
 
 pytestmark = pytest.mark.slow
 

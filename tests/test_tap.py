@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import signal
-import smtplib
 import subprocess
 import sys
 import time
@@ -16,7 +15,8 @@ import urllib.request
 
 import pytest
 
-from tests.realmta import MTAProcess, env, free_port, spool_documents, wait_port
+from tests.conftest import free_port, send_mail, wait_port
+from tests.realmta import MTAProcess, env, spool_documents
 
 MSG = b"From: a@example.com\r\nSubject: tap\r\n\r\nHello.\r\n"
 
@@ -41,13 +41,6 @@ def mqmta(*args: str, cwd: str) -> subprocess.CompletedProcess:
     )
 
 
-def send(port: int, rcpt: str) -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
-        s.starttls()
-        s.ehlo()
-        assert s.sendmail("a@example.com", [rcpt], MSG) == {}
-
-
 def test_mktap_run_stop_and_run_the_shutdown_tap(tmp_path):
     data = tmp_path / "data"
     plugins = tmp_path / "plugins"
@@ -67,7 +60,7 @@ def test_mktap_run_stop_and_run_the_shutdown_tap(tmp_path):
     mta = MTAProcess(str(data), port=port)
     mta.start("-f", str(tap), service_args=False)
     try:
-        send(port, "one@example.com")
+        send_mail(port, rcpts=["one@example.com"], msg=MSG, starttls=True)
         with urllib.request.urlopen(f"http://127.0.0.1:{www}/status", timeout=10) as r:
             status = json.load(r)
         assert status["messages"]["accepted"] == 1
@@ -83,7 +76,7 @@ def test_mktap_run_stop_and_run_the_shutdown_tap(tmp_path):
     again = MTAProcess(str(data), port=port)
     again.start("-f", str(shutdown_tap), service_args=False)
     try:
-        send(port, "two@example.com")
+        send_mail(port, rcpts=["two@example.com"], msg=MSG, starttls=True)
         # let the restored delivery make its first attempt before stopping (it is asynchronous)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -150,7 +143,7 @@ def test_twist_runs_mqmta(tmp_path):
     )
     try:
         wait_port(port, proc=proc)
-        send(port, "twist@example.com")
+        send_mail(port, rcpts=["twist@example.com"], msg=MSG, starttls=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
