@@ -7,24 +7,26 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from mqtwisted.document import (
+    Bounce,
+    Document,
+    DsnRequest,
+    OutgoingDocument,
+    arrival_date,
+    usable,
+)
 from mqtwisted.message import header_block
-from mqtwisted.queue import mime_bytes, mime_text
 from mqtwisted.results import Attempt
 
 
-def wants_failure_dsn(document: Mapping[str, Any]) -> bool:
+def wants_failure_dsn(document: Mapping[str, Any] | Document) -> bool:
     """A DSN is due unless the envelope is empty (no bounce to a bounce) or the sender's NOTIFY
     excludes FAILURE (RFC 3461 §4.1)."""
-    if not str(document.get("envelope") or "").strip():
+    doc = Document.of(document)
+    if not usable(lambda: doc.sender, "").strip():
         return False
-    dsn = document.get("dsn")
-    notify = dsn.get("notify") if isinstance(dsn, Mapping) else None
-    if not notify:
-        return True
-    if isinstance(notify, str):
-        notify = notify.split(",")
-    values = {str(v).strip().upper() for v in notify}
-    return "FAILURE" in values and "NEVER" not in values
+    request = usable(lambda: doc.dsn, None)
+    return request is None or request.wants_failure_report
 
 
 def _crlf(data: bytes) -> bytes:
@@ -32,17 +34,19 @@ def _crlf(data: bytes) -> bytes:
 
 
 def build_dsn(
-    document: Mapping[str, Any],
+    document: Mapping[str, Any] | Document,
     attempt: Attempt,
     *,
     reporting_mta: str,
     now: float,
 ) -> dict[str, Any]:
     """The document for the ``dsn`` queue: from the null sender to the original envelope sender,
-    reporting ``attempt`` (the last one) for the document's recipient."""
-    sender = str(document.get("envelope") or "")
-    recipient = str(document.get("recipient") or "")
-    dsn = document.get("dsn") if isinstance(document.get("dsn"), Mapping) else {}
+    reporting ``attempt`` (the last one) for the document's recipient.  It is written whatever
+    the document holds: a property it cannot use is left out of the report."""
+    doc = OutgoingDocument.of(document)
+    sender = usable(lambda: doc.sender, "")
+    recipient = usable(lambda: doc.recipient, None) or ""
+    dsn = usable(lambda: doc.dsn, None) or DsnRequest()
     status = attempt.status or ""
     if not status.startswith("5"):
         # A failure report carries a permanent status; a temporary one that ran out of time is
@@ -65,14 +69,14 @@ def build_dsn(
         f"    (state {attempt.state}, result {attempt.result})",
     ]
     per_message = [f"Reporting-MTA: dns; {reporting_mta}"]
-    if dsn.get("envid"):
-        per_message.append(f"Original-Envelope-Id: {dsn['envid']}")
-    received = document.get("received")
-    if isinstance(received, str) and received:
-        per_message.append(f"Arrival-Date: {received}")
+    if dsn.envid:
+        per_message.append(f"Original-Envelope-Id: {dsn.envid}")
+    received = usable(lambda: doc.received, None)
+    if received is not None:
+        per_message.append(f"Arrival-Date: {arrival_date(received)}")
     per_rcpt = []
-    if dsn.get("orcpt"):
-        orcpt = str(dsn["orcpt"])
+    if dsn.orcpt:
+        orcpt = dsn.orcpt
         per_rcpt.append(f"Original-Recipient: {orcpt if ';' in orcpt else 'rfc822;' + orcpt}")
     per_rcpt += [f"Final-Recipient: rfc822; {recipient}", "Action: failed", f"Status: {status}"]
     if attempt.mta:
@@ -81,8 +85,8 @@ def build_dsn(
         per_rcpt.append(f"Diagnostic-Code: {diagnostic}")
     per_rcpt.append(f"Last-Attempt-Date: {date}")
 
-    original = mime_bytes(document["mime"]) if isinstance(document.get("mime"), str) else b""
-    headers_only = str(dsn.get("ret") or "").upper() == "HDRS"
+    original = usable(lambda: doc.mime, None) or b""
+    headers_only = dsn.headers_only
     if headers_only:
         third_type, third = "text/rfc822-headers", header_block(original)
     else:
@@ -124,9 +128,9 @@ def build_dsn(
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
     body += f"\r\n--{boundary}--\r\n".encode()
-    return {
-        "envelope": "",
-        "recipient": sender,
-        "mime": mime_text(body),
-        "bounce": {"recipient": recipient, "status": status},
-    }
+    report = OutgoingDocument()
+    report.envelope = ""
+    report.recipient = sender
+    report.mime = body
+    report.bounce = Bounce(recipient, status)
+    return report.json

@@ -43,18 +43,6 @@ class DNSFailure(Exception):
         return 550 if self.permanent else 451
 
 
-def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` → (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if value.count(":") == 1:
-        host, port = value.split(":")
-        return host, int(port)
-    return value, default_port
-
-
 def _ip_literal(name: str) -> str | None:
     name = name.strip()
     if name.startswith("[") and name.endswith("]"):

@@ -11,6 +11,8 @@ from typing import Any
 
 from twisted.python import usage
 
+from mqtwisted.document import SECURITY_LEVELS
+
 
 class ConfigError(usage.UsageError):
     """A bad option value or config line; the message names the file, line and key."""
@@ -103,6 +105,11 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("inbox", "", str, "queue for incoming mail (default: the outbox)"),
     ("outbox", "outbox", str, "queue that delivery consumes"),
     ("local", "local", str, "queue for mail to local-domains"),
+    ("results", "results", str, "queue for every final delivery result"),
+    ("success", "success", str, "queue for the results of delivered messages"),
+    ("failure", "failure", str, "queue for the results of messages that failed for good"),
+    ("retry", "retry", str, "queue for a copy of each temporary failure (the message waits in the outbox)"),
+    ("dsn", "dsn", str, "queue for delivery status notifications (bounces) that mqmta writes"),
     ("plugin-directory", "", str, "directory of plugins (*.py modules and packages)"),
     ("threads", "0", _positive_int, "plugin worker threads (0: number of CPUs)"),
     ("plugin-timeout", "30", _seconds, "seconds a plugin may keep control"),
@@ -120,6 +127,11 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("delivery-port", "25", _positive_int, "TCP port of MX hosts (25; a test network may use another)"),
     ("max-idle-time", "5", _seconds, "seconds an idle outbound connection waits for more mail (0: QUIT at once)"),
     ("max-connections-per-domain", "10", _positive_int, "concurrent outbound connections per destination"),
+    ("smtp-client-timeout", "300", _seconds, "seconds an outbound connection waits for each reply of the server"),
+    ("connect-timeout", "30", _seconds, "seconds an outbound TCP connection may take to be established"),
+    ("smtp-client-security", "opportunistic", _choice(*SECURITY_LEVELS),
+     "outbound TLS: none, optional, opportunistic, required or verified (a message's security wins)"),
+    ("smtp-client-ca", "", str, "PEM file of the CAs that verified outbound TLS trusts (default: the system's)"),
     ("www-ip", "127.0.0.1", str, "address for the status and metrics web server"),
     ("www-port", "8485", _optional_port, "port for /status and /metrics (empty: off)"),
     ("log-format", "text", _choice("text", "json"), "log format"),
@@ -127,6 +139,12 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
 ]
 
 _BY_NAME = {name: (default, coerce) for name, default, coerce, _ in OPTIONS}
+
+
+def default(name: str) -> Any:
+    """The declared default of option ``name``, coerced (KeyError for an undeclared name)."""
+    text, coerce = _BY_NAME[name]
+    return None if text is None else coerce(text)
 
 
 def read_config(path: str) -> dict[str, Any]:

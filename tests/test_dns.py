@@ -8,7 +8,8 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from mqtwisted.dns import DNSFailure, MXResolver, parse_hostport
+from mqtwisted.dns import DNSFailure, MXResolver
+from mqtwisted.document import parse_hostport
 from tests.dnszone import DNSZone
 
 RECORDS = {

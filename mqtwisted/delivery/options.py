@@ -1,0 +1,102 @@
+"""Delivery's settings and the MTA options they come from.
+
+Every option read here is declared in :data:`mqtwisted.options.OPTIONS`, with its default and
+help; an option given neither on the command line nor in the config file takes that default, so
+the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from mqtwisted import options as mta_options
+from mqtwisted.document import parse_intervals
+from mqtwisted.results import DEFAULT_MAX_DELIVERTIME, DEFAULT_RETRY_INTERVALS
+
+#: The queues delivery consumes (``outbox``) and publishes to, each named by the option of the
+#: same name.
+QUEUE_ROLES: tuple[str, ...] = ("outbox", "results", "success", "failure", "retry", "dsn")
+
+
+def _optional_text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _schedule(value: Any) -> tuple[int, ...]:
+    return parse_intervals(value) or DEFAULT_RETRY_INTERVALS
+
+
+#: DeliveryOptions field, the MTA option it is read from, and the conversion.
+OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("helo", "hostname", _optional_text),
+    ("dns_server", "dns-server", _optional_text),
+    ("smarthost", "smarthost", _optional_text),
+    ("port", "delivery-port", int),
+    ("max_connections_per_domain", "max-connections-per-domain", int),
+    ("max_messages_per_connection", "max-messages-per-connection", int),
+    ("max_idle_time", "max-idle-time", float),
+    ("retry_interval", "retry-interval", _schedule),
+    ("max_delivertime", "max-delivertime", lambda v: int(float(v))),
+    ("max_attempts", "max-attempts", int),
+    ("security", "smtp-client-security", str),
+    ("timeout", "smtp-client-timeout", float),
+    ("connect_timeout", "connect-timeout", float),
+    ("tls_ca", "smtp-client-ca", _optional_text),
+)
+
+
+def option_names() -> list[str]:
+    """Every MTA option :meth:`DeliveryOptions.from_options` reads."""
+    return [name for _, name, _ in OPTION_FIELDS] + list(QUEUE_ROLES)
+
+
+@attrs.define
+class DeliveryOptions:
+    """Delivery settings; :meth:`from_options` reads them from the MTA's option names.  The
+    defaults here equal the declared defaults of those options (a test holds them together)."""
+
+    helo: str | None = None
+    dns_server: str | None = None
+    smarthost: str | None = None
+    #: the SMTP port of MX hosts (25; tests point it elsewhere)
+    port: int = 25
+    max_connections_per_domain: int = 10
+    max_messages_per_connection: int = 100
+    #: seconds an outbound connection with nothing to send stays open for the next message to
+    #: its destination (0: QUIT at once).  MailerQ keeps idle connections too: under a trickle
+    #: of mail, a new connection per message costs more than the message itself.
+    max_idle_time: float = 5.0
+    retry_interval: tuple[int, ...] = DEFAULT_RETRY_INTERVALS
+    max_delivertime: int = DEFAULT_MAX_DELIVERTIME
+    max_attempts: int = 0
+    security: str = "opportunistic"
+    #: seconds to wait for each reply of the receiving server
+    timeout: float = 300
+    connect_timeout: float = 30
+    prefetch: int = 1000
+    #: queue names by role (outbox, results, success, failure, retry, dsn)
+    queues: dict[str, str] = attrs.field(factory=lambda: {role: role for role in QUEUE_ROLES})
+    #: PEM file of CAs for ``verified`` (default: the platform's trust store)
+    tls_ca: str | None = None
+    ipv6: bool = True
+
+    @classmethod
+    def from_options(cls, opts: Mapping[str, Any]) -> DeliveryOptions:
+        """From a mapping with the command-line names (``max-connections-per-domain`` …); a name
+        absent or empty takes its declared default."""
+
+        def get(name: str) -> Any:
+            for key in (name, name.replace("-", "_")):
+                if key in opts and opts[key] not in (None, ""):
+                    return opts[key]
+            return mta_options.default(name)
+
+        fields = {field: convert(get(name)) for field, name, convert in OPTION_FIELDS}
+        return cls(queues={role: str(get(role)) for role in QUEUE_ROLES}, **fields)
+
+    def queue(self, role: str) -> str:
+        """The configured name of the queue for ``role``."""
+        return self.queues.get(role, role)

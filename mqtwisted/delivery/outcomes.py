@@ -1,0 +1,88 @@
+"""Outcome routing: what an attempt's outcome publishes, decided without I/O.
+
+* accepted → ``results`` + ``success``;
+* permanent failure (5xx, NXDOMAIN, null MX, invalid input, expiry) → ``results`` + ``failure``
+  and, unless the envelope is empty or NOTIFY says otherwise, an RFC 3464 report to ``dsn``;
+* temporary failure (4xx, connection faults, TLS policy) → back to ``outbox`` with
+  ``nextattempt`` from the retry schedule, and a copy to ``retry``;
+* a temporary failure with no time or attempts left is final: a ``process``/``timeout`` record
+  follows it and it is routed as a permanent one.
+
+A message's ``queues`` redirect its results; ``keepmime`` keeps the MIME in result copies.
+"""
+
+from __future__ import annotations
+
+from mqtwisted.bounce import build_dsn, wants_failure_dsn
+from mqtwisted.delivery.options import DeliveryOptions
+from mqtwisted.document import OutgoingDocument, usable
+from mqtwisted.queue import Publication
+from mqtwisted.results import Attempt, retry_interval
+
+EXPIRED = "message expired (maxdelivertime or maxattempts)"
+
+
+def deadline(doc: OutgoingDocument, now: float, options: DeliveryOptions) -> float:
+    """When delivery of ``doc`` gives up: its ``maxdelivertime`` (MailerQ gives a timestamp; a
+    small number is read as seconds after the first attempt), else ``max-delivertime`` seconds
+    after the first attempt (``now`` when there was none)."""
+    first = doc.first_attempt_time()
+    first = now if first is None else first
+    explicit = doc.maxdelivertime
+    if explicit is not None:
+        return explicit if explicit > 1e9 else first + explicit
+    return first + options.max_delivertime
+
+
+def attempts_left(doc: OutgoingDocument, options: DeliveryOptions) -> bool:
+    limit = doc.maxattempts if doc.maxattempts is not None else options.max_attempts
+    return not limit or doc.attempt_count() < limit
+
+
+def expired(doc: OutgoingDocument, now: float, options: DeliveryOptions) -> bool:
+    """Whether ``doc`` has run out of time or attempts before this one."""
+    return now >= deadline(doc, now, options) or not attempts_left(doc, options)
+
+
+def expiry(now: float) -> Attempt:
+    return Attempt("process", "timeout", description=EXPIRED, time=now, permanent=True)
+
+
+def after_attempt(doc: OutgoingDocument, attempt: Attempt, now: float, options: DeliveryOptions,
+                  reporting_mta: str) -> list[Publication]:
+    """The publications that settle ``doc`` (as leased) after ``attempt``."""
+    updated = doc.with_attempt(attempt.record())
+    if attempt.accepted or attempt.is_permanent:
+        return final(updated, attempt, now, options, reporting_mta)
+    schedule = doc.retries or options.retry_interval
+    interval = retry_interval(updated.attempt_count(), schedule)
+    if not attempts_left(updated, options) or now + interval >= deadline(doc, now, options):
+        updated = updated.with_attempt(expiry(now).record())
+        return final(updated, attempt, now, options, reporting_mta)
+    updated.nextattempt = now + interval
+    pubs = [Publication(options.queue("outbox"), updated.json)]
+    retry = updated.result_queue("retry", options.queue("retry"))
+    if retry:
+        pubs.append(Publication(retry, updated.result_copy()))
+    return pubs
+
+
+def final(doc: OutgoingDocument, attempt: Attempt, now: float, options: DeliveryOptions,
+          reporting_mta: str) -> list[Publication]:
+    """The publications of a final outcome; ``doc`` has its last attempt recorded, ``attempt``
+    is the one that decided (reported in the DSN).  ``doc`` may be one that failed its check:
+    its unusable properties are read as absent."""
+    doc = doc.copy()
+    doc.nextattempt = None
+    outcome = "success" if attempt.accepted else "failure"
+    copy = doc.result_copy()
+    pubs = []
+    for role in ("results", outcome):
+        queue = usable(lambda role=role: doc.result_queue(role, options.queue(role)), options.queue(role))
+        if queue:
+            pubs.append(Publication(queue, copy))
+    if outcome == "failure" and doc.has_mime and wants_failure_dsn(doc):
+        queue = usable(lambda: doc.result_queue("dsn", options.queue("dsn")), options.queue("dsn"))
+        if queue:
+            pubs.append(Publication(queue, build_dsn(doc, attempt, reporting_mta=reporting_mta, now=now)))
+    return pubs

@@ -1,0 +1,236 @@
+"""The delivery service: consumes the outbox, hands each message to the connection scheduler
+(:mod:`mqtwisted.delivery.connections`) and settles every lease with what its outcome publishes
+(:mod:`mqtwisted.delivery.outcomes`).
+
+Wiring: ``DeliveryService(queue, hooks, DeliveryOptions(...))`` as a child of the MTA's
+MultiService, started after the queue (``queue.start()`` must have been called: consuming
+starts in ``startService``).  The service pickles (TAP files): only the queue, the hook runner
+and the options are kept; the reactor, resolver and every connection are made in startService.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from mqtwisted.connection import HookRunner, NoHooks
+from mqtwisted.delivery import outcomes
+from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
+from mqtwisted.delivery.headers import edit_headers
+from mqtwisted.delivery.options import DeliveryOptions
+from mqtwisted.dns import MXResolver
+from mqtwisted.document import DocumentError, OutgoingDocument, parse_hostport
+from mqtwisted.oplog import delivery_attempt
+from mqtwisted.queue import Lease, Publication, Queue
+from mqtwisted.reactors import LazyReactor
+from mqtwisted.results import Attempt
+from mqtwisted.smtp.client import OutMessage, client_tls_options
+
+log = Logger()
+
+
+class DeliveryService(service.Service):
+    """Delivers the outbox.  ``queue`` is a started :class:`~mqtwisted.queue.Queue`; ``hooks``
+    the plugin layer (``mq_smtp_out_data``/``mq_smtp_out_sent``); ``reactor`` and ``resolver``
+    are injectable for tests (a ``MemoryReactorClock``, a resolver returning fixed targets)."""
+
+    name = "delivery"
+
+    def __init__(
+        self,
+        queue: Queue,
+        hooks: HookRunner | None = None,
+        options: DeliveryOptions | None = None,
+        *,
+        reactor: Any = None,
+        resolver: Any = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.queue = queue
+        self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
+        self.options = options or DeliveryOptions()
+        self._init_runtime(reactor, resolver, rng)
+
+    def _init_runtime(self, reactor: Any = None, resolver: Any = None, rng: Any = None) -> None:
+        self._reactor = reactor
+        self._resolver = resolver
+        self._rng = rng
+        self.destinations: dict[DestinationKey, Destination] = {}
+        self.stopping = False
+        self._settling: set[Deferred] = set()
+        self._timers: dict[Any, tuple[Any, Lease]] = {}
+        self._tls_trust: Any = None
+        self.helo = self.options.helo or "localhost"
+
+    # TAP files pickle the service tree: configuration only, never live objects.
+    def __getstate__(self) -> dict[str, Any]:
+        return {"queue": self.queue, "hooks": self.hooks, "options": self.options, "name": self.name, "parent": self.parent}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.running = 0
+        self._init_runtime()
+
+    reactor = LazyReactor()
+
+    @property
+    def resolver(self) -> Any:
+        if self._resolver is None:
+            servers = [parse_hostport(self.options.dns_server, 53)] if self.options.dns_server else None
+            self._resolver = MXResolver(servers, reactor=self.reactor, ipv6=self.options.ipv6, rng=self._rng)
+        return self._resolver
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def tls_options(self, security: str, host: str) -> Any:
+        if security == "none":
+            return None
+        if security == "verified" and self.options.tls_ca and self._tls_trust is None:
+            from twisted.internet import ssl
+
+            with open(self.options.tls_ca, "rb") as f:
+                self._tls_trust = ssl.Certificate.loadPEM(f.read())
+        return client_tls_options(security, host, self._tls_trust if security == "verified" else None)
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.stopping = False
+        # Resolve the host name now, not at import time (DESIGN.md §3 on DNSNAME).
+        self.helo = self.options.helo or socket.getfqdn()
+        self.queue.consume(self.options.queue("outbox"), self._received, prefetch=self.options.prefetch)
+
+    def stopService(self) -> Deferred[None]:
+        """Stop taking messages, give back what has not started, let sessions finish the message
+        they are sending, and wait for every outcome to be settled."""
+        super().stopService()
+        self.stopping = True
+        for call, lease in list(self._timers.values()):
+            if call.active():
+                call.cancel()
+            self.queue.release(lease)
+        self._timers.clear()
+        waits = []
+        for dest in list(self.destinations.values()):
+            while dest.pending:
+                self.release(dest.pending.popleft())
+            for runner in list(dest.idle):
+                runner.quit_idle()
+            for runner in dest.runners:
+                if runner.factory is not None and not runner.factory.done.called:
+                    waits.append(runner.factory.done)
+        d = defer.DeferredList(waits + list(self._settling), consumeErrors=True)
+
+        def settled(_: Any) -> Any:
+            if self._settling:
+                return defer.DeferredList(list(self._settling), consumeErrors=True)
+            return None
+
+        d.addCallback(settled)
+        d.addCallback(lambda _: None)
+        return d
+
+    def reconfigure(self, options: Mapping[str, Any]) -> None:
+        """SIGHUP: the reloadable settings from MTA option values; the transport settings that
+        tests and TAP files may have set directly (port, security, CA, IPv6) are kept."""
+        self.options = attrs.evolve(
+            DeliveryOptions.from_options(options), port=self.options.port,
+            security=self.options.security, tls_ca=self.options.tls_ca, ipv6=self.options.ipv6,
+        )
+
+    def counts(self) -> tuple[int, int]:
+        """(outbound connections, messages waiting for one)."""
+        destinations = list(self.destinations.values())
+        return sum(len(d.runners) for d in destinations), sum(len(d.pending) for d in destinations)
+
+    def release(self, job: Job) -> None:
+        self.queue.release(job.lease)
+
+    def forget_if_idle(self, dest: Destination) -> None:
+        if not dest.runners and not dest.pending and self.destinations.get(dest.key) is dest:
+            del self.destinations[dest.key]
+
+    # -- intake --------------------------------------------------------------------------------
+
+    def _received(self, lease: Lease) -> None:
+        if self.stopping:
+            self.queue.release(lease)
+            return
+        job = Job(lease, OutgoingDocument.of(lease.document))
+        doc = job.document
+        now = self.now()
+        try:
+            doc.check()
+        except DocumentError as e:
+            self._final(job, Attempt("process", "invalid", description=str(e), time=now, permanent=True))
+            return
+        due = doc.nextattempt
+        if due is not None and due > now + 0.5:
+            # The queue handed us a message early: hold the lease until it is due.
+            token = object()
+            call = self.reactor.callLater(due - now, self._due, token)
+            self._timers[token] = (call, lease)
+            return
+        # Without mime a plugin may still build it in mq_smtp_out_data (plugins/template_mime.py).
+        if not doc.has_mime and not self.hooks.defines("mq_smtp_out_data"):
+            self._final(job, Attempt("process", "invalid", description="property 'mime': missing", time=now, permanent=True))
+            return
+        if outcomes.expired(doc, now, self.options):
+            self._final(job, outcomes.expiry(now))
+            return
+        key = destination_key(doc, self.options)
+        dest = self.destinations.get(key)
+        if dest is None:
+            dest = self.destinations[key] = Destination(self, key)
+        dest.add(job)
+
+    def _due(self, token: Any) -> None:
+        _, lease = self._timers.pop(token)
+        self._received(lease)
+
+    def out_message(self, job: Job) -> OutMessage:
+        doc = job.document
+        mime = doc.mime or b""
+        if doc.headers is not None:
+            mime = edit_headers(mime, doc.headers)
+        dsn = doc.dsn.to_json() if doc.dsn is not None else None
+        return OutMessage(doc.sender, doc.recipient or "", mime, dsn=dsn, document=doc.json, key=job)
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def attempted(self, job: Job, attempt: Attempt) -> None:
+        """Record ``attempt`` on the job's document and settle its lease accordingly."""
+        delivery_attempt(job.document.json, attempt)
+        self._settle(job, outcomes.after_attempt(job.document, attempt, self.now(), self.options, self.helo))
+
+    def _final(self, job: Job, attempt: Attempt) -> None:
+        delivery_attempt(job.document.json, attempt)
+        doc = job.document.with_attempt(attempt.record())
+        self._settle(job, outcomes.final(doc, attempt, self.now(), self.options, self.helo))
+
+    def _settle(self, job: Job, pubs: list[Publication]) -> None:
+        d = defer.maybeDeferred(self.queue.settle, job.lease, pubs)
+        self._settling.add(d)
+
+        def failed(f: Any) -> None:
+            # Not durable: give the lease back so the message is tried again (never lost).
+            log.failure("settling {id} failed; released", f, id=job.lease.id)
+            self.queue.release(job.lease)
+
+        d.addErrback(failed)
+        d.addBoth(lambda r: self._settling.discard(d))
+
+
+def make_delivery_service(options: Mapping[str, Any], queue: Queue, hooks: HookRunner | None) -> DeliveryService:
+    """The service behind ``--delivery on`` (called by :mod:`mqtwisted.service`)."""
+    return DeliveryService(queue, hooks, DeliveryOptions.from_options(options))

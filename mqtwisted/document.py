@@ -1,0 +1,618 @@
+"""The MailerQ JSON document, typed: one per recipient, from the SMTP server to delivery to the
+result queues (see docs/architecture.rst for the data path).
+
+A document is the JSON object itself (``doc.json``, a plain dict) seen through typed accessors.
+Every property the MTA interprets has one, listed in the tables below; every other key is left
+exactly as it came, in both directions (MailerQ's rule: unknown properties travel to the results
+untouched).  Reading a property whose value is unusable raises :class:`DocumentError`, which names
+the property and the value; setting one writes its JSON form, and setting ``None`` removes it.
+
+Three views of the same JSON:
+
+* :class:`IncomingDocument`: what the SMTP server publishes (``hostname``, ``received``,
+  ``connection`` …);
+* :class:`OutgoingDocument`: what delivery reads (``nextattempt``, ``maxdelivertime``, ``queues``,
+  ``smarthost``, ``headers`` edits …) and the ``results`` it appends, one :class:`AttemptRecord`
+  per attempt;
+* both share :class:`Document`: ``envelope``, ``recipient``, ``mime``, ``dsn``, ``tags``.
+
+The same dict may be viewed both ways (an incoming message relayed is the outbox's next outgoing
+one).  Queues store and move the JSON; they read only :func:`due_time`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, Self, TypeVar, overload
+
+import attrs
+
+T = TypeVar("T")
+
+#: The outbound TLS policies a document's ``security`` may name (the delivery client's levels).
+SECURITY_LEVELS: tuple[str, ...] = ("none", "optional", "opportunistic", "required", "verified")
+
+#: The result queues a document's ``queues`` may redirect (``null``: published nowhere).
+RESULT_ROLES: tuple[str, ...] = ("results", "success", "failure", "retry", "dsn")
+
+#: Timestamps in ``results`` and MailerQ's other time properties: ``YYYY-MM-DD HH:MM:SS`` in UTC.
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class DocumentError(ValueError):
+    """A property the MTA interprets holds a value it cannot use."""
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        self.key = key
+        self.value = value
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"property {key!r}: expected {expected}, got {shown}")
+
+
+# -- JSON values ---------------------------------------------------------------------------------
+
+
+def mime_text(data: bytes) -> str:
+    """MIME bytes as the ``mime`` JSON string; 8-bit octets survive as surrogate escapes."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def mime_bytes(text: str) -> bytes:
+    """The inverse of :func:`mime_text`."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+#: the last second formatted: a busy worker stamps many attempts within the same second
+_last_formatted: tuple[int, str] = (-1, "")
+
+
+def format_time(seconds: float) -> str:
+    global _last_formatted
+    whole = math.floor(seconds)
+    last = _last_formatted  # one read: another thread may replace it meanwhile
+    if last[0] != whole:
+        last = _last_formatted = (whole, datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime(TIME_FORMAT))
+    return last[1]
+
+
+def parse_time(value: Any) -> float | None:
+    """A timestamp as MailerQ writes it, an ISO 8601 string or epoch seconds; None if unusable."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return float(text)
+        except ValueError:
+            pass
+        try:
+            parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=datetime.UTC)
+        return parsed.timestamp()
+    return None
+
+
+def parse_intervals(value: Any) -> tuple[int, ...] | None:
+    """``[600, 1800]`` or ``"600,1800"`` → (600, 1800); None when unusable."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value:
+        return None
+    try:
+        out = tuple(int(float(v)) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if all(v >= 0 for v in out) else None
+
+
+def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` → (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, int(port)
+    return value, default_port
+
+
+def due_time(json: Mapping[str, Any]) -> float:
+    """When a queue may hand the document out: its ``nextattempt`` in epoch seconds, 0 when it
+    has none.  Queues are lenient: an unusable value is due at once, and delivery, which reads
+    it strictly, reports it."""
+    return parse_time(json.get("nextattempt")) or 0.0
+
+
+# -- parsers: (key, raw JSON value) -> typed value, or DocumentError ------------------------------
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise DocumentError(key, value, "a string")
+    return value
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if value not in (True, False):  # 0 and 1 as well: other publishers write them
+        raise DocumentError(key, value, "true or false")
+    return bool(value)
+
+
+def _count(key: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise DocumentError(key, value, "a whole number")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise DocumentError(key, value, "a whole number") from None
+    if n < 0 or (isinstance(value, float) and n != value):
+        raise DocumentError(key, value, "a whole number")
+    return n
+
+
+def _timestamp(key: str, value: Any) -> float:
+    seconds = parse_time(value)
+    if seconds is None:
+        raise DocumentError(key, value, "a time (epoch seconds or 'YYYY-MM-DD HH:MM:SS')")
+    return seconds
+
+
+def _intervals(key: str, value: Any) -> tuple[int, ...]:
+    schedule = parse_intervals(value)
+    if schedule is None:
+        raise DocumentError(key, value, "a list of seconds")
+    return schedule
+
+
+def _security(key: str, value: Any) -> str:
+    if value not in SECURITY_LEVELS:
+        raise DocumentError(key, value, "one of " + ", ".join(SECURITY_LEVELS))
+    return str(value)
+
+
+def _mime(key: str, value: Any) -> bytes:
+    if isinstance(value, str):
+        return mime_bytes(value)
+    if isinstance(value, bytes):  # an in-flight incoming document, before it is queued
+        return value
+    raise DocumentError(key, value, "the message as a string")
+
+
+def _dump_mime(value: bytes | str) -> str:
+    return value if isinstance(value, str) else mime_text(value)
+
+
+def _tags(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise DocumentError(key, value, "a list")
+    return [str(v) for v in value]
+
+
+def _object(key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise DocumentError(key, value, "an object")
+    return value
+
+
+# -- nested values ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DsnRequest:
+    """RFC 3461 parameters from MAIL FROM and RCPT TO: ``dsn`` {notify, ret, orcpt, envid}."""
+
+    #: upper-case NOTIFY keywords (SUCCESS, FAILURE, DELAY, NEVER) as given; None when not given
+    notify: tuple[str, ...] | None = None
+    ret: str | None = None
+    orcpt: str | None = None
+    envid: str | None = None
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> DsnRequest:
+        raw = _object(key, value)
+        notify = raw.get("notify")
+        if isinstance(notify, str):
+            notify = notify.split(",")
+        if notify is not None and not isinstance(notify, list):
+            raise DocumentError(f"{key}.notify", notify, "a keyword list")
+        return cls(
+            tuple(str(v).strip().upper() for v in notify) if notify else None,
+            str(raw["ret"]).upper() if raw.get("ret") else None,
+            str(raw["orcpt"]) if raw.get("orcpt") else None,
+            str(raw["envid"]) if raw.get("envid") else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.notify:
+            out["notify"] = ",".join(self.notify)
+        for name in ("ret", "orcpt", "envid"):
+            if getattr(self, name):
+                out[name] = getattr(self, name)
+        return out
+
+    @property
+    def wants_failure_report(self) -> bool:
+        """RFC 3461 §4.1: no NOTIFY means failures only; NEVER means none."""
+        return self.notify is None or ("FAILURE" in self.notify and "NEVER" not in self.notify)
+
+    @property
+    def headers_only(self) -> bool:
+        return self.ret == "HDRS"
+
+
+@attrs.frozen
+class Smarthost:
+    """A relay to send through instead of the recipient's MX (``smarthost``: ``"host:port"`` or
+    {hostname, port, username, password})."""
+
+    hostname: str
+    port: int = 25
+    username: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> Smarthost:
+        if isinstance(value, str) and value.strip():
+            try:
+                return cls(*parse_hostport(value, 25))
+            except ValueError:
+                raise DocumentError(key, value, "host[:port]") from None
+        raw = _object(key, value)
+        if not isinstance(raw.get("hostname"), str) or not raw["hostname"]:
+            raise DocumentError(f"{key}.hostname", raw.get("hostname"), "a host name")
+        return cls(
+            raw["hostname"], _count(f"{key}.port", raw.get("port") or 25),
+            str(raw["username"]) if raw.get("username") else None,
+            str(raw["password"]) if raw.get("password") else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"hostname": self.hostname, "port": self.port}
+        if self.username:
+            out["username"] = self.username
+        if self.password:
+            out["password"] = self.password
+        return out
+
+
+def _header_values(key: str, edits: Mapping[str, Any], mode: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    raw = edits.get(mode)
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise DocumentError(f"{key}.{mode}", raw, "an object of header names and values")
+    out = []
+    for name, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        out.append((str(name), tuple(str(v) for v in values if v is not None)))
+    return tuple(out)
+
+
+@attrs.frozen
+class HeaderEdits:
+    """MailerQ's ``headers`` property: edits made to the MIME on the wire only.  ``remove``
+    names; ``prepend``, ``append`` (also ``add``), ``replace`` (first occurrence, others removed,
+    appended when absent) and ``update`` (like replace, never appended): name → value(s)."""
+
+    remove: frozenset[str] = frozenset()
+    prepend: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    append: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    replace: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    update: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> HeaderEdits:
+        raw = _object(key, value)
+        remove = raw.get("remove")
+        if isinstance(remove, str):
+            remove = [remove]
+        if remove is not None and not isinstance(remove, list):
+            raise DocumentError(f"{key}.remove", remove, "a header name or a list of them")
+        return cls(
+            frozenset(str(r).lower() for r in remove or ()),
+            _header_values(key, raw, "prepend"),
+            _header_values(key, raw, "append") + _header_values(key, raw, "add"),
+            _header_values(key, raw, "replace"),
+            _header_values(key, raw, "update"),
+        )
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """The SMTP session an incoming message came in on (``connection``)."""
+
+    local_ip: str | None = None
+    local_port: int | None = None
+    remote_ip: str | None = None
+    remote_port: int | None = None
+    helo: str | None = None
+    secure: bool = False
+    user: str | None = None
+
+    _KEYS = (("local_ip", "local-ip"), ("local_port", "local-port"), ("remote_ip", "remote-ip"),
+             ("remote_port", "remote-port"), ("helo", "helo"), ("secure", "secure"), ("user", "user"))
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> ConnectionInfo:
+        raw = _object(key, value)
+        return cls(**{field: raw.get(name) for field, name in cls._KEYS if name in raw})
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, field) for field, name in self._KEYS}
+
+
+@attrs.frozen
+class Bounce:
+    """What a DSN document reports (``bounce``): the failed recipient and its status."""
+
+    recipient: str
+    status: str
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> Bounce:
+        raw = _object(key, value)
+        return cls(_text(f"{key}.recipient", raw.get("recipient")), _text(f"{key}.status", raw.get("status")))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"recipient": self.recipient, "status": self.status}
+
+
+#: attempt record field -> JSON key (MailerQ's names: ``from`` is our address, ``to`` the peer's)
+_RECORD_KEYS: tuple[tuple[str, str], ...] = (
+    ("state", "state"), ("result", "result"), ("code", "code"), ("status", "status"),
+    ("description", "description"), ("mta", "mta"), ("local_ip", "from"), ("remote_ip", "to"),
+    ("messages", "messages"), ("cipher", "cipher"), ("dsn", "dsn"),
+)
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One object of a document's ``results`` array, as recorded (see
+    :class:`mqtwisted.results.Attempt` for the attempt being made).  Keys this model does not
+    know are kept in ``extra`` and written back."""
+
+    time: float | None
+    state: str
+    result: str
+    code: int | None = None
+    status: str | None = None
+    description: str = ""
+    mta: str | None = None
+    local_ip: str | None = None
+    remote_ip: str | None = None
+    messages: int | None = None
+    cipher: dict[str, Any] | None = None
+    dsn: bool | None = None
+    #: the record's JSON time as written (kept so that a record round-trips exactly)
+    time_text: Any = attrs.field(default=None, eq=False)
+    extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> AttemptRecord:
+        raw = _object(key, value)
+        known = {name for _, name in _RECORD_KEYS} | {"time"}
+        fields = {field: raw[name] for field, name in _RECORD_KEYS if name in raw}
+        fields.setdefault("state", "")
+        fields.setdefault("result", "")
+        return cls(
+            time=parse_time(raw.get("time")), time_text=raw.get("time"),
+            extra={k: v for k, v in raw.items() if k not in known}, **fields,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.time_text is not None:
+            out["time"] = self.time_text
+        elif self.time is not None:
+            out["time"] = format_time(self.time)
+        defaults = {"code": None, "status": None, "description": "", "mta": None, "local_ip": None,
+                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None}
+        for field, name in _RECORD_KEYS:
+            value = getattr(self, field)
+            if field in defaults and value == defaults[field]:
+                continue
+            out[name] = value
+        out.update(self.extra)
+        return out
+
+
+def _results(key: str, value: Any) -> tuple[AttemptRecord, ...]:
+    if not isinstance(value, list):
+        raise DocumentError(key, value, "a list of attempts")
+    return tuple(AttemptRecord.parse(f"{key}[{i}]", v) for i, v in enumerate(value))
+
+
+@attrs.frozen
+class QueueOverrides:
+    """A message's own result queues (``queues``): a role given names its queue, ``null`` (or
+    an empty name) means none; a role not given goes to the configured default."""
+
+    names: Mapping[str, str | None]
+
+    @classmethod
+    def parse(cls, key: str, value: Any) -> QueueOverrides:
+        raw = _object(key, value)
+        return cls({role: (v if isinstance(v, str) and v else None) for role, v in raw.items()})
+
+    def target(self, role: str, default: str | None) -> str | None:
+        return self.names[role] if role in self.names else default
+
+
+# -- the accessor ----------------------------------------------------------------------------------
+
+
+class Property(Generic[T]):
+    """One property of the document: its JSON key, how its value is read, how it is written."""
+
+    def __init__(self, key: str, parse: Callable[[str, Any], T], dump: Callable[[Any], Any] | None = None,
+                 doc: str = "") -> None:
+        self.key = key
+        self.parse = parse
+        self.dump = dump
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, document: None, owner: type) -> Property[T]: ...
+
+    @overload
+    def __get__(self, document: Document, owner: type) -> T | None: ...
+
+    def __get__(self, document: Document | None, owner: type) -> Any:
+        if document is None:
+            return self
+        value = document.json.get(self.key)
+        return None if value is None else self.parse(self.key, value)
+
+    def __set__(self, document: Document, value: T | None) -> None:
+        if value is None:
+            document.json.pop(self.key, None)
+            return
+        if self.dump is not None:
+            value = self.dump(value)
+        elif hasattr(value, "to_json"):
+            value = value.to_json()
+        document.json[self.key] = value
+
+
+def usable(read: Callable[[], T], fallback: T) -> T:
+    """``read()``, or ``fallback`` when the property it reads is unusable: for the paths that
+    must finish whatever the document holds (a failure report about an invalid document)."""
+    try:
+        return read()
+    except DocumentError:
+        return fallback
+
+
+def _list(value: Iterable[Any]) -> list[Any]:
+    return list(value)
+
+
+@attrs.define(eq=False)
+class Document:
+    """A MailerQ JSON document seen through typed accessors; ``json`` is the document itself,
+    edited in place (a plugin's ``MQ_json`` is the same dict)."""
+
+    json: dict[str, Any] = attrs.field(factory=dict)
+
+    envelope = Property("envelope", _text, doc="the envelope sender; '' is the null sender")
+    recipient = Property("recipient", _text, doc="the one recipient this document is for")
+    mime = Property("mime", _mime, _dump_mime, doc="the message (bytes; JSON text with 8-bit octets escaped)")
+    dsn = Property("dsn", DsnRequest.parse, doc="the sender's RFC 3461 DSN request")
+    tags = Property("tags", _tags, _list, doc="labels that travel with the message")
+
+    @classmethod
+    def of(cls, value: Mapping[str, Any] | Document) -> Self:
+        """A view of ``value``'s JSON (the same dict when it is one)."""
+        json = value.json if isinstance(value, Document) else value
+        return cls(json if isinstance(json, dict) else dict(json))
+
+    def copy(self) -> Self:
+        """A view of a shallow copy: setting properties on it leaves this document alone."""
+        return type(self)(dict(self.json))
+
+    @property
+    def sender(self) -> str:
+        """The envelope sender, '' when absent."""
+        return self.envelope or ""
+
+    @property
+    def recipient_domain(self) -> str:
+        """The recipient's domain, lower case; DocumentError when the recipient is no address."""
+        recipient = self.recipient
+        if recipient is None or "@" not in recipient or not recipient.rsplit("@", 1)[1]:
+            raise DocumentError("recipient", recipient, "an address (local@domain)")
+        return recipient.rsplit("@", 1)[1].rstrip(".").lower()
+
+    @property
+    def has_mime(self) -> bool:
+        """Whether the document carries its message (else a plugin may build it on the way out)."""
+        return isinstance(self.json.get("mime"), (str, bytes))
+
+    def without_mime(self) -> dict[str, Any]:
+        """The JSON without its ``mime`` (listings, result copies)."""
+        return {k: v for k, v in self.json.items() if k != "mime"}
+
+
+@attrs.define(eq=False)
+class IncomingDocument(Document):
+    """What the SMTP server publishes for one recipient of a message it accepted."""
+
+    hostname = Property("hostname", _text, doc="the MTA that received the message")
+    received = Property("received", _timestamp, doc="when it was received, epoch seconds")
+    message_id = Property("message-id", _text, doc="the message's Message-ID header")
+    connection = Property("connection", ConnectionInfo.parse, doc="the SMTP session it came in on")
+    local = Property("local", _boolean, doc="in flight only: goes to the local queue (MQ_setLocal)")
+
+
+@attrs.define(eq=False)
+class OutgoingDocument(Document):
+    """What delivery reads for one recipient, and the attempts it records."""
+
+    nextattempt = Property("nextattempt", _timestamp, doc="not before this time (epoch seconds)")
+    maxdelivertime = Property("maxdelivertime", _timestamp,
+                              doc="give up at this time; a small number: seconds after the first attempt")
+    maxattempts = Property("maxattempts", _count, doc="give up after this many attempts")
+    retries = Property("retries", _intervals, _list, doc="the message's own retry schedule, seconds")
+    queues = Property("queues", QueueOverrides.parse, lambda q: dict(q.names), doc="its own result queues")
+    smarthost = Property("smarthost", Smarthost.parse, doc="send through this relay")
+    security = Property("security", _security, doc="the outbound TLS policy for this message")
+    headers = Property("headers", HeaderEdits.parse, doc="header edits made on the wire only")
+    keepmime = Property("keepmime", _boolean, doc="result copies keep the mime")
+    results = Property("results", _results, lambda rs: [r.to_json() for r in rs],
+                       doc="one record per attempt, oldest first")
+    received = Property("received", _timestamp, doc="when the MTA received it (epoch seconds)")
+    bounce = Property("bounce", Bounce.parse, doc="a DSN document: the failed recipient and status")
+
+    def check(self) -> None:
+        """Read every property delivery interprets: DocumentError names the first unusable one.
+        (``mime`` only for its type: it is converted once, when it is sent.)"""
+        self.recipient_domain  # noqa: B018 (read for its check)
+        if self.json.get("mime") is not None and not self.has_mime:
+            raise DocumentError("mime", self.json["mime"], "the message as a string")
+        for prop in _CHECKED:
+            getattr(self, prop)
+
+    def first_attempt_time(self) -> float | None:
+        results = self.results or ()
+        return results[0].time if results else None
+
+    def attempt_count(self) -> int:
+        raw = self.json.get("results")
+        return len(raw) if isinstance(raw, list) else 0
+
+    def with_attempt(self, record: Mapping[str, Any]) -> OutgoingDocument:
+        """A copy with ``record`` appended to its ``results`` (the others are kept as they are)."""
+        copy = self.copy()
+        raw = self.json.get("results")
+        copy.json["results"] = [*(raw if isinstance(raw, list) else ()), dict(record)]
+        return copy
+
+    def result_queue(self, role: str, default: str | None) -> str | None:
+        """Where a result of ``role`` goes: the message's ``queues`` entry, else ``default``."""
+        queues = self.queues
+        return default if queues is None else queues.target(role, default)
+
+    def result_copy(self) -> dict[str, Any]:
+        """The JSON published to result queues: all of it but ``mime``, unless ``keepmime``."""
+        return dict(self.json) if usable(lambda: self.keepmime, False) else self.without_mime()
+
+
+_CHECKED = ("envelope", "dsn", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues",
+            "smarthost", "security", "headers", "keepmime", "results")
+
+
+def arrival_date(received: float) -> str:
+    """An RFC 5322 date for a DSN's ``Arrival-Date`` (RFC 3464 §2.2.5)."""
+    return email.utils.formatdate(received)
