@@ -237,7 +237,7 @@ class DsnRequest:
         out: dict[str, Any] = {}
         if self.notify:
             out["notify"] = ",".join(self.notify)
-        for name in ("ret", "orcpt", "envid"):
+        for name in ("orcpt", "ret", "envid"):
             if getattr(self, name):
                 out[name] = getattr(self, name)
         return out

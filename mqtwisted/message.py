@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from mqtwisted.connection import Connection
+from mqtwisted.document import ConnectionInfo, DsnRequest, IncomingDocument, usable
 from mqtwisted.xtext import xtext_decode
 
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
@@ -83,28 +84,19 @@ def incoming_document(
     msgid: str | None,
     properties: dict[str, Any],
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = dict(properties)
-    doc.update(
-        {
-            "envelope": sender,
-            "recipient": recipient,
-            "hostname": hostname,
-            "received": received,
-            "connection": {
-                "local-ip": conn.local_ip,
-                "local-port": conn.local_port,
-                "remote-ip": conn.remote_ip,
-                "remote-port": conn.remote_port,
-                "helo": conn.helo,
-                "secure": conn.secure,
-                "user": conn.user,
-            },
-            "tags": list(properties.get("tags") or []) if isinstance(properties.get("tags"), list) else [],
-        }
-    )
+    """The JSON queued for one recipient: ``properties`` (from ``x-mq-*`` headers) overridden by
+    what the session established."""
+    doc = IncomingDocument(dict(properties))
+    doc.envelope = sender
+    doc.recipient = recipient
+    doc.hostname = hostname
+    doc.received = received
+    doc.connection = ConnectionInfo(conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port,
+                                    conn.helo, conn.secure, conn.user)
+    doc.tags = usable(lambda: doc.tags, None) or []
     if msgid is not None:
-        doc["message-id"] = msgid
+        doc.message_id = msgid
     dsn = dsn_fields(sender_params, rcpt_params)
     if dsn:
-        doc["dsn"] = dsn
-    return doc
+        doc.dsn = DsnRequest.parse("dsn", dsn)
+    return doc.json

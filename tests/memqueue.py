@@ -10,14 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from mqtwisted.queue import Document, Lease, Publication, mime_text
-
-
-def _due(doc: Document) -> float:
-    try:
-        return float(doc.get("nextattempt") or 0)
-    except (TypeError, ValueError):
-        return 0.0
+from mqtwisted.document import due_time, mime_text
+from mqtwisted.queue import Document, Lease, Publication
 
 
 class MemoryQueue:
@@ -76,11 +70,11 @@ class MemoryQueue:
         for i, doc in list(docs.items()):
             if len(leased) >= prefetch:
                 break
-            if i in leased or i not in docs or _due(doc) > now:
+            if i in leased or i not in docs or due_time(doc) > now:
                 continue
             leased.add(i)
             handler(Lease(queue, i, copy.deepcopy(doc), token=i))
-        future = [_due(d) for i, d in docs.items() if i not in leased and _due(d) > now]
+        future = [due_time(d) for i, d in docs.items() if i not in leased and due_time(d) > now]
         if future:
             when = min(future)
             if self._timer is not None and self._timer.active():

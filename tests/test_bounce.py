@@ -66,3 +66,19 @@ def test_template_render() -> None:
     h = MessageHandle({"recipient": "r@x", "template": {"subject": "{$a}{$missing}"}, "data": {"a": 1}}, outgoing=True)
     plugin.mq_smtp_out_data(None, None, h)
     assert b"Subject: 1" in h.wire_mime and b"To: r@x" in h.wire_mime
+
+
+def test_arrival_date_from_the_received_time_mqmta_stores() -> None:
+    from mqtwisted.connection import Connection
+    from mqtwisted.message import incoming_document
+
+    conn = Connection("10.0.0.1", 2525, "10.0.0.2", 40000)
+    incoming = incoming_document(conn, "sender@example.org", {}, "user@example.com", {}, hostname="mx.test",
+                                 received=1795953600.25, msgid=None, properties={})
+    d = {**incoming, "mime": "Subject: t\r\n\r\nhello\r\n"}
+    out = build_dsn(d, Attempt("rcptto", "error", 550, "5.1.1", "no"), reporting_mta="mqmta.test", now=0)
+    report = email.message_from_bytes(out["mime"].encode()).get_payload()[1].as_string()
+    assert "Arrival-Date: Sun, 29 Nov 2026 12:00:00 -0000" in report
+    # A document without it (another publisher's) reports no arrival date.
+    out = build_dsn(doc(), Attempt("rcptto", "error", 550, "5.1.1", "no"), reporting_mta="mqmta.test", now=0)
+    assert "Arrival-Date" not in out["mime"]

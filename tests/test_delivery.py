@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+import attrs
+
 from mqtwisted.connection import Reply
 from mqtwisted.delivery import DeliveryOptions, DeliveryService, edit_headers
 from mqtwisted.dns import DNSFailure
@@ -308,3 +310,16 @@ def test_make_delivery_service_from_mta_options() -> None:
     svc = make_delivery_service(opts, MemoryQueue.__new__(MemoryQueue), None)
     assert svc.options.smarthost == "relay:2525" and svc.options.retry_interval == (5, 10)
     assert svc.options.queues["outbox"] == "out2" and svc.options.max_connections_per_domain == 10
+
+
+
+def test_smtp_client_timeout_and_connect_timeout_reach_the_connection() -> None:
+    from mqtwisted.options import MQOptions
+
+    opts = MQOptions()
+    opts.parseOptions(["--smtp-client-timeout", "7", "--connect-timeout", "3", "--smtp-timeout", "99"])
+    svc, queue, net, reactor = make({}, **{k: v for k, v in attrs.asdict(DeliveryOptions.from_options(opts)).items() if k != "helo"})
+    svc.startService()
+    publish(queue, doc())
+    (_host, _port, factory, connect_timeout, _bind) = reactor.tcpClients[0]
+    assert factory.timeout == 7 and connect_timeout == 3

@@ -144,3 +144,29 @@ async def test_trickle_reuses_the_parked_connection_until_max_idle_time(smtp_sin
         await svc.stopService()
         await wait_until(lambda: open_connections(svc) == 0)
         queue.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtp_client_timeout_not_smtp_timeout_bounds_the_wait_for_a_reply() -> None:
+    from twisted.internet import protocol
+
+    from mqtwisted.options import MQOptions
+
+    silent = protocol.Factory.forProtocol(protocol.Protocol)  # accepts, never greets
+    port = reactor.listenTCP(0, silent, interface="127.0.0.1")
+    opts = MQOptions()
+    opts.parseOptions(["--smtp-client-timeout", "0.5", "--smtp-timeout", "300", "--smtp-client-security", "none",
+                       "--delivery-port", str(port.getHost().port), "--hostname", "mqmta.test"])
+    queue = MemoryQueue(reactor)
+    resolver = StaticResolver({"example.com": [("mx.example.com", ["127.0.0.1"])]})
+    svc = DeliveryService(queue, None, DeliveryOptions.from_options(opts), resolver=resolver)
+    svc.startService()
+    try:
+        await queue.publish([Publication("outbox", doc())])
+        await until(lambda: queue.docs("retry"), 20)
+    finally:
+        await svc.stopService()
+        await port.stopListening()
+        queue.stop()
+    (retry,) = queue.docs("retry")
+    assert retry["results"][0]["result"] == "timeout"

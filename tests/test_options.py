@@ -100,3 +100,50 @@ def test_real_twistd_start_fails_with_the_message(tmp_path):
     out = proc.stdout + proc.stderr
     assert f"{conf}:2: key 'smtp-maxsize': bad value 'lots'" in out
     assert "SMTPFactory starting" not in out  # nothing listened
+
+
+class _Recording(dict):
+    """Options that note every name looked up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: set[str] = set()
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key).replace("_", "-"))
+        return super().__contains__(key)
+
+
+def test_every_option_delivery_reads_is_declared() -> None:
+    from mqtwisted.delivery import DeliveryOptions
+    from mqtwisted.delivery.options import option_names
+
+    declared = {name for name, *_ in OPTIONS}
+    opts = _Recording()
+    DeliveryOptions.from_options(opts)
+    assert opts.asked, "from_options read no option"
+    assert sorted(opts.asked - declared) == []
+    assert sorted(set(option_names()) - declared) == []
+    for name, default, _coerce, help_ in OPTIONS:
+        if name in opts.asked:
+            assert default is not None and help_, name
+
+
+def test_delivery_defaults_are_the_declared_ones() -> None:
+    from mqtwisted.delivery import DeliveryOptions
+
+    assert DeliveryOptions.from_options({}) == DeliveryOptions()
+    parsed = DeliveryOptions.from_options(parse("--hostname", "h.example"))
+    assert parsed == DeliveryOptions(helo="h.example")
+
+
+def test_client_options() -> None:
+    from mqtwisted.delivery import DeliveryOptions
+
+    o = DeliveryOptions.from_options(parse("--smtp-client-timeout", "12", "--connect-timeout", "4",
+                                           "--smtp-client-security", "verified", "--smtp-client-ca", "/ca.pem",
+                                           "--retry", "later", "--dsn", "bounces"))
+    assert (o.timeout, o.connect_timeout, o.security, o.tls_ca) == (12, 4, "verified", "/ca.pem")
+    assert o.queues["retry"] == "later" and o.queues["dsn"] == "bounces" and o.queues["results"] == "results"
+    with pytest.raises(ConfigError, match="smtp-client-security"):
+        parse("--smtp-client-security", "sometimes")

@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from mqtwisted import hooks as hook_names
 from mqtwisted.connection import HookRunner, NoHooks
 from mqtwisted.delivery import outcomes
 from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
@@ -182,7 +183,7 @@ class DeliveryService(service.Service):
             self._timers[token] = (call, lease)
             return
         # Without mime a plugin may still build it in mq_smtp_out_data (plugins/template_mime.py).
-        if not doc.has_mime and not self.hooks.defines("mq_smtp_out_data"):
+        if not doc.has_mime and not self.hooks.defines(hook_names.OUT_DATA):
             self._final(job, Attempt("process", "invalid", description="property 'mime': missing", time=now, permanent=True))
             return
         if outcomes.expired(doc, now, self.options):

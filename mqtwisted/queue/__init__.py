@@ -21,6 +21,9 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
+# Re-exported: the queue's users convert ``mime`` with them.
+from mqtwisted.document import mime_bytes as mime_bytes
+from mqtwisted.document import mime_text as mime_text
 from mqtwisted.envelope import Body
 
 #: MailerQ's named queues (their default names).
@@ -29,16 +32,6 @@ QUEUE_NAMES: tuple[str, ...] = (
 )
 
 Document = dict[str, Any]
-
-
-def mime_text(data: bytes) -> str:
-    """MIME bytes as the ``mime`` JSON string; 8-bit octets survive as surrogate escapes."""
-    return data.decode("utf-8", "surrogateescape")
-
-
-def mime_bytes(text: str) -> bytes:
-    """The inverse of :func:`mime_text`."""
-    return text.encode("utf-8", "surrogateescape")
 
 
 @attrs.frozen

@@ -46,14 +46,8 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, c
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtwisted.queue import (
-    QUEUE_NAMES,
-    Document,
-    Lease,
-    Publication,
-    QueueUnavailable,
-    mime_text,
-)
+from mqtwisted.document import due_time, mime_text
+from mqtwisted.queue import QUEUE_NAMES, Document, Lease, Publication, QueueUnavailable
 from mqtwisted.reactors import LazyReactor
 
 log = Logger()
@@ -96,12 +90,6 @@ def decode_document(payload: bytes) -> Document:
         raise ValueError("document is not a JSON object")
     return document
 
-
-def _due(document: Document) -> float:
-    try:
-        return float(document.get("nextattempt") or 0)
-    except (TypeError, ValueError):
-        return 0.0
 
 
 def delay_bucket(remaining: float) -> int:
@@ -487,7 +475,7 @@ class AmqpQueue:
                 if mime is None:
                     mime = mimes[id(pub.body)] = mime_text(pub.body.read())
                 doc = {**doc, "mime": mime}
-            out.append(self._outgoing(pub.queue, encode_document(doc), _due(doc) - now))
+            out.append(self._outgoing(pub.queue, encode_document(doc), due_time(doc) - now))
         return out
 
     def _outgoing(self, queue: str, payload: bytes, remaining: float,
@@ -671,7 +659,7 @@ class AmqpQueue:
                       queue=consumer.queue, why=e)
             channel.basic_reject(tag, requeue=False)
             return
-        remaining = _due(document) - time.time()
+        remaining = due_time(document) - time.time()
         if remaining > 0:
             self._redelay(consumer, channel, tag, message, remaining)
             return

@@ -40,7 +40,8 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable, mime_text
+from mqtwisted.document import due_time, mime_text
+from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable
 from mqtwisted.reactors import LazyReactor
 
 log = Logger()
@@ -68,12 +69,6 @@ BUSY_TIMEOUT = 5.0
 COMMIT_DELAY = 0.0005
 _STOP = object()
 
-
-def _due(document: Document) -> float:
-    try:
-        return float(document.get("nextattempt") or 0)
-    except (TypeError, ValueError):
-        return 0.0
 
 
 @attrs.define(eq=False)
@@ -258,7 +253,7 @@ class SpoolQueue:
                 if pub.body is not None and "mime" in doc:
                     doc = {k: v for k, v in doc.items() if k != "mime"}
                 text = encoded[key] = json.dumps(doc)
-            rows.append((pub.queue, _due(pub.document), pub.body, text))
+            rows.append((pub.queue, due_time(pub.document), pub.body, text))
         return rows
 
     def _published(self, ids: list[str], publications: Sequence[Publication]) -> list[str]:
