@@ -163,7 +163,7 @@ async def test_smtp_client_timeout_not_smtp_timeout_bounds_the_wait_for_a_reply(
     svc.startService()
     try:
         await queue.publish([Publication("outbox", doc())])
-        await until(lambda: queue.docs("retry"), 20)
+        await wait_until(lambda: queue.docs("retry"), 20, "the outbound reply timeout")
     finally:
         await svc.stopService()
         await port.stopListening()
