@@ -11,7 +11,8 @@ from twisted.internet.testing import StringTransport
 from twisted.mail import smtp
 from twisted.test import iosim
 
-from mqtwisted.smtp.client import OutboundFactory, encode_body, xtext
+from mqtwisted.smtp.client import OutboundFactory, encode_body
+from mqtwisted.xtext import xtext_encode as xtext
 from tests.clienthelpers import ListSource, TLSStringTransport, msg, run_ours, run_plain_twisted
 from tests.smtppeers import ScriptedFactory
 

@@ -19,11 +19,10 @@ def write_now(transport: Any, data: bytes) -> None:
     if (
         isinstance(t, tcp.Connection)
         and not t.TLS
-        and not t.dataBuffer
-        and not t._tempDataBuffer
         and t.producer is None
         and t.connected
         and not t.disconnecting
+        and not has_queued_output(t)
     ):
         try:
             sent = t.socket.send(data)
@@ -33,3 +32,16 @@ def write_now(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     t.write(data)
+
+
+def has_queued_output(transport: tcp.Connection) -> bool:
+    """Whether ``transport`` holds bytes it has not yet handed to the kernel.
+
+    Twisted has no public accessor for a transport's write buffer.  What it does guarantee
+    through public API: a file descriptor with unwritten output is registered with its reactor
+    as a writer until the output is flushed (``startWriting``/``stopWriting``), and
+    ``IReactorFDSet.getWriters`` lists those.  The list is short (only connections whose
+    kernel buffer was full), so the check is cheap.  tests/test_wire.py fails if Twisted
+    stops working this way (writes would then be reordered).
+    """
+    return transport in transport.reactor.getWriters()

@@ -1,0 +1,560 @@
+"""The outbound SMTP session as one transition table.  No I/O here: events in, actions out.
+
+Rules (everything that decides what the client sends next, and what a reply means, is in this file):
+
+1. Replies are matched to commands in the order the commands were sent; :data:`TABLE` says, for
+   each command awaiting its reply, which codes are success and what success or failure does.
+   A reply nothing is waiting for ends the session (``invalid``, temporary), except while parked,
+   where it is taken as the server closing an idle connection and ends the session quietly.
+   A line that is not a reply (no three-digit code) ends the session at once (``invalid``).
+2. The greeting must be 220; any other ends the connection without QUIT (the server refused us).
+   The first word of the greeting is the ``mta`` of every result.
+3. EHLO first.  A refused EHLO falls back to HELO unless TLS is required or we must authenticate
+   (both need ESMTP); then the EHLO reply itself is the fault.  A refused HELO ends with QUIT
+   (it is never retried: Twisted's fallback would loop).
+4. STARTTLS, per security level: ``none`` never; ``optional``/``opportunistic`` when offered;
+   ``required``/``verified`` when offered, and the session ends (temporary, state ``starttls``)
+   when it is not.  A refused STARTTLS ends the connection (temporary).  After its 220 every byte
+   the server sent behind the 220 is discarded (it came in plaintext: reply injection) and EHLO
+   is sent again inside TLS.  A failed handshake shows up as the connection lost in ``starttls``.
+5. AUTH only when a user name is configured (a smarthost), with the first mechanism of ours the
+   server offers (CRAM-MD5, LOGIN, PLAIN); PLAIN is tried twice.  No usable mechanism, a refusal
+   or a malformed challenge ends the session with QUIT, temporary: bad smarthost credentials are
+   the operator's to fix, not a reason to bounce.
+6. Per message: the ``mq_smtp_out_data`` hook (may refuse, state ``data``), then
+   ``[RSET] MAIL RCPT DATA``, in one write with PIPELINING (RFC 2920), one at a time without.
+   The first refusal decides the attempt; without PIPELINING nothing more is sent after it.
+   A 354 after a pipelined refusal is answered by a lone dot (RFC 2920 §3.1), its reply ignored.
+   A refused pipelined RSET is not the message's fault: temporary, and the session ends.
+7. After 354 the body goes out with its dot; a reply before the dot is written cannot be matched
+   and ends the session.  The reply to the dot decides the attempt; the ``mq_smtp_out_sent`` hook
+   runs once the dot is written, and a refusal from it replaces the server's verdict.
+8. A 421 to any transaction command or to the dot: the message fails and the connection is
+   closed without RSET or QUIT (the server is closing the channel).
+9. RSET is sent only after a transaction that did not end with a reply to the dot (a completed
+   one resets the server, RFC 5321 §4.1.1.4): pipelined in front of the next MAIL, or at once
+   without PIPELINING so that a parked session is clean when it wakes.  A refused lock-step RSET
+   ends the session with QUIT (temporary).
+10. After each message: at ``max_messages`` QUIT; else the next message; with none the session
+   parks when the source wants it (reply timer off; ``Resume`` or ``QuitIdle`` wake it), or QUITs.
+   Until the server answers after a resume, a message lost with the connection is given back,
+   not failed (the server may have closed the idle connection as we reused it).
+11. No reply in time: the fault is ``timeout`` in the current state and the connection is
+   aborted.  A lost connection fails the message in transaction, gives back one not yet sent,
+   and ends the session exactly once.
+
+The table knows neither Twisted nor the queue; :mod:`mqtwisted.smtp.client` is its adapter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections import deque
+from collections.abc import Container
+
+import attrs
+
+from mqtwisted.hooks import OUT_DATA, OUT_SENT
+from mqtwisted.results import Attempt
+from mqtwisted.smtp import outevents as ev
+from mqtwisted.smtp.outbody import encode_body, mail_line, rcpt_line, wire
+from mqtwisted.smtp.outstate import Facts, Phase, Stage, Transaction
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+class Await(enum.Enum):
+    """What a command sent is waiting for."""
+
+    GREETING = "greeting"
+    EHLO = "ehlo"
+    HELO = "helo"
+    STARTTLS = "starttls"
+    AUTH_PLAIN = "auth plain"
+    AUTH_PLAIN_AGAIN = "auth plain again"
+    AUTH_START = "auth start"
+    AUTH_CHALLENGE = "auth challenge"
+    AUTH_CANCELLED = "auth cancelled"
+    RSET = "rset"
+    TX_RSET = "pipelined rset"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    DOT = "dot"
+    LONE_DOT = "lone dot"
+    QUIT = "quit"
+
+
+@attrs.frozen
+class Row:
+    """One awaited reply: the state it is reported in, which codes succeed, what each outcome does."""
+
+    state: str
+    ok: Container[int]
+    on_ok: str
+    on_fail: str
+
+
+_2XX = range(200, 300)
+#: every code a reply line can carry (``int`` of three characters)
+_ANY = range(-99, 1000)
+_A = Await
+
+#: awaited reply -> what it means.  ``on_ok``/``on_fail`` name methods of :class:`Outbound`.
+TABLE: dict[Await, Row] = {
+    _A.GREETING: Row("intro", (220,), "send_ehlo", "close_with_fault"),
+    _A.EHLO: Row("ehlo", _2XX, "negotiate", "helo_or_fault"),
+    _A.HELO: Row("helo", _2XX, "take_message", "quit_with_fault"),
+    _A.STARTTLS: Row("starttls", (220,), "start_tls", "close_temporary"),
+    _A.AUTH_PLAIN: Row("auth", (235,), "take_message", "plain_again"),
+    _A.AUTH_PLAIN_AGAIN: Row("auth", (235,), "take_message", "quit_temporary"),
+    _A.AUTH_START: Row("auth", (334,), "answer_challenge", "quit_temporary"),
+    _A.AUTH_CHALLENGE: Row("auth", (235, 334), "challenge_or_done", "quit_temporary"),
+    _A.AUTH_CANCELLED: Row("auth", _ANY, "malformed_challenge", "malformed_challenge"),
+    _A.RSET: Row("rset", (250,), "take_message", "quit_temporary"),
+    _A.TX_RSET: Row("rset", _2XX, "transaction_reply", "transaction_reply"),
+    _A.MAIL: Row("mailfrom", _2XX, "transaction_reply", "transaction_reply"),
+    _A.RCPT: Row("rcptto", _2XX, "transaction_reply", "transaction_reply"),
+    _A.DATA: Row("data", (354,), "transaction_reply", "transaction_reply"),
+    _A.LONE_DOT: Row("data", _ANY, "lone_dot_reply", "lone_dot_reply"),
+    _A.DOT: Row("message", _ANY, "final_reply", "final_reply"),
+    _A.QUIT: Row("quit", _ANY, "leave", "leave"),
+}
+
+
+@attrs.define
+class Outbound:
+    """The state of one outbound session and the rules for moving it."""
+
+    policy: ev.Policy
+    facts: Facts
+    phase: Phase = Phase.ACTIVE
+    #: MailerQ's name for where the session is, as results report it
+    state: str = "connect"
+    tx: Transaction | None = None
+    #: what each command on the wire waits for, oldest first
+    awaiting: deque[Await] = attrs.field(factory=deque)
+    #: transaction commands not yet sent (servers without PIPELINING send one at a time)
+    unsent: deque[tuple[Await, bytes]] = attrs.field(factory=deque)
+    #: a transaction ended without a reply to its dot: the server needs RSET before the next
+    needs_rset: bool = False
+    #: resumed from idle and no reply since: a message lost with the connection goes back
+    unconfirmed: bool = False
+    tls: bool = False
+    extensions: dict[bytes, bytes | None] = attrs.field(factory=dict)
+    auth: ev.Authenticator | None = None
+    reply_lines: list[bytes] = attrs.field(factory=list)
+    #: messages with an outcome on this connection; 0 means the connection itself failed
+    reported: int = 0
+    fault: Attempt | None = None
+    out: list[ev.Action] = attrs.field(factory=list)
+
+    # -- the one entry point -------------------------------------------------------------------
+
+    def handle_event(self, event: ev.Event) -> list[ev.Action]:
+        """Apply ``event``; the actions to carry out, in order."""
+        self.out = []
+        if self.phase in (Phase.CLOSING, Phase.CLOSED) and not isinstance(event, ev.Lost):
+            if isinstance(event, ev.Offered):
+                self.out.append(ev.GiveBack(event.message))
+            return self.out
+        getattr(self, "on_" + type(event).__name__)(event)
+        return self.out
+
+    @property
+    def parked(self) -> bool:
+        return self.phase is Phase.PARKED
+
+    @property
+    def closing(self) -> bool:
+        return self.phase in (Phase.CLOSING, Phase.CLOSED)
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def on_Connected(self, event: ev.Connected) -> None:
+        self.facts.local_ip, self.facts.remote_ip, self.tls = event.local_ip, event.remote_ip, event.tls
+        self.state = "intro"
+        self.awaiting.append(Await.GREETING)
+
+    def on_Line(self, event: ev.Line) -> None:
+        line = event.data
+        # Twisted's SMTPClient reads replies this way; the client fuzzer's oracle does too.
+        try:
+            code = int(line[:3])
+        except ValueError:
+            self.protocol_error(f"Invalid response from SMTP server: {line!r}")
+            return
+        if line[:1] == b"0":
+            return  # RFC 821's informational replies: nothing to act on
+        self.reply_lines.append(line[4:])
+        if line[3:4] == b"-":
+            return
+        resp, self.reply_lines = b"\n".join(self.reply_lines), []
+        self.reply(code, resp)
+
+    def reply(self, code: int, resp: bytes) -> None:
+        self.unconfirmed = False
+        if self.awaiting:
+            row = TABLE[self.awaiting.popleft()]
+            getattr(self, row.on_ok if code in row.ok else row.on_fail)(row, code, resp)
+        elif self.phase is Phase.PARKED:
+            # Typically "421 idle timeout" before the server closes: leave quietly, no fault.
+            self.leave()
+        else:
+            self.fault = self.facts.reply_attempt(self.state, code, resp, result="invalid", permanent=False)
+            self.close()
+
+    def on_Offered(self, event: ev.Offered) -> None:
+        self.tx = Transaction(event.message, event.handle)
+        self.facts.messages += 1
+        if self.policy.defines(OUT_DATA):
+            # Before MAIL FROM, so the hook can still change the wire; the server owes us
+            # nothing while a plugin works, so no reply timer meanwhile.
+            self.out += [ev.Timer(False), ev.RunHook(OUT_DATA)]
+        else:
+            self.begin_transaction()
+
+    def on_NothingToSend(self, event: ev.NothingToSend) -> None:
+        if event.park:
+            self.phase = Phase.PARKED
+            self.state = "idle"
+            self.out.append(ev.Timer(False))
+        else:
+            self.quit()
+
+    def on_HookDone(self, event: ev.HookDone) -> None:
+        tx, reply = self.tx, event.reply
+        if tx is None:
+            return
+        if tx.stage is Stage.HOOK:
+            self.out.append(ev.Timer(True))
+            if reply is not None and reply.refuses:
+                self.report(self.facts.attempt("data", "error", code=reply.code, status=reply.enhanced, description=reply.text))
+                self.after_message()
+            else:
+                self.begin_transaction()
+        elif tx.stage is Stage.SENT_HOOK:
+            tx.stage, tx.hook_reply = Stage.SENT, reply
+            if tx.held_reply is not None:
+                self.finish_message(*tx.held_reply)
+
+    def on_BodySent(self, event: ev.BodySent) -> None:
+        tx = self.tx
+        if tx is None or tx.stage is not Stage.BODY:
+            return
+        if self.policy.defines(OUT_SENT):
+            tx.stage = Stage.SENT_HOOK
+            self.out.append(ev.RunHook(OUT_SENT))
+        else:
+            tx.stage = Stage.SENT
+
+    def on_BodyFailed(self, event: ev.BodyFailed) -> None:
+        self.fault = self.facts.attempt("message", "lost", description=event.description)
+        self.close()
+
+    def on_TLSFailed(self, event: ev.TLSFailed) -> None:
+        self.fault = self.facts.reply_attempt("starttls", 451, event.description.encode(), permanent=False)
+        self.close()
+
+    def on_TimedOut(self, event: ev.TimedOut) -> None:
+        self.fault = self.facts.attempt(self.state, "timeout", description="no reply from server in time")
+        self.close(abort=True)
+
+    def on_Resume(self, event: ev.Resume) -> None:
+        if self.phase is Phase.PARKED:
+            self.phase = Phase.ACTIVE
+            self.unconfirmed = True
+            self.out.append(ev.Timer(True))
+            self.take_message()
+
+    def on_QuitIdle(self, event: ev.QuitIdle) -> None:
+        if self.phase is Phase.PARKED:
+            self.out.append(ev.Timer(True))
+            self.quit()
+
+    def on_Lost(self, event: ev.Lost) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        quiet = self.phase in (Phase.QUITTING, Phase.CLOSING)
+        self.phase = Phase.CLOSED
+        tx, self.tx = self.tx, None
+        fault = self.fault
+        if fault is None and not quiet:
+            fault = self.facts.attempt(self.state, "lost", description=event.description)
+        if tx is not None:
+            if tx.on_wire and not self.unconfirmed:
+                self.reported += 1
+                self.out.append(ev.Report(tx.message, fault or self.facts.attempt(self.state, "lost", description="connection lost")))
+            else:
+                self.out.append(ev.GiveBack(tx.message))
+        self.out.append(ev.Ended(fault))
+
+    # -- greeting, EHLO, STARTTLS, AUTH ----------------------------------------------------------
+
+    def send(self, awaited: Await, line: bytes) -> None:
+        self.awaiting.append(awaited)
+        self.out.append(ev.Send(line + b"\r\n"))
+
+    def send_ehlo(self, row: Row, code: int, resp: bytes) -> None:
+        if self.facts.mta is None:
+            words = resp.split(None, 1)
+            self.facts.mta = words[0].decode("ascii", "replace") if words else ""
+        self.state = "ehlo"
+        self.send(Await.EHLO, b"EHLO " + self.policy.helo)
+
+    def negotiate(self, row: Row, code: int, resp: bytes) -> None:
+        self.extensions = {}
+        for line in resp.splitlines()[1:]:
+            word, _, rest = line.partition(b" ")
+            self.extensions[word.upper()] = rest or None
+        self.facts.dsn = b"DSN" in self.extensions
+        if self.tls:
+            self.out.append(ev.Secured())
+        offered = b"STARTTLS" in self.extensions
+        if not self.tls and self.policy.requires_tls and not offered:
+            self.fault = self.facts.attempt(
+                "starttls", "error", permanent=False,
+                description="server does not offer STARTTLS and security is " + self.policy.security,
+            )
+            self.quit()
+        elif not self.tls and offered and self.policy.tls_available:
+            self.state = "starttls"
+            self.send(Await.STARTTLS, b"STARTTLS")
+        else:
+            self.authenticate()
+
+    def helo_or_fault(self, row: Row, code: int, resp: bytes) -> None:
+        if self.policy.requires_tls or self.policy.username:
+            # EHLO refused and HELO not allowed (TLS/AUTH need ESMTP): the EHLO reply is the fault.
+            self.fault = self.facts.reply_attempt("ehlo", code, resp, result="invalid" if code < 400 else None)
+            self.close()
+            return
+        self.state = "helo"
+        self.send(Await.HELO, b"HELO " + self.policy.helo)
+
+    def start_tls(self, row: Row, code: int, resp: bytes) -> None:
+        self.tls = True
+        self.out.append(ev.StartTLS())
+        self.send(Await.EHLO, b"EHLO " + self.policy.helo)
+
+    def authenticate(self) -> None:
+        self.state = "auth"
+        offered = (self.extensions.get(b"AUTH") or b"").upper().split()
+        if self.policy.secret and offered:
+            for auth in self.policy.authenticators:
+                name = auth.getName().upper()
+                if name in offered:
+                    self.auth = auth
+                    if name == b"PLAIN":
+                        self.send(Await.AUTH_PLAIN, self.plain())
+                    else:
+                        self.send(Await.AUTH_START, b"AUTH " + name)
+                    return
+        if self.policy.username:
+            self.fault = self.facts.attempt("auth", "error", description="server offers no usable AUTH mechanism", permanent=False)
+            self.quit()
+            return
+        self.take_message()
+
+    def plain(self) -> bytes:
+        assert self.auth is not None and self.policy.secret is not None
+        return b"AUTH PLAIN " + base64.b64encode(self.auth.challengeResponse(self.policy.secret, 1))
+
+    def plain_again(self, row: Row, code: int, resp: bytes) -> None:
+        self.send(Await.AUTH_PLAIN_AGAIN, self.plain())
+
+    def answer_challenge(self, row: Row, code: int, resp: bytes) -> None:
+        assert self.auth is not None and self.policy.secret is not None
+        try:
+            challenge = base64.b64decode(resp)
+        except binascii.Error:
+            self.send(Await.AUTH_CANCELLED, b"*")
+            return
+        self.send(Await.AUTH_CHALLENGE, base64.b64encode(self.auth.challengeResponse(self.policy.secret, challenge)))
+
+    def challenge_or_done(self, row: Row, code: int, resp: bytes) -> None:
+        if code == 334:
+            self.answer_challenge(row, code, resp)
+        else:
+            self.take_message()
+
+    def malformed_challenge(self, row: Row, code: int, resp: bytes) -> None:
+        resp = b"Login failed because the SMTP Server returned a malformed Authentication Challenge"
+        self.quit_temporary(row, 501, resp)
+
+    # -- faults and endings ---------------------------------------------------------------------
+
+    def close_with_fault(self, row: Row, code: int, resp: bytes) -> None:
+        self.fault = self.facts.reply_attempt(row.state, code, resp)
+        self.close()
+
+    def close_temporary(self, row: Row, code: int, resp: bytes) -> None:
+        self.fault = self.facts.reply_attempt(row.state, code, resp, permanent=False)
+        self.close()
+
+    def quit_with_fault(self, row: Row, code: int, resp: bytes) -> None:
+        self.fault = self.facts.reply_attempt(row.state, code, resp)
+        self.quit()
+
+    def quit_temporary(self, row: Row, code: int, resp: bytes) -> None:
+        self.fault = self.facts.reply_attempt(row.state, code, resp, permanent=False)
+        self.quit()
+
+    def protocol_error(self, description: str) -> None:
+        self.fault = self.facts.attempt(self.state, "invalid", description=description)
+        if self.tx is not None and self.tx.on_wire:
+            self.report(self.fault)
+        self.close()
+
+    def quit(self) -> None:
+        self.phase = Phase.QUITTING
+        self.state = "quit"
+        # Whatever the server still owes us, its next reply ends the session.
+        self.awaiting.clear()
+        self.send(Await.QUIT, b"QUIT")
+
+    def leave(self, row: Row | None = None, code: int = 0, resp: bytes = b"") -> None:
+        """Close without a fault: QUIT was answered, or the server is closing the channel."""
+        self.phase = Phase.QUITTING
+        self.close()
+
+    def close(self, abort: bool = False) -> None:
+        self.phase = Phase.CLOSING
+        self.out.append(ev.Close(abort))
+
+    # -- the message loop ------------------------------------------------------------------------
+
+    def take_message(self, row: Row | None = None, code: int = 0, resp: bytes = b"") -> None:
+        if self.phase is not Phase.ACTIVE:
+            return
+        if self.facts.messages < self.policy.max_messages:
+            self.out.append(ev.Fetch())
+        else:
+            self.quit()
+
+    def begin_transaction(self) -> None:
+        tx = self.tx
+        assert tx is not None
+        envelope, recipient, mime = wire(tx.message, tx.handle)
+        tx.body = encode_body(mime)
+        dsn = tx.message.dsn
+        commands = [(Await.TX_RSET, b"RSET")] if self.needs_rset else []
+        commands += [
+            (Await.MAIL, mail_line(envelope, recipient, tx.body, dsn, self.extensions)),
+            (Await.RCPT, rcpt_line(recipient, dsn, self.extensions)),
+            (Await.DATA, b"DATA"),
+        ]
+        self.needs_rset = False
+        tx.stage = Stage.ENVELOPE
+        if b"PIPELINING" in self.extensions:
+            # The whole envelope in one write, so one segment (RFC 2920).
+            self.awaiting.extend(awaited for awaited, _ in commands)
+            self.state = TABLE[commands[0][0]].state
+            self.out.append(ev.Send(b"".join(line + b"\r\n" for _, line in commands)))
+        else:
+            self.unsent.extend(commands)
+            self.send_next()
+
+    def send_next(self) -> None:
+        awaited, line = self.unsent.popleft()
+        self.state = TABLE[awaited].state
+        self.send(awaited, line)
+
+    def transaction_reply(self, row: Row, code: int, resp: bytes) -> None:
+        """The reply to the oldest transaction command still waiting for one."""
+        tx = self.tx
+        self.state = row.state
+        if tx is None:  # the transaction already failed (a protocol error): nothing to decide
+            return
+        if code == 421:
+            tx.error = tx.error or self.facts.reply_attempt(row.state, code, resp)
+            self.fail_transaction()
+            self.leave()
+            return
+        if code not in row.ok and tx.error is None:
+            # A refused pipelined RSET is not the message's fault: try it elsewhere.
+            tx.error = self.facts.reply_attempt(row.state, code, resp, permanent=False if row.state == "rset" else None)
+            self.unsent.clear()
+        if row.state == "data" and code == 354:
+            if tx.error is not None:
+                # Pipelined: MAIL or RCPT failed but the server still wants the data.
+                self.send(Await.LONE_DOT, b".")
+                return
+            self.state = "message"
+            tx.stage = Stage.BODY
+            self.awaiting.append(Await.DOT)
+            body, tx.body = tx.body, b""
+            self.out.append(ev.SendBody(body))
+        elif self.unsent:
+            self.send_next()
+        elif not self.awaiting:
+            self.transaction_done()
+
+    def lone_dot_reply(self, row: Row, code: int, resp: bytes) -> None:
+        self.transaction_done()
+
+    def transaction_done(self) -> None:
+        tx = self.tx
+        if tx is None or tx.error is None:
+            return
+        leave = tx.error.state == "rset"
+        self.fail_transaction()
+        if leave:
+            self.quit()
+        else:
+            self.after_message()
+
+    def fail_transaction(self) -> None:
+        assert self.tx is not None and self.tx.error is not None
+        self.needs_rset = True
+        self.unsent.clear()
+        self.report(self.tx.error)
+
+    def final_reply(self, row: Row, code: int, resp: bytes) -> None:
+        tx = self.tx
+        if tx is None:
+            return
+        if tx.stage is Stage.BODY:
+            # The server answered in the middle of the body: the session cannot be resynchronised.
+            self.fault = self.facts.reply_attempt("message", code, resp)
+            self.report(self.fault)
+            self.close()
+        elif tx.stage is Stage.SENT_HOOK:
+            # The reply overtook the plugin; hold it until the plugin is done.
+            tx.held_reply = (code, resp)
+        else:
+            self.finish_message(code, resp)
+
+    def finish_message(self, code: int, resp: bytes) -> None:
+        assert self.tx is not None
+        reply = self.tx.hook_reply
+        if reply is not None and reply.refuses:
+            attempt = self.facts.attempt("message", "error", code=reply.code, status=reply.enhanced, description=reply.text)
+        else:
+            attempt = self.facts.reply_attempt("message", code, resp)
+        self.report(attempt)
+        if code == 421:
+            self.leave()
+        else:
+            self.after_message()
+
+    def after_message(self) -> None:
+        if self.phase is not Phase.ACTIVE:
+            return
+        if self.facts.messages >= self.policy.max_messages:
+            self.quit()
+        elif self.needs_rset and b"PIPELINING" not in self.extensions:
+            # Lock-step server: reset now, so a parked session is clean when woken.
+            self.needs_rset = False
+            self.state = "rset"
+            self.send(Await.RSET, b"RSET")
+        else:
+            self.take_message()
+
+    def report(self, attempt: Attempt) -> None:
+        assert self.tx is not None
+        message, self.tx = self.tx.message, None
+        self.reported += 1
+        self.out.append(ev.Report(message, attempt))
