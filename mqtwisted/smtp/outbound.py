@@ -358,12 +358,14 @@ class Outbound:
             return
         self.take_message()
 
-    def plain(self) -> bytes:
+    def plain(self, form: int = 1) -> bytes:
+        # Twisted's PLAIN client: form 1 names the user as authorization identity, form 2 leaves
+        # it empty; servers disagree on which they accept, so a refused first form tries the second.
         assert self.auth is not None and self.policy.secret is not None
-        return b"AUTH PLAIN " + base64.b64encode(self.auth.challengeResponse(self.policy.secret, 1))
+        return b"AUTH PLAIN " + base64.b64encode(self.auth.challengeResponse(self.policy.secret, form))
 
     def plain_again(self, row: Row, code: int, resp: bytes) -> None:
-        self.send(Await.AUTH_PLAIN_AGAIN, self.plain())
+        self.send(Await.AUTH_PLAIN_AGAIN, self.plain(2))
 
     def answer_challenge(self, row: Row, code: int, resp: bytes) -> None:
         assert self.auth is not None and self.policy.secret is not None
