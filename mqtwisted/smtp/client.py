@@ -139,26 +139,6 @@ class OutboundSender(smtp.ESMTPSender):
         """Messages with an outcome on this connection; 0 means the connection itself failed."""
         return self.table.reported
 
-    @property
-    def state(self) -> str:
-        return self.table.state
-
-    @property
-    def mta(self) -> str | None:
-        return self.table.facts.mta
-
-    @property
-    def messages(self) -> int:
-        return self.table.facts.messages
-
-    @property
-    def cipher(self) -> dict[str, Any] | None:
-        return self.table.facts.cipher
-
-    @property
-    def extensions(self) -> dict[bytes, bytes | None]:
-        return self.table.extensions
-
     def resume(self) -> bool:
         """Wake a parked session to send the source's next message; False when it cannot (it
         is not parked, or is closing), so the caller should find another connection."""

@@ -156,7 +156,8 @@ class Outbound:
     def handle_event(self, event: ev.Event) -> list[ev.Action]:
         """Apply ``event``; the actions to carry out, in order."""
         self.out = []
-        if self.phase in (Phase.CLOSING, Phase.CLOSED) and not isinstance(event, ev.Lost):
+        if self.closing and not isinstance(event, ev.Lost):
+            # Nothing the server says matters any more; a message handed over meanwhile goes back.
             if isinstance(event, ev.Offered):
                 self.out.append(ev.GiveBack(event.message))
             return self.out
