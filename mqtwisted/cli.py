@@ -145,7 +145,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from twisted.internet import defer, task
 
     from mqtwisted.queue import Body, Publication
-    from mqtwisted.service import make_queue
+    from mqtwisted.wiring import make_queue
 
     mime = sys.stdin.buffer.read()
     body = Body(data=mime, size=len(mime))

@@ -85,6 +85,35 @@ class MQ_Context:
     def running(self) -> bool:
         return self.thread is not None and self._stopped is None
 
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called: no timer or watcher may be armed any more."""
+        return self._stopped is not None
+
+    # -- what stop() disarms (reactor thread) -------------------------------------------------------
+
+    @property
+    def timers(self) -> frozenset[Timer]:
+        """The timers counting down for this context."""
+        return frozenset(self._timers)
+
+    def add_timer(self, timer: Timer) -> None:
+        self._timers.add(timer)
+
+    def discard_timer(self, timer: Timer) -> None:
+        self._timers.discard(timer)
+
+    @property
+    def watchers(self) -> frozenset[Watcher]:
+        """The descriptors this context's plugins watch."""
+        return frozenset(self._watchers)
+
+    def add_watcher(self, watcher: Watcher) -> None:
+        self._watchers.add(watcher)
+
+    def discard_watcher(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
     # -- life cycle (reactor thread) --------------------------------------------------------------
 
     def start(self) -> None:
@@ -203,22 +232,22 @@ class Timer:
         on_reactor(self.ctx.reactor, self._disarm)
 
     def _arm(self, timeout: float) -> None:
-        if self.ctx._stopped is not None:
+        if self.ctx.stopping:
             return
         self._disarm()
         self.fired = False
         self._call = self.ctx.reactor.callLater(max(0.0, timeout), self._fire)
-        self.ctx._timers.add(self)
+        self.ctx.add_timer(self)
 
     def _disarm(self) -> None:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
-        self.ctx._timers.discard(self)
+        self.ctx.discard_timer(self)
 
     def _fire(self) -> None:
         self._call = None
-        self.ctx._timers.discard(self)
+        self.ctx.discard_timer(self)
         self.fired = True
         self.ctx.submit(_call_as, self.plugin, self.callback, *self.args)
 
@@ -253,7 +282,7 @@ class Watcher:
 
     def connectionLost(self, reason: Any) -> None:
         self.active = False
-        self.ctx._watchers.discard(self)
+        self.ctx.discard_watcher(self)
 
     def doRead(self) -> None:
         self._ready(MQ_READ)
@@ -266,16 +295,16 @@ class Watcher:
         on_reactor(self.ctx.reactor, self._disarm)
 
     def _arm(self) -> None:
-        if not self.active or self.ctx._stopped is not None:
+        if not self.active or self.ctx.stopping:
             return
-        self.ctx._watchers.add(self)
+        self.ctx.add_watcher(self)
         if self.events & MQ_READ:
             self.ctx.reactor.addReader(self)
         if self.events & MQ_WRITE:
             self.ctx.reactor.addWriter(self)
 
     def _disarm(self) -> None:
-        self.ctx._watchers.discard(self)
+        self.ctx.discard_watcher(self)
         self.ctx.reactor.removeReader(self)
         self.ctx.reactor.removeWriter(self)
 

@@ -28,9 +28,10 @@ restarted) waits for it instead of delivering the same documents twice.
 
 Stopping: end of file on fd 0, SIGTERM or SIGINT stop the worker gracefully (in-flight messages
 finish or go back to the queue).  A worker that dies is started again, after 1 s, doubling up to
-30 s while it keeps dying young; its leases die with it, so its messages are simply due again.
-A worker that sends nothing for ``SILENT_LIMIT`` seconds (its reactor blocked by a plugin, or the
-process stopped) is killed and replaced the same way.
+30 s while it keeps dying young (``--delivery-restart-delays``); its leases die with it, so its
+messages are simply due again.  A worker that sends nothing for ``--delivery-silence-limit``
+seconds (30: its reactor blocked by a plugin, or the process stopped) is killed and replaced the
+same way.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application import service
@@ -54,10 +55,12 @@ log = Logger()
 #: seconds between two metric snapshots from the worker
 SNAPSHOT_INTERVAL = 1.0
 #: a worker silent this long (no snapshot: its reactor is blocked, or it was stopped) is killed
-#: and replaced
+#: and replaced (the default of ``--delivery-silence-limit``)
 SILENT_LIMIT = 30.0
 #: a worker that lived this long was healthy: the next restart comes after the shortest delay
 HEALTHY_AFTER = 60.0
+#: the waits before restarting a worker that keeps dying young, the last one repeating (the
+#: default of ``--delivery-restart-delays``)
 RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 LOCK_FILE = "delivery.lock"
 #: seconds the worker's settles wait to share one spool transaction (SpoolQueue.settle_delay)
@@ -118,11 +121,17 @@ class DeliveryProcess(service.Service):
     """
 
     def __init__(self, options: Mapping[str, Any], queue: Any, name: str = "delivery",
-                 log_to: dict[str, Any] | None = None) -> None:
+                 log_to: dict[str, Any] | None = None, silent_limit: float = SILENT_LIMIT,
+                 restart_delays: Sequence[float] = RESTART_DELAYS, reactor: Any = None) -> None:
         self.name = name
         self.log_to = log_to
         self.options = worker_options(options)
         self.queue = queue
+        #: seconds without a line from the worker before it is killed and replaced
+        self.silent_limit = silent_limit
+        #: waits before each restart of a worker that keeps dying young; the last one repeats
+        self.restart_delays = tuple(restart_delays) or RESTART_DELAYS
+        self._reactor = reactor
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -137,9 +146,10 @@ class DeliveryProcess(service.Service):
 
     def __getstate__(self) -> dict[str, Any]:
         return {"options": self.options, "queue": self.queue, "name": self.name, "parent": self.parent,
-                "log_to": self.log_to}
+                "log_to": self.log_to, "silent_limit": self.silent_limit, "restart_delays": self.restart_delays}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        state = {"silent_limit": SILENT_LIMIT, "restart_delays": RESTART_DELAYS, **state}  # older TAPs
         self.__dict__.update(state)
         self.running = 0
         self._init_runtime()
@@ -152,13 +162,13 @@ class DeliveryProcess(service.Service):
         super().startService()
         self.queue.watch(self.options.get("outbox") or "outbox", self._published)
         self._spawn()
-        self._watchdog = self.reactor.callLater(SILENT_LIMIT / 3, self._check_heard)
+        self._watchdog = self.reactor.callLater(self.silent_limit / 3, self._check_heard)
 
     def _check_heard(self) -> None:
-        self._watchdog = self.reactor.callLater(SILENT_LIMIT / 3, self._check_heard)
+        self._watchdog = self.reactor.callLater(self.silent_limit / 3, self._check_heard)
         worker = self.worker
         silent = self.reactor.seconds() - self._heard
-        if worker is not None and silent > SILENT_LIMIT:
+        if worker is not None and silent > self.silent_limit:
             _kill(worker, f"silent for {silent:.0f}s (blocked or stopped)")
 
     def stopService(self) -> defer.Deferred[None]:
@@ -196,8 +206,8 @@ class DeliveryProcess(service.Service):
             )
         except OSError as e:  # no fork (out of memory, process limit): try again later
             log.error("cannot start a delivery worker: {error}; trying again in {delay:.0f}s",
-                      error=e, delay=RESTART_DELAYS[-1])
-            self._restart = self.reactor.callLater(RESTART_DELAYS[-1], self._spawn)
+                      error=e, delay=self.restart_delays[-1])
+            self._restart = self.reactor.callLater(self.restart_delays[-1], self._spawn)
             return
         self.worker = worker
         self._started_at = self._heard = self.reactor.seconds()
@@ -215,7 +225,7 @@ class DeliveryProcess(service.Service):
         lived = self.reactor.seconds() - self._started_at
         if lived >= HEALTHY_AFTER:
             self._failures = 0
-        delay = RESTART_DELAYS[min(self._failures, len(RESTART_DELAYS) - 1)]
+        delay = self.restart_delays[min(self._failures, len(self.restart_delays) - 1)]
         self._failures += 1
         log.error("delivery worker ended after {lived:.1f}s ({reason}); starting another in {delay:.0f}s",
                   lived=lived, reason=reason.getErrorMessage(), delay=delay)
@@ -309,7 +319,7 @@ class Worker:
 
     def __init__(self, options: dict[str, Any], reactor: Any) -> None:
         from mqtwisted.delivery import make_delivery_service
-        from mqtwisted.service import QueueService, make_hooks, make_queue
+        from mqtwisted.wiring import QueueService, make_hooks, make_queue
 
         self.options = options
         self.reactor = reactor

@@ -1,4 +1,4 @@
-"""The incoming message model: one MailerQ JSON document per recipient (DESIGN.md §4).
+"""The incoming message model: one MailerQ JSON document per recipient (see docs/architecture.rst).
 
 Fields: ``envelope``, ``recipient``, ``mime`` (shared, as a queue Body), ``hostname``,
 ``received``, ``message-id``, ``connection`` {local-ip, local-port, remote-ip, remote-port, secure,

@@ -118,6 +118,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
      "worker processes that deliver (0: the MTA process delivers; spool: at most 1)"),
     ("delivery-nice", "10", _positive_int,
      "nice increment of delivery worker processes, 0-19 (sessions' clients wait, deliveries do not)"),
+    ("delivery-silence-limit", "30", _seconds, "seconds a delivery worker may stay silent before it is replaced"),
+    ("delivery-restart-delays", "1,2,4,8,16,30", _intervals, "waits before restarting a failing worker, seconds"),
     ("smarthost", "", str, "send all mail via host[:port]"),
     ("dns-server", "", str, "DNS resolver host:port (default: the system's)"),
     ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),

@@ -28,7 +28,8 @@ log = Logger()
 
 def build_runner(directory: str, threads: int, timeout: float) -> Any:
     """A PluginRunner for ``directory`` whose connection hooks are timed for ``/metrics``."""
-    from mqtwisted.plugins import Plugin, PluginRunner, load_plugins
+    from mqtwisted.pluginloader import Plugin, load_plugins
+    from mqtwisted.plugins import PluginRunner
 
     plugins = [
         Plugin(p.name, p.path, TimedModule(p.module, p.name, hook_names.CONNECTION_HOOKS))  # type: ignore[arg-type]

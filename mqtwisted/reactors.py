@@ -19,5 +19,6 @@ class LazyReactor:
         if reactor is None:
             from twisted.internet import reactor
 
-            obj._reactor = reactor
+            # Cached in the instance's own slot, where classes that take a reactor keep it.
+            obj.__dict__["_reactor"] = reactor
         return reactor

@@ -1,4 +1,5 @@
-"""The replies the MTA itself gives when something local goes wrong, written once.
+"""The replies the MTA itself gives when something local goes wrong, written once, and how a
+reply is put on the wire.
 
 Policy and protocol replies that belong to one rule (a syntax error, a bad sequence) stay beside
 that rule; these are the ones several layers give for the same cause.
@@ -25,3 +26,14 @@ QUEUE_UNAVAILABLE = Reply(451, "Queue unavailable, try again later", "4.3.0")
 
 #: An outbound hook (``mq_smtp_out_*``) failed: the attempt is deferred, not bounced.
 PLUGIN_FAILURE = Reply(451, "plugin failure", "4.3.0")
+
+
+def reply_bytes(code: int, lines: list[str], enhanced: str | None = None) -> bytes:
+    """A (multi-line) SMTP reply as sent: ``250-first``, ..., ``250 last``, each line with the
+    enhanced status code when there is one (RFC 2034 §4)."""
+    prefix = f"{enhanced} " if enhanced else ""
+    out = []
+    for i, line in enumerate(lines):
+        sep = " " if i == len(lines) - 1 else "-"
+        out.append(f"{code}{sep}{prefix}{line}\r\n")
+    return "".join(out).encode("utf-8", "replace")

@@ -14,11 +14,10 @@ from typing import Any
 
 from twisted.application import internet, service
 from twisted.internet import defer
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.components import Componentized
 
-from mqtwisted import __version__
+from mqtwisted import shutdown
 from mqtwisted.cleanup import Cleanup
 from mqtwisted.connection import HookRunner
 from mqtwisted.metrics import METRICS
@@ -26,60 +25,13 @@ from mqtwisted.options import OPTIONS
 from mqtwisted.pluginhost import PluginHost
 from mqtwisted.queue import Queue
 from mqtwisted.replies import SHUTTING_DOWN
+from mqtwisted.smtp.config import ServerConfig
+from mqtwisted.smtp.factory import SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy
-from mqtwisted.smtp.server import ServerConfig, SMTPFactory
-from mqtwisted.tls import ServerTLS, make_self_signed
+from mqtwisted.tls import ServerTLS, server_tls
+from mqtwisted.wiring import QueueService, make_hooks, make_queue
 
 log = Logger()
-
-
-class QueueService(service.Service):
-    """Runs a queue backend for the lifetime of the MTA."""
-
-    name = "queue"
-
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
-        #: fires when the queue has started (amqp: connected, or given up waiting for the broker)
-        self.started: defer.Deferred[None] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**super().__getstate__(), "started": None}
-
-    def startService(self) -> None:
-        super().startService()
-        self.started = self.queue.start()
-        self.started.addErrback(lambda f: log.failure("queue failed to start", f))
-
-    def stopService(self) -> defer.Deferred:
-        super().stopService()
-        return self.queue.stop()
-
-
-def make_queue(options: Any, settle_delay: float = 0.0) -> Queue:
-    """The queue backend of ``--queue``; ``settle_delay``: see SpoolQueue (the spool only)."""
-    url = options["queue"]
-    if url == "spool":
-        from mqtwisted.queue.spool import SpoolQueue
-
-        return SpoolQueue(os.path.join(options["data-dir"], "spool.sqlite3"), settle_delay=settle_delay)
-    if url.startswith(("amqp://", "amqps://")):
-        from mqtwisted.queue.amqp import AmqpQueue
-
-        return AmqpQueue(url, prefetch=options["amqp-prefetch"])
-    from mqtwisted.options import ConfigError
-
-    raise ConfigError(f"--queue: expected spool or amqp://..., got {url!r}")
-
-
-def server_tls(options: Any) -> ServerTLS:
-    cert, key = options["smtp-certificate"], options["smtp-key"]
-    if not cert:
-        cert = os.path.join(options["data-dir"], "smtp-cert.pem")
-        key = os.path.join(options["data-dir"], "smtp-key.pem")
-        if not (os.path.exists(cert) and os.path.exists(key)):
-            make_self_signed(cert, key, options["hostname"])
-    return ServerTLS(cert, key)
 
 
 #: Options applied by SIGHUP (README: "Reloading").  The rest need a restart: they are bound to
@@ -115,12 +67,6 @@ def _relay(options: Any) -> RelayPolicy:
         trusted=tuple(options["smtp-range"]),
         local_domains=frozenset(d.lower().rstrip(".") for d in options["local-domains"]),
     )
-
-
-def _sleep(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet import reactor
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 class MTAService(service.MultiService):
@@ -233,6 +179,11 @@ class MTAService(service.MultiService):
         names = {*QUEUE_NAMES, self.options["inbox"], self.options["outbox"], self.options["local"]}
         return self.queue.stats().addCallback(lambda counts: {**dict.fromkeys(names, 0), **counts})
 
+    @property
+    def shutting_down(self) -> bool:
+        """True once the graceful stop has begun."""
+        return self._stopping is not None
+
     def status_counts(self) -> dict[str, Any]:
         """The live gauges (no I/O): connections, delivery in flight, plugin threads."""
         factory = self.factory
@@ -252,40 +203,6 @@ class MTAService(service.MultiService):
                 "runners": len(runners),
                 "threads": sum(len(r.contexts) for r in runners),
                 "busy": METRICS.busy_threads(),
-            },
-        }
-
-    def status(self, depths: dict[str, int]) -> dict[str, Any]:
-        """``/status``: everything ``/metrics`` has, as one JSON document."""
-        import time
-
-        m = METRICS
-        counts = self.status_counts()
-        attempts: dict[str, dict[str, int]] = {}
-        for (state, result), n in m.attempt_counts().items():
-            attempts.setdefault(state, {})[result] = n
-        hooks = [
-            {"plugin": p, "hook": h, "calls": int(row[0]), "seconds": row[1],
-             "mean_seconds": row[1] / row[0] if row[0] else 0.0}
-            for (p, h), row in sorted(m.hooks().items())
-        ]
-        accepted = sum(n for code, n in m.messages.items() if code < 400)
-        refused = {str(code): n for code, n in sorted(m.messages.items()) if code >= 400}
-        return {
-            "version": __version__,
-            "started": m.started,
-            "uptime": time.time() - m.started,
-            "shutting_down": self._stopping is not None,
-            "connections": {**counts["connections"], "refused": m.connections_refused},
-            "sessions": dict(m.sessions),
-            "messages": {"accepted": accepted, "refused": sum(refused.values()), "refused_by_code": refused},
-            "queues": depths,
-            "delivery": {**counts["delivery"], "attempts": attempts},
-            "plugins": {
-                **counts["plugins"],
-                "directory": self.plugins.directory or None,
-                "loaded": [p.name for p in getattr(self.plugins.runner, "plugins", [])],
-                "hooks": hooks,
             },
         }
 
@@ -333,10 +250,7 @@ class MTAService(service.MultiService):
             self.cleanup.relay = self.factory.relay if self.factory is not None else _relay(options)
             self.cleanup.extract = options["smtp-extract"]
         if self.tls is not None:
-            cert, key = options["smtp-certificate"], options["smtp-key"]
-            if cert:
-                self.tls.cert_path, self.tls.key_path = cert, key
-            self.tls._options = None  # re-read the files for the next handshake
+            self.tls.reload(options["smtp-certificate"], options["smtp-key"])
         for delivery in self.deliveries():
             delivery.reconfigure(options)
         log.info("reload done; changed: {keys}", keys=", ".join(k for k in changed if k in RELOADABLE) or "nothing")
@@ -358,61 +272,21 @@ class MTAService(service.MultiService):
         timeout = float(self.options.get("shutdown-timeout") or 0)
         deadline = reactor.seconds() + timeout
         log.info("shutting down: no new connections; sessions and deliveries get {t}s", t=timeout)
-        await self._each([s.stopService for s in self.smtp_ports()])
-        await self._drain_sessions(deadline)
+        await shutdown.each([s.stopService for s in self.smtp_ports()])
+        if self.factory is not None:
+            await shutdown.drain_sessions(self.factory.sessions, deadline, SHUTTING_DOWN)
         await defer.gatherResults([
-            defer.ensureDeferred(self._bounded(d.stopService, max(0.0, deadline - reactor.seconds()) + 1.0, d.name))
+            defer.ensureDeferred(
+                shutdown.bounded(d.stopService, max(0.0, deadline - reactor.seconds()) + 1.0, d.name)
+            )
             for d in self.deliveries()
         ])
-        await self._each([self.plugins.stopService])
-        await self._each([self.getServiceNamed("queue").stopService])
+        await shutdown.each([self.plugins.stopService])
+        await shutdown.each([self.getServiceNamed("queue").stopService])
         if self.web is not None:
-            await self._each([self.web.stopService])
+            await shutdown.each([self.web.stopService])
         log.info("shutdown complete: accepted {n} message(s) since start",
                  n=sum(v for k, v in METRICS.messages.items() if k < 400))
-
-    @staticmethod
-    async def _each(calls: list[Any]) -> None:
-        results = await defer.DeferredList([defer.maybeDeferred(c) for c in calls], consumeErrors=True)
-        for ok, failure in results:
-            if not ok:
-                log.failure("stopping a service failed", failure)
-
-    @staticmethod
-    async def _bounded(call: Any, seconds: float, what: str) -> None:
-        from twisted.internet import reactor
-
-        d = defer.maybeDeferred(call)
-        d.addErrback(lambda f: log.failure("stopping {what} failed", f, what=what))
-        d.addTimeout(seconds, reactor, onTimeoutCancel=lambda r, t: log.warn(
-            "{what} did not finish within {t:.0f}s; its messages are due again at next start", what=what, t=t))
-        await d
-
-    async def _drain_sessions(self, deadline: float) -> None:
-        """Close idle sessions at once, others when their transaction is over, all by ``deadline``."""
-        from twisted.internet import reactor
-
-        factory = self.factory
-        if factory is None:
-            return
-        while factory.sessions:
-            over = reactor.seconds() >= deadline
-            for session in list(factory.sessions):
-                if over or not session.in_transaction:
-                    session.shutdown(SHUTTING_DOWN)
-            if over:
-                break
-            await _sleep(0.05)
-        # Let the 421s reach the clients; whoever is still there after that is cut.
-        give_up = reactor.seconds() + 2.0
-        while factory.sessions and reactor.seconds() < give_up:
-            await _sleep(0.05)
-        for session in list(factory.sessions):
-            session.transport.abortConnection()
-
-
-def make_hooks(options: Any) -> PluginHost:
-    return PluginHost(options["plugin-directory"], options["threads"], options["plugin-timeout"])
 
 
 def make_service(options: Any, signals: bool = False) -> MTAService:
@@ -472,8 +346,12 @@ def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> list[service
 
         log_to = worker_log(options["log-format"], getattr(options, "json_log_path", None),
                             getattr(options, "log_to_stdout", False))
-        return [DeliveryProcess(options, queue, name="delivery" if i == 0 else f"delivery-{i}", log_to=log_to)
-                for i in range(workers)]
+        return [
+            DeliveryProcess(options, queue, name="delivery" if i == 0 else f"delivery-{i}", log_to=log_to,
+                            silent_limit=options["delivery-silence-limit"],
+                            restart_delays=options["delivery-restart-delays"])
+            for i in range(workers)
+        ]
     from mqtwisted.delivery import make_delivery_service
 
     return [make_delivery_service(options, queue, hooks)]

@@ -16,6 +16,18 @@ from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
 
 
+def server_tls(options: Any) -> ServerTLS:
+    """The server's certificate: ``--smtp-certificate``/``--smtp-key``, or one made once (and
+    kept) in the data directory for ``--hostname``."""
+    cert, key = options["smtp-certificate"], options["smtp-key"]
+    if not cert:
+        cert = os.path.join(options["data-dir"], "smtp-cert.pem")
+        key = os.path.join(options["data-dir"], "smtp-key.pem")
+        if not (os.path.exists(cert) and os.path.exists(key)):
+            make_self_signed(cert, key, options["hostname"])
+    return ServerTLS(cert, key)
+
+
 def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
     """Write a self-signed certificate for ``hostname`` (key file mode 0600)."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -56,6 +68,12 @@ class ServerTLS:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"cert_path": self.cert_path, "key_path": self.key_path, "_options": None}
+
+    def reload(self, cert_path: str = "", key_path: str = "") -> None:
+        """Read the files again at the next handshake (SIGHUP); new ones when ``cert_path`` is given."""
+        if cert_path:
+            self.cert_path, self.key_path = cert_path, key_path
+        self._options = None
 
     def getContext(self) -> Any:
         """The old-style context factory interface (used by startTLS and listenSSL)."""

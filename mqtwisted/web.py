@@ -8,6 +8,7 @@ queue depths come from ``Queue.stats()``.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.application import service
@@ -15,9 +16,47 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from mqtwisted.metrics import MTACollector
+from mqtwisted import __version__
+from mqtwisted.metrics import METRICS, MTACollector
 
 log = Logger()
+
+
+def status_document(mta: Any, depths: dict[str, int]) -> dict[str, Any]:
+    """``/status``: everything ``/metrics`` has, as one JSON document.
+
+    ``mta`` is the :class:`~mqtwisted.service.MTAService` (its live gauges and plugin host);
+    ``depths`` the documents per queue.
+    """
+    m = METRICS
+    counts = mta.status_counts()
+    attempts: dict[str, dict[str, int]] = {}
+    for (state, result), n in m.attempt_counts().items():
+        attempts.setdefault(state, {})[result] = n
+    hooks = [
+        {"plugin": p, "hook": h, "calls": int(row[0]), "seconds": row[1],
+         "mean_seconds": row[1] / row[0] if row[0] else 0.0}
+        for (p, h), row in sorted(m.hooks().items())
+    ]
+    accepted = sum(n for code, n in m.messages.items() if code < 400)
+    refused = {str(code): n for code, n in sorted(m.messages.items()) if code >= 400}
+    return {
+        "version": __version__,
+        "started": m.started,
+        "uptime": time.time() - m.started,
+        "shutting_down": mta.shutting_down,
+        "connections": {**counts["connections"], "refused": m.connections_refused},
+        "sessions": dict(m.sessions),
+        "messages": {"accepted": accepted, "refused": sum(refused.values()), "refused_by_code": refused},
+        "queues": depths,
+        "delivery": {**counts["delivery"], "attempts": attempts},
+        "plugins": {
+            **counts["plugins"],
+            "directory": mta.plugins.directory or None,
+            "loaded": [p.name for p in getattr(mta.plugins.runner, "plugins", [])],
+            "hooks": hooks,
+        },
+    }
 
 
 class StatusSite(server.Site):
@@ -76,7 +115,7 @@ class MetricsResource(_Async):
 
 class StatusResource(_Async):
     def body(self, depths: dict[str, int], request: Any) -> bytes:
-        status = self.mta.status(depths)
+        status = status_document(self.mta, depths)
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(status, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 

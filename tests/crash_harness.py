@@ -1,5 +1,5 @@
 """Crash-safety harness: kill -9 a real ``twistd mqmta`` at random moments during inbound load and
-during delivery, restart it on the same spool, and count (issue 7).
+during delivery, restart it on the same spool, and count.
 
     python -m tests.crash_harness --rounds 10 [--seed N] [--clients 6] [--json] \
         [--mta-arg=--delivery-processes=1]

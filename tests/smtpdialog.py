@@ -16,8 +16,9 @@ from twisted.mail import smtp
 from zope.interface import implementer
 
 from mqtwisted.connection import NoHooks, Reply
+from mqtwisted.smtp.config import ServerConfig
+from mqtwisted.smtp.factory import SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy
-from mqtwisted.smtp.server import ServerConfig, SMTPFactory
 
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
 
@@ -158,7 +159,7 @@ class _BareDelivery:
 def bare(
     slow: list[defer.Deferred] | None = None, ctx: Any = None, fail_eom: bool = False
 ) -> tuple[Dialog, list[bytes]]:
-    """twisted.mail's own ESMTP with a delivery that accepts everything (DESIGN.md §3's baseline)."""
+    """twisted.mail's own ESMTP with a delivery that accepts everything (the baseline the defect tests compare with)."""
     store: list[bytes] = []
     proto = smtp.ESMTP(contextFactory=ctx)
     if fail_eom:

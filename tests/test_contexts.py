@@ -139,9 +139,9 @@ def test_stopping_a_context_cancels_its_timers():
     ctx = MQ_Context(0)
     ctx.start()
     mq.MQ_startTimer(ctx, 30, lambda: None)
-    assert ctx._timers
+    assert ctx.timers
     yield ctx.stop()
-    assert not ctx._timers  # no DelayedCall left behind in the reactor
+    assert not ctx.timers  # no DelayedCall left behind in the reactor
 
 
 @pytest_twisted.inlineCallbacks

@@ -25,6 +25,9 @@ from tests.realmta import MTAProcess, spool_stats
 pytestmark = pytest.mark.slow
 
 MSG = b"From: a@example.com\r\nSubject: worker\r\n\r\nHello.\r\n"
+#: the watchdog's limit in these tests (the default, 30 s, would make them wait that long): long
+#: enough for a worker on a busy 2-core machine to send its once-a-second snapshot
+SILENT_LIMIT = 4.0
 
 
 def workers(pid: int) -> list[int]:
@@ -103,7 +106,7 @@ def test_sighup_reconfigures_the_worker(tmp_path, smtp_sink):
 
 
 def test_a_dead_worker_is_replaced_and_nothing_is_lost(tmp_path, smtp_sink):
-    mta = start(tmp_path, smtp_sink)
+    mta = start(tmp_path, smtp_sink, "--delivery-restart-delays=0.2")
     try:
         block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
         (first,) = workers(mta.proc.pid)
@@ -199,8 +202,8 @@ def test_pokes_are_paced():
 
     opts = MQOptions()
     opts.parseOptions([])
-    dp = DeliveryProcess(opts, queue=None)
-    dp._reactor = clock = Clock()
+    clock = Clock()
+    dp = DeliveryProcess(opts, queue=None, reactor=clock)
     dp.worker = type("W", (), {"transport": StringTransport()})()
     sent = dp.worker.transport
     dp._published()
@@ -256,11 +259,9 @@ def test_a_worker_stuck_past_the_shutdown_timeout_is_killed(tmp_path):
 
 
 def test_a_silent_worker_is_replaced(tmp_path, smtp_sink):
-    # SIGSTOP: the worker neither dies nor reports. After SILENT_LIMIT the MTA kills it and a new
-    # one delivers what was accepted meanwhile.
-    from mqtwisted.delivery_process import SILENT_LIMIT
-
-    mta = start(tmp_path, smtp_sink)
+    # SIGSTOP: the worker neither dies nor reports. After the silence limit the MTA kills it and a
+    # new one delivers what was accepted meanwhile.
+    mta = start(tmp_path, smtp_sink, f"--delivery-silence-limit={SILENT_LIMIT}", "--delivery-restart-delays=0.2")
     try:
         block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
         (first,) = workers(mta.proc.pid)
@@ -272,3 +273,66 @@ def test_a_silent_worker_is_replaced(tmp_path, smtp_sink):
     finally:
         mta.stop()
     assert "silent for" in mta.output()
+
+
+class _Spawner:
+    """A Clock that also spawns (pretend) processes: the watchdog and the restart back-off run on
+    simulated time."""
+
+    def __init__(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.callLater, self.seconds, self.advance = self.clock.callLater, self.clock.seconds, self.clock.advance
+        self.spawned: list = []
+
+    def spawnProcess(self, proto, executable, args, env=None, path=None, childFDs=None):
+        from twisted.internet.testing import StringTransport
+
+        transport = StringTransport()
+        transport.pid = 1000 + len(self.spawned)
+        transport.signals = []
+        transport.signalProcess = transport.signals.append
+        transport.closeStdin = lambda: None
+        proto.makeConnection(transport)
+        self.spawned.append(proto)
+        return transport
+
+
+def test_the_watchdog_and_the_restart_back_off_follow_their_settings():
+    from twisted.internet.error import ProcessTerminated
+    from twisted.python.failure import Failure
+
+    from mqtwisted.delivery_process import DeliveryProcess
+
+    opts = MQOptions()
+    opts.parseOptions(["--delivery-silence-limit=3", "--delivery-restart-delays=0.5,2"])
+    reactor = _Spawner()
+    queue = type("Q", (), {"watch": lambda self, name, callback: None})()
+    dp = DeliveryProcess(opts, queue, reactor=reactor, silent_limit=opts["delivery-silence-limit"],
+                         restart_delays=opts["delivery-restart-delays"])
+    dp.startService()
+    first = reactor.spawned[0]
+    for _ in range(5):  # a worker that keeps talking is never killed
+        reactor.advance(2.5)
+        dp.message_received(b"{}")
+    assert first.transport.signals == []
+    reactor.advance(3.5)  # silent for longer than the limit: killed at the next check
+    assert first.transport.signals == ["KILL"]
+
+    def dies(worker) -> None:
+        worker.processEnded(Failure(ProcessTerminated(signal=9)))
+
+    dies(first)
+    reactor.advance(0.49)
+    assert len(reactor.spawned) == 1
+    reactor.advance(0.02)  # the first delay
+    assert len(reactor.spawned) == 2
+    for expected in (3, 4):  # dying young again: the last delay repeats
+        dies(reactor.spawned[-1])
+        reactor.advance(1.99)
+        assert len(reactor.spawned) == expected - 1
+        reactor.advance(0.02)
+        assert len(reactor.spawned) == expected
+    dp.stopService()
+    assert not reactor.clock.getDelayedCalls()

@@ -1,4 +1,4 @@
-"""Stateful property-based fuzzing of the SMTP server, in memory (issue 7).
+"""Stateful property-based fuzzing of the SMTP server, in memory.
 
 A hypothesis state machine plays a hostile client against one session of our server (through
 ``tests.smtpdialog.ours``): valid, malformed and binary command lines, DATA bodies with dots,
@@ -37,8 +37,8 @@ from twisted.logger import globalLogPublisher
 
 from mqtwisted.auth import load_checker
 from mqtwisted.connection import Reply
+from mqtwisted.smtp.config import AUTH_LINE, COMMAND_LINE, PATH_LINE
 from mqtwisted.smtp.policy import RelayPolicy
-from mqtwisted.smtp.server import AUTH_LINE, COMMAND_LINE, PATH_LINE
 from tests.smtpdialog import ours
 
 MAX_LINE = 1000

@@ -1,4 +1,4 @@
-"""Limits of a real ``twistd mqmta`` process, over real TCP (issue 7).
+"""Limits of a real ``twistd mqmta`` process, over real TCP.
 
 Connections in total and per client IP, recipients per message, errors per session, the idle
 timeout against slow-drip clients (in commands and in DATA), SIZE, and memory: a DATA larger than

@@ -14,7 +14,8 @@ from twisted.python import threadable
 
 from mqtwisted import api
 from mqtwisted.connection import Connection, Reply
-from mqtwisted.plugins import PluginError, PluginRunner, load_plugins
+from mqtwisted.pluginloader import PluginError, load_plugins
+from mqtwisted.plugins import PluginRunner
 from tests.conftest import sleep
 from tests.test_plugins_support import make_runner_factory, module, write_plugins
 

@@ -200,8 +200,9 @@ def test_data_hook_sees_the_whole_mime_and_may_refuse():
 
 
 def test_connection_limits():
+    from mqtwisted.smtp.config import ServerConfig
+    from mqtwisted.smtp.factory import SMTPFactory
     from mqtwisted.smtp.policy import RelayPolicy
-    from mqtwisted.smtp.server import ServerConfig, SMTPFactory
     from tests.smtpdialog import Dialog, PausableTransport, Recorder
 
     factory = SMTPFactory(

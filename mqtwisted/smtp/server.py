@@ -1,7 +1,7 @@
 """The ESMTP server: bytes in, replies out, hooks asked at each transition of the session table.
 
-Built on :class:`twisted.mail.smtp.ESMTP` (its factory, timeout and TLS plumbing), with Twisted's
-line handling replaced, because that is where its defects live (DESIGN.md §3):
+Built on :class:`twisted.mail.smtp.ESMTP` (its timeout and TLS plumbing), with Twisted's line
+handling replaced, because that is where its defects live (see docs/architecture.rst):
 
 * input is processed strictly in order, one command at a time; while a hook or the queue decides,
   the transport is paused, so pipelined commands wait their turn instead of being answered out of
@@ -12,78 +12,71 @@ line handling replaced, because that is where its defects live (DESIGN.md §3):
 * DATA is read per chunk by :class:`BodyReader`, which leaves DATA only at ``CRLF . CRLF``;
 * every malformed input gets an SMTP error reply; the session goes on until too many errors.
 
-What a command may do is decided by :mod:`mqtwisted.smtp.session`; what happens to an accepted
-message is the ``accept`` callable's business (the protocol does not know the queue).
+What a command may do is decided by :mod:`mqtwisted.smtp.session`, AUTH by :mod:`~mqtwisted.smtp.sasl`;
+what happens to an accepted message is the ``accept`` callable's business (the protocol does
+not know the queue).  :mod:`mqtwisted.smtp.factory` builds the sessions.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-import attrs
 from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
 
 from mqtwisted import hooks as hook_names
-from mqtwisted.connection import Connection, HookRunner, NoHooks, Reply
-from mqtwisted.envelope import Body, Envelope, Recipient
+from mqtwisted.connection import Connection, HookRunner, Reply
+from mqtwisted.envelope import Envelope, Recipient
 from mqtwisted.metrics import METRICS
 from mqtwisted.oplog import session_ended
-from mqtwisted.smtp import commands
+from mqtwisted.replies import LOCAL_ERROR, reply_bytes
+from mqtwisted.smtp import commands, sasl
 from mqtwisted.smtp.body import BodyReader
+from mqtwisted.smtp.config import (
+    AUTH_LINE,
+    BYTES_PER_TIMEOUT_RESET,
+    COMMAND_LINE,
+    MAX_PENDING,
+    PATH_LINE,
+    Accept,
+    Authenticator,
+    ServerConfig,
+)
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.session import CONNECT, END_OF_DATA, Session, Transition
 from mqtwisted.smtp.wire import write_now
 
 log = Logger()
 
-COMMAND_LINE = 512
-PATH_LINE = 1024  # MAIL/RCPT with ESMTP parameters (RFC 5321 §4.5.3.1.4; ORCPT may be 500 alone)
-AUTH_LINE = 12288  # RFC 4954 §4
-BYTES_PER_TIMEOUT_RESET = 65536
-MAX_PENDING = 65536  # bytes read ahead of a command still being decided before reading pauses
+class SessionHost(Protocol):
+    """What a session asks of its factory (:class:`mqtwisted.smtp.factory.SMTPFactory`): the
+    settings of the moment (SIGHUP replaces them), the collaborators, and admission."""
 
+    config: ServerConfig
+    relay: RelayPolicy
+    hooks: HookRunner
+    accept: Accept
+    auth: Authenticator | None
 
-@attrs.define
-class ServerConfig:
-    """Everything the protocol needs to know, and nothing about queues or plugins."""
+    def admit(self, session: SMTPServer) -> Reply | None:
+        """Count the session in, or the 421 that refuses it (connection limits)."""
 
-    hostname: str = "localhost"
-    max_size: int = 26214400
-    max_line: int = 1000
-    timeout: float = 300.0
-    max_recipients: int = 1000
-    max_errors: int = 20
-    max_connections: int = 0
-    max_connections_per_ip: int = 0
-    auth_plaintext: bool = False
-    spill_dir: str | None = None
+    def release(self, session: SMTPServer) -> None:
+        """The session is gone: count it out."""
 
-
-Accept = Callable[[Connection, Envelope, Body], defer.Deferred]
-Authenticator = Callable[[str, str], bool]
-
-
-def _reply_lines(code: int, lines: list[str], enhanced: str | None) -> bytes:
-    prefix = f"{enhanced} " if enhanced else ""
-    out = []
-    for i, line in enumerate(lines):
-        sep = " " if i == len(lines) - 1 else "-"
-        out.append(f"{code}{sep}{prefix}{line}\r\n")
-    return "".join(out).encode("utf-8", "replace")
+    def when_ready(self, greet: Callable[[], None]) -> None:
+        """Call ``greet`` once the MTA can store what the session accepts."""
 
 
 @implementer(interfaces.IHandshakeListener)
 class SMTPServer(smtp.ESMTP):
     """One inbound SMTP session."""
 
-    factory: SMTPFactory
+    factory: SessionHost
 
     def __init__(self, contextFactory: Any = None) -> None:
         smtp.ESMTP.__init__(self, contextFactory=contextFactory)
@@ -96,7 +89,7 @@ class SMTPServer(smtp.ESMTP):
         self._errors = 0
         self._reader: BodyReader | None = None
         self._unreset = 0
-        self._auth: Any = None
+        self._auth: sasl.AuthExchange | None = None
         self._envelope: Envelope | None = None
         self.conn = Connection()
         self.session = Session()
@@ -310,7 +303,7 @@ class SMTPServer(smtp.ESMTP):
     # -- replies and errors ----------------------------------------------------------------------
 
     def _send(self, reply: Reply, lines: list[str] | None = None) -> None:
-        self._write(_reply_lines(reply.code, lines or [reply.text], reply.enhanced))
+        self._write(reply_bytes(reply.code, lines or [reply.text], reply.enhanced))
 
     def _write(self, data: bytes) -> None:
         write_now(self.transport, data)
@@ -360,7 +353,7 @@ class SMTPServer(smtp.ESMTP):
                 then(result)
             except Exception:
                 log.failure("SMTP session {id} failed", id=self.conn.id)
-                self._send(Reply(451, "Local error in processing", "4.3.0"))
+                self._send(LOCAL_ERROR)
             self._process()
 
         d.addErrback(self._internal_error)
@@ -368,7 +361,7 @@ class SMTPServer(smtp.ESMTP):
 
     def _internal_error(self, failure: Any) -> Reply:
         log.failure("SMTP session {id}: internal error", failure, id=self.conn.id)
-        return Reply(451, "Local error in processing", "4.3.0")
+        return LOCAL_ERROR
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -406,7 +399,7 @@ class SMTPServer(smtp.ESMTP):
         lines = [f"{name} Hello {arg}"] + self.session.extensions()
         size = self.factory.config.max_size
         lines.insert(2, f"SIZE {size}" if size else "SIZE")
-        self._write(_reply_lines(250, lines, None))
+        self._write(reply_bytes(250, lines, None))
 
     def smtp_NOOP(self, arg: str, t: Transition) -> None:
         self._send(Reply(250, "OK", "2.0.0"))
@@ -446,32 +439,20 @@ class SMTPServer(smtp.ESMTP):
     # -- AUTH (RFC 4954), PLAIN and LOGIN --------------------------------------------------------
 
     def smtp_AUTH(self, arg: str, t: Transition) -> None:
-        mech, _, initial = arg.partition(" ")
-        mech = mech.upper()
-        if mech not in ("PLAIN", "LOGIN"):
-            self._error(Reply(504, "Unrecognized authentication type", "5.5.4"))
+        started = sasl.start(arg, t)
+        if isinstance(started, Reply):
+            self._error(started)
             return
-        self._auth = _AuthExchange(mech, t)
+        self._auth, initial = started
         if initial:
-            self._auth_step(initial.encode("ascii", "replace"))
-        elif mech == "PLAIN":
-            self._send(Reply(334, ""))
+            self._auth_step(initial)
         else:
-            self._send(Reply(334, "VXNlcm5hbWU6"))
+            self._send(Reply(334, sasl.FIRST_PROMPT[self._auth.mech]))
 
     def _auth_step(self, line: bytes) -> None:
         exchange = self._auth
-        if line.strip() == b"*":
-            self._auth = None
-            self._error(Reply(501, "Authentication cancelled", "5.0.0"))
-            return
-        try:
-            decoded = base64.b64decode(line.strip(), validate=True) if line.strip() != b"=" else b""
-        except (binascii.Error, ValueError):
-            self._auth = None
-            self._error(Reply(501, "Invalid base64 data", "5.5.2"))
-            return
-        prompt = exchange.take(decoded)
+        assert exchange is not None
+        prompt = sasl.respond(exchange, line)
         if isinstance(prompt, Reply):
             self._auth = None
             self._error(prompt)
@@ -481,7 +462,7 @@ class SMTPServer(smtp.ESMTP):
             self._auth = None
             self._check_login(exchange)
 
-    def _check_login(self, exchange: _AuthExchange) -> None:
+    def _check_login(self, exchange: sasl.AuthExchange) -> None:
         login, password = exchange.login, exchange.password
         checker = self.factory.auth
         self.conn.authenticated = bool(checker is not None and checker(login, password))
@@ -607,113 +588,6 @@ class SMTPServer(smtp.ESMTP):
             self._message_done(250)
             ids = list(reply)
             lines = ["Ok, queued as:"] + ids if ids else ["Ok"]
-            self._write(_reply_lines(250, lines, "2.0.0"))
+            self._write(reply_bytes(250, lines, "2.0.0"))
 
         self._run(END_OF_DATA, verdict, mime)
-
-
-@attrs.define
-class _AuthExchange:
-    """The client's side of AUTH PLAIN / LOGIN, one decoded line at a time."""
-
-    mech: str
-    transition: Transition
-    login: str = ""
-    password: str = ""
-    step: int = 0
-
-    def take(self, data: bytes) -> str | Reply | None:
-        """Consume one response; the next base64 prompt, a refusal, or None when complete."""
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            return Reply(501, "Credentials are not valid UTF-8", "5.5.2")
-        if self.mech == "PLAIN":
-            parts = text.split("\0")
-            if len(parts) != 3 or not parts[1]:
-                return Reply(501, "Malformed PLAIN response", "5.5.2")
-            _authzid, self.login, self.password = parts
-            return None
-        self.step += 1
-        if self.step == 1:
-            self.login = text
-            return "UGFzc3dvcmQ6"
-        self.password = text
-        return None
-
-
-class SMTPFactory(smtp.SMTPFactory):
-    """Builds sessions; enforces connection limits; pickles (no live state in ``__getstate__``)."""
-
-    protocol = SMTPServer
-
-    def __init__(
-        self,
-        config: ServerConfig,
-        accept: Accept,
-        relay: RelayPolicy,
-        hooks: HookRunner | None = None,
-        auth: Authenticator | None = None,
-        tls: Any = None,
-    ) -> None:
-        smtp.SMTPFactory.__init__(self)
-        self.config = config
-        self.accept = accept
-        self.relay = relay
-        self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
-        self.auth = auth
-        self.tls = tls
-        self.sessions: set[SMTPServer] = set()
-        self.per_ip: dict[str, int] = {}
-        self.total = 0
-        #: greetings held until the queue has started (None: not held)
-        self._held: list[Callable[[], None]] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state.update(sessions=set(), per_ip={}, total=0, _held=None)
-        return state
-
-    def hold_greetings(self) -> None:
-        """Connections wait for their 220 until :meth:`release_greetings`: the MTA listens at
-        once, but a client greeted before the queue can store would only get 451 after DATA."""
-        if self._held is None:
-            self._held = []
-
-    def release_greetings(self) -> None:
-        held, self._held = self._held or [], None
-        for greet in held:
-            greet()
-
-    def when_ready(self, greet: Callable[[], None]) -> None:
-        if self._held is None:
-            greet()
-        else:
-            self._held.append(greet)
-
-    def buildProtocol(self, addr: Any) -> SMTPServer:
-        p = self.protocol(contextFactory=self.tls)
-        p.factory = self
-        return p
-
-    def admit(self, session: SMTPServer) -> Reply | None:
-        ip = session.conn.remote_ip
-        config = self.config
-        if config.max_connections and len(self.sessions) >= config.max_connections:
-            return Reply(421, f"{config.hostname} Too many connections, try again later", "4.7.0")
-        if config.max_connections_per_ip and self.per_ip.get(ip, 0) >= config.max_connections_per_ip:
-            return Reply(421, f"{config.hostname} Too many connections from {ip}", "4.7.0")
-        self.sessions.add(session)
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        self.total += 1
-        return None
-
-    def release(self, session: SMTPServer) -> None:
-        if session in self.sessions:
-            self.sessions.discard(session)
-            ip = session.conn.remote_ip
-            left = self.per_ip.get(ip, 1) - 1
-            if left:
-                self.per_ip[ip] = left
-            else:
-                self.per_ip.pop(ip, None)
