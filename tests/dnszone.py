@@ -2,7 +2,8 @@
 zone given as a dict.  Reusable fixture: ``zone = DNSZone(records); port = zone.start(); ...;
 await zone.stop()``.
 
-Records: ``{"example.com": [("MX", 10, "mx1.example.com"), ("A", "127.0.0.1"), ("AAAA", "::1")]}``.
+Records: ``{"example.com": [("MX", 10, "mx1.example.com"), ("A", "127.0.0.1"), ("AAAA", "::1")]}``;
+``("TXT", "v=DKIM1; ...")`` is served as strings of at most 255 bytes, as a long key needs.
 Names in ``servfail`` answer SERVFAIL; names in ``silent`` never answer (client timeouts); any
 other unknown name is NXDOMAIN.
 """
@@ -16,7 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.names import dns, error, server
 from twisted.names.common import ResolverBase
 
-_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "CNAME": dns.CNAME}
+_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "CNAME": dns.CNAME, "TXT": dns.TXT}
 
 
 def _payload(kind: str, args: tuple) -> Any:
@@ -28,6 +29,9 @@ def _payload(kind: str, args: tuple) -> Any:
         return dns.Record_MX(args[0], args[1], ttl=60)
     if kind == "CNAME":
         return dns.Record_CNAME(args[0], ttl=60)
+    if kind == "TXT":
+        data = args[0].encode()
+        return dns.Record_TXT(*[data[i : i + 255] for i in range(0, len(data), 255)], ttl=60)
     raise ValueError(kind)
 
 
@@ -65,7 +69,8 @@ class DNSZone:
         self.port = 0
         self._listeners: list[Any] = []
 
-    def start(self) -> int:
+    def start(self, port: int = 0) -> int:
+        """Listen on loopback: ``port``, or a free one (0); returns the port."""
         factory = server.DNSServerFactory(authorities=[self.resolver])
         factory.noisy = False
         for _ in range(20):
@@ -73,16 +78,16 @@ class DNSZone:
             # try's protocol may still have its transport.
             udp_proto = dns.DNSDatagramProtocol(factory)
             udp_proto.noisy = False
-            udp = reactor.listenUDP(0, udp_proto, interface="127.0.0.1")
-            port = udp.getHost().port
+            udp = reactor.listenUDP(port, udp_proto, interface="127.0.0.1")
+            bound = udp.getHost().port
             try:
-                tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+                tcp = reactor.listenTCP(bound, factory, interface="127.0.0.1")
             except CannotListenError:
                 udp.stopListening()
                 continue
             self._listeners = [udp, tcp]
-            self.port = port
-            return port
+            self.port = bound
+            return bound
         raise RuntimeError("no free port for the DNS zone")
 
     def stop(self) -> defer.Deferred:

@@ -1,0 +1,212 @@
+"""The keys file of ``--dkim-keys`` (TOML) and the choice of keys for a message without a ``dkim``
+property: those of its ``From:`` domain, so that the signature aligns for DMARC.
+
+.. code-block:: toml
+
+    [[key]]
+    domain = "example.org"
+    selector = "rsa2026"
+    file = "keys/example.org.rsa2026.pem"   # relative to the keys file
+    algorithm = "rsa-sha256"                # or "ed25519-sha256"; default: the key's own
+    headers = ["from", "to", "subject", "date", "message-id", "mime-version", "content-type"]
+    canonicalization = "relaxed/relaxed"    # default; also simple/simple, relaxed/simple, simple/relaxed
+    arc = false                             # true: also ARC-seal mail from this domain
+
+Every key is read and tried at start-up: a file that cannot be read, a key that is not RSA
+(>= 1024 bits) or Ed25519, or a bad field stops the start with the file, line and key named.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+
+import attrs
+import dkim
+
+from mqtwisted.signing.keys import (
+    ALGORITHMS,
+    DEFAULT_CANONICALIZATION,
+    ED25519,
+    KeyFormatError,
+    SigningRequest,
+    check_canonicalization,
+    check_domain,
+    check_headers,
+    check_selector,
+    read_private_key,
+)
+from mqtwisted.signing.signer import dkim_signature
+
+_FIELDS = {"domain", "selector", "file", "algorithm", "headers", "canonicalization", "arc"}
+_KEY_TABLE = re.compile(r"^\s*\[\[\s*key\s*\]\]")
+_PROBE = b"From: probe@example.org\r\nSubject: key check\r\n\r\nkey check\r\n"
+
+
+def normal_domain(domain: str) -> str:
+    """The form domains are compared in: lower case, no final dot, IDNA A-labels where possible."""
+    domain = domain.strip().rstrip(".").lower()
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain
+
+
+@attrs.frozen
+class KeyTable:
+    """The keys of a keys file, by signing domain (normalised), RSA before Ed25519."""
+
+    path: str
+    by_domain: Mapping[str, tuple[SigningRequest, ...]]
+
+    def for_domain(self, domain: str) -> tuple[SigningRequest, ...]:
+        """The keys of ``domain``, else of its nearest parent domain that has keys (DMARC's
+        relaxed alignment accepts a parent's signature), else none."""
+        labels = normal_domain(domain).split(".")
+        for start in range(len(labels) - 1):
+            found = self.by_domain.get(".".join(labels[start:]))
+            if found:
+                return found
+        return ()
+
+    def for_message(self, message: bytes) -> tuple[SigningRequest, ...]:
+        """The keys for the ``From:`` domain of ``message`` (none if it has no usable From)."""
+        domain = from_domain(message)
+        return self.for_domain(domain) if domain else ()
+
+
+def from_domain(message: bytes) -> str | None:
+    """The domain of the first address of the ``From:`` header, or None."""
+    headers, _ = dkim.rfc822_parse(message)
+    for name, value in headers:
+        if name.lower() == b"from":
+            text = re.sub(r"\r?\n", "", value.decode("utf-8", "replace"))
+            for _, address in email.utils.getaddresses([text]):
+                if "@" in address:
+                    return address.rpartition("@")[2].strip().rstrip(">") or None
+            return None
+    return None
+
+
+def load_keys_file(path: str) -> KeyTable:
+    """Read and check the keys file at ``path``; raises ConfigError naming file, line and key."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise _config_error(f"{path}: cannot read the DKIM keys file: {e.strerror}") from e
+    text = raw.decode("utf-8", "replace")
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line = re.search(r"at line (\d+)", str(e))
+        raise _config_error(f"{path}:{line.group(1) if line else 1}: not valid TOML: {e}") from e
+    lines = text.splitlines()
+    for name in document:
+        if name != "key":
+            raise _config_error(f"{path}:{_line_of(lines, name, 0, len(lines))}: unknown table or "
+                                f"key {name!r} (expected [[key]] tables)")
+    entries = document.get("key")
+    if not isinstance(entries, list) or not entries:
+        raise _config_error(f"{path}: no [[key]] tables")
+    starts = [number for number, line in enumerate(lines, 1) if _KEY_TABLE.match(line)]
+    by_domain: dict[str, list[SigningRequest]] = {}
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(entries):
+        start = starts[index] if index < len(starts) else 1
+        end = starts[index + 1] if index + 1 < len(starts) else len(lines) + 1
+        request = _entry(path, lines, start, end, index + 1, entry)
+        where = f"{path}:{start}: key #{index + 1} ({request.domain} {request.selector})"
+        domain = normal_domain(request.domain)
+        if (domain, request.selector) in seen:
+            raise _config_error(f"{where}: a second key with this domain and selector")
+        seen.add((domain, request.selector))
+        same = by_domain.setdefault(domain, [])
+        if request.arc and any(other.arc for other in same):
+            raise _config_error(f"{where}: arc = true on a second key of {request.domain}; "
+                                f"one ARC seal per message")
+        same.append(request)
+    ordered = {d: tuple(sorted(rs, key=lambda r: r.algorithm == ED25519)) for d, rs in by_domain.items()}
+    return KeyTable(path, ordered)
+
+
+def _entry(path: str, lines: list[str], start: int, end: int, number: int, entry: object) -> SigningRequest:
+    where = f"{path}:{start}: key #{number}"
+
+    def fail(field: str, message: str) -> Exception:
+        return _config_error(f"{path}:{_line_of(lines, field, start, end)}: key #{number}: {message}")
+
+    if not isinstance(entry, dict):
+        raise _config_error(f"{where}: expected a [[key]] table")
+    for field in entry:
+        if field not in _FIELDS:
+            raise fail(field, f"unknown field {field!r} (known: {', '.join(sorted(_FIELDS))})")
+    for field in ("domain", "selector", "file"):
+        if field not in entry:
+            raise _config_error(f"{where}: {field} is missing")
+    try:
+        domain = check_domain(entry["domain"])
+    except ValueError as e:
+        raise fail("domain", str(e)) from e
+    try:
+        selector = check_selector(entry["selector"])
+    except ValueError as e:
+        raise fail("selector", str(e)) from e
+    headers = None
+    if "headers" in entry:
+        try:
+            headers = check_headers(entry["headers"], need_from=True)
+        except ValueError as e:
+            raise fail("headers", str(e)) from e
+    canonicalization = entry.get("canonicalization", DEFAULT_CANONICALIZATION)
+    try:
+        check_canonicalization(canonicalization)
+    except ValueError as e:
+        raise fail("canonicalization", str(e)) from e
+    arc = entry.get("arc", False)
+    if not isinstance(arc, bool):
+        raise fail("arc", f"arc: expected true or false, got {arc!r}")
+    algorithm = entry.get("algorithm")
+    if algorithm is not None and algorithm not in ALGORITHMS:
+        raise fail("algorithm", f"algorithm: expected one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    file = entry["file"]
+    if not isinstance(file, str) or not file:
+        raise fail("file", f"file: expected a path, got {file!r}")
+    key_path = os.path.join(os.path.dirname(os.path.abspath(path)), file)
+    try:
+        with open(key_path, "rb") as f:
+            key = read_private_key(f.read())
+    except OSError as e:
+        raise fail("file", f"cannot read the key file {key_path}: {e.strerror}") from e
+    except KeyFormatError as e:
+        raise fail("file", f"{key_path}: {e}") from e
+    if algorithm is not None and algorithm != key.algorithm:
+        raise fail("algorithm", f"algorithm is {algorithm} but {key_path} holds a {key.algorithm} key")
+    if arc and key.algorithm != "rsa-sha256":
+        raise fail("arc", "arc = true needs an RSA key (ARC seals with rsa-sha256 only)")
+    request = SigningRequest(domain, selector, key, headers=headers, canonicalization=canonicalization,
+                             arc=arc, origin=f"{path} key #{number}")
+    try:
+        dkim_signature(_PROBE, request)
+    except Exception as e:
+        raise fail("file", f"{key_path}: the key does not sign: {e}") from e
+    return request
+
+
+def _line_of(lines: list[str], field: str, start: int, end: int) -> int:
+    """The line (1-based) in [start, end) where ``field`` is set, else ``start``."""
+    pattern = re.compile(rf"^\s*{re.escape(field)}\s*=|^\s*\[+\s*{re.escape(field)}\s*\]")
+    for number in range(max(start, 1), min(end, len(lines) + 1)):
+        if pattern.match(lines[number - 1]):
+            return number
+    return start
+
+
+def _config_error(message: str) -> Exception:
+    # Imported here so that signing in a delivery thread never loads the options machinery.
+    from mqtwisted.options import ConfigError
+
+    return ConfigError(message)
