@@ -65,7 +65,7 @@ RESTART_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 LOCK_FILE = "delivery.lock"
 #: seconds the worker's settles wait to share one spool transaction (SpoolQueue.settle_delay)
 SETTLE_DELAY = 0.02
-#: shortest time between two pokes of the worker (``DeliveryProcess._published``)
+#: shortest time between two pokes of the worker (one per interval, however many commits)
 POKE_INTERVAL = 0.005
 #: longest line kept waiting for its newline on the worker's pipes
 MAX_LINE = 1 << 16

@@ -35,6 +35,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from twisted.internet import defer
 from twisted.logger import globalLogPublisher
 
+from mqtwisted import hooks
 from mqtwisted.auth import load_checker
 from mqtwisted.connection import Reply
 from mqtwisted.smtp.config import AUTH_LINE, COMMAND_LINE, PATH_LINE
@@ -56,7 +57,7 @@ class RandomHooks:
     """A HookRunner that answers at once with a verdict chosen by a seeded RNG: pass, refuse
     (4xx/5xx), or the 451 a raising plugin gets."""
 
-    HOOKS = {"mq_smtp_in_mailfrom", "mq_smtp_in_rcptto", "mq_smtp_in_data", "mq_smtp_in_authenticate"}
+    HOOKS = {hooks.IN_MAILFROM, hooks.IN_RCPTTO, hooks.IN_DATA, hooks.IN_AUTHENTICATE}
 
     def __init__(self, seed: int, delayed: bool = False) -> None:
         self.rng = random.Random(seed)
