@@ -1,7 +1,8 @@
 """DKIM signing and ARC sealing (mqtwisted.signing): the keys file, MailerQ's ``dkim`` property,
 the Signer and its cache, key generation.  Every signature is checked by dkimpy's verifier and, in
-the DNS zone tests, by a second verifier from Debian (Perl's Mail::DKIM, the library of
-SpamAssassin and Amavis) with the public keys served by a twisted.names zone on loopback."""
+the DNS zone tests, by independent verifiers from Debian with the public keys served by a
+twisted.names zone on loopback: OpenDKIM's milter in test mode (RSA and Ed25519) and Perl's
+Mail::DKIM, the library of SpamAssassin and Amavis (RSA and ARC)."""
 
 from __future__ import annotations
 
@@ -728,3 +729,35 @@ async def test_a_second_verifier_mail_dkim_agrees(zone_keys: Any) -> None:
     assert (await in_thread(mail_dkim, tampered, zone.port))[0] == "result fail"
     sealed = signer.sign(MESSAGES["plain"], [arc], f"{HOST}; spf=pass smtp.mailfrom=example.org")
     assert await in_thread(mail_dkim, sealed, zone.port, "arc") == ["result pass"]
+
+
+def opendkim_verdicts(message: bytes, port: int, workdir: Any) -> list[tuple[str, str]]:
+    """OpenDKIM's own milter in test mode (``opendkim -t``): (algorithm, result) of each signature,
+    keys looked up through its Unbound resolver, forwarded to the zone."""
+    (workdir / "unbound.conf").write_text(
+        'server:\n  do-not-query-localhost: no\n  module-config: "iterator"\n'
+        f'forward-zone:\n  name: "."\n  forward-addr: 127.0.0.1@{port}\n')
+    (workdir / "opendkim.conf").write_text(
+        f"Syslog no\nMode v\nResolverConfiguration {workdir / 'unbound.conf'}\n")
+    (workdir / "message").write_bytes(message)
+    result = subprocess.run(["opendkim", "-x", str(workdir / "opendkim.conf"), "-t", str(workdir / "message"), "-vvv"],
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    # The Authentication-Results it would add, one "dkim=RESULT ... header.a=ALGORITHM" per signature.
+    return [(a, r) for r, a in re.findall(r"\bdkim=(\w+).*?header\.a=([\w-]+)", result.stdout.decode(), re.S)]
+
+
+@pytest.mark.slow
+@pytest_twisted.ensureDeferred
+async def test_a_second_verifier_opendkim_agrees(zone_keys: Any, tmp_path: Any) -> None:
+    if shutil.which("opendkim") is None:
+        pytest.skip("OpenDKIM is not installed (Debian: opendkim)")
+    zone, requests, _ = zone_keys
+    signer = Signer(HOST)
+    for name, message in [*MESSAGES.items(), ("10 MB attachment", big_message())]:
+        for canonicalization in ("relaxed/relaxed", "simple/simple") if name == "10 MB attachment" else CANONICALIZATIONS:
+            signed = signer.sign(message, requests[canonicalization])
+            verdicts = await in_thread(opendkim_verdicts, signed, zone.port, tmp_path)
+            assert verdicts == [(RSA, "pass"), (ED25519, "pass")], (name, canonicalization, verdicts)
+    tampered = signer.sign(MESSAGES["plain"], requests["relaxed/relaxed"]).replace(b"Hello Bob", b"Hello Eve")
+    assert await in_thread(opendkim_verdicts, tampered, zone.port, tmp_path) == [(RSA, "fail"), (ED25519, "fail")]
