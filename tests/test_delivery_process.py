@@ -148,7 +148,9 @@ def test_a_worker_waits_for_the_spool_lock(tmp_path, smtp_sink):
     mta = start(tmp_path, smtp_sink)
     try:
         send_mail(mta.port, count=3, msg=MSG)
-        time.sleep(2.5)
+        # The worker tries for the lock once a second and says so each time: three tries in, the
+        # mail accepted before them has had time to be delivered, had the lock been ignored.
+        block_until(lambda: mta.output().count("still holds delivery.lock") >= 3, what="three tries for the lock")
         assert spool_stats(mta.data_dir).get("outbox") == 3, "delivered without the lock"
         os.close(held)
         block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, what="delivery after the lock")
