@@ -182,25 +182,32 @@ def test_take_control_from_thread_and_timer_and_retry_over_tcp(tmp_path, mtas):
 
 
 SLEEPER = """
+import os
+
 def mq_smtp_in_rcptto(ctx, conn, address):
     if address.startswith("slow"):
-        time.sleep(2)
+        gate = os.environ["MQ_TEST_GATE"]
+        open(gate + ".entered", "w").close()
+        for _ in range(3000):  # blocks its context thread until the test opens the gate (30 s at most)
+            if os.path.exists(gate):
+                break
+            time.sleep(0.01)
     return False
 """
 
 
 @pytest_twisted.inlineCallbacks
-def test_blocked_context_does_not_delay_a_connection_on_another(tmp_path, mtas):
+def test_blocked_context_does_not_delay_a_connection_on_another(tmp_path, mtas, monkeypatch):
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("MQ_TEST_GATE", str(gate))
     plugins = write_plugins(tmp_path / "plugins", {"sleeper.py": SLEEPER})
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
-    start = time.monotonic()
     slow = in_thread(send_mail, mta.port, msg=MSG, rcpts=["slow@example.com"])
-    yield sleep(0.3)  # the slow session is inside its rcptto hook now
-    yield in_thread(send_mail, mta.port, msg=MSG, rcpts=["fast@example.com"])
-    fast_done = time.monotonic() - start
+    yield wait_until(lambda: (tmp_path / "gate.entered").exists(), what="the slow session inside its hook")
+    yield in_thread(send_mail, mta.port, msg=MSG, rcpts=["fast@example.com"])  # while the other blocks
+    assert not slow.called
+    gate.touch()
     yield slow
-    slow_done = time.monotonic() - start
-    assert fast_done < 1.5 < 2 <= slow_done
 
 
 @pytest_twisted.inlineCallbacks
