@@ -69,24 +69,24 @@ def mta_options(data_dir: str, **options: Any) -> MQOptions:
 
 @attrs.define
 class ListeningReactor:
-    """The reactor, for the MTA's ``TCPServer``/``SSLServer`` services, keeping what they listen on.
+    """The reactor, for the MTA's ``TCPServer``/``SSLServer`` services, noting what they listen on.
 
     Those services choose their reactor through their public ``reactor`` attribute, and keep the
     listening port only in a private one: with port 0, this is how a test learns the number the
-    system gave.  Everything else is the reactor's own.
+    system gave (from the listening port's ``getHost()``).  Everything else is the reactor's own.
     """
 
     reactor: Any
-    ports: list[tuple[bool, IListeningPort]] = attrs.field(factory=list)  # (tls, port)
+    ports: list[tuple[bool, int]] = attrs.field(factory=list)  # (implicit TLS?, port number)
 
     def listenTCP(self, *args: Any, **kwargs: Any) -> IListeningPort:
         port = self.reactor.listenTCP(*args, **kwargs)
-        self.ports.append((False, port))
+        self.ports.append((False, port.getHost().port))
         return port
 
     def listenSSL(self, *args: Any, **kwargs: Any) -> IListeningPort:
         port = self.reactor.listenSSL(*args, **kwargs)
-        self.ports.append((True, port))
+        self.ports.append((True, port.getHost().port))
         return port
 
 
@@ -123,10 +123,11 @@ class RunningMTA:
         return self.service.getServiceNamed("queue").queue  # type: ignore[attr-defined]
 
     def listening_port(self, tls: bool = False) -> int:
-        """The number of the plain (or implicit-TLS) SMTP port, as the system chose it."""
-        for is_tls, port in self.listening.ports:
+        """The number of the plain (or implicit-TLS) SMTP port, as the system chose it (it stays
+        known after ``stop``)."""
+        for is_tls, number in self.listening.ports:
             if is_tls is tls:
-                return port.getHost().port  # type: ignore[attr-defined,no-any-return]
+                return number
         raise LookupError(f"this MTA has no {'implicit-TLS' if tls else 'plain'} SMTP port")
 
     @property

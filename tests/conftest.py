@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from twisted.internet import defer, reactor, task, threads
 
+from tests.trialcases import pytest_pycollect_makeitem  # noqa: F401  (trial TestCases run in trial)
+
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: test\r\n\r\nHello.\r\n"
 
 

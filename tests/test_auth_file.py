@@ -14,7 +14,8 @@ import pytest
 
 from mqtwisted import auth
 from mqtwisted.auth import AuthConfigError, PasswordChecker, load_checker
-from tests.realmta import env, free_port, wait_port
+from tests.conftest import free_port, wait_port
+from tests.realmta import env
 
 # (scheme, password, hash of that password)
 KNOWN = [

@@ -46,7 +46,8 @@ class TaggerTests(unittest.TestCase):
         runner = testing.hook_runner([tagger])
         self.addCleanup(runner.stop)
         conn = testing.test_connection()
-        message = testing.incoming_message({"recipient": "b@example.com", "hostname": "mx.test", "mime": MESSAGE})
+        document = {"recipient": "b@example.com", "hostname": "mx.test", "mime": MESSAGE}
+        message = testing.incoming_message(document)
         self.assertIsNone(await runner.run("mq_smtp_in_message", conn, message))
         self.assertEqual(mq.MQ_json(message)["tags"], ["via-mqmta"])
         self.assertEqual(mq.MQ_mime(message), b"X-MQ-Received-By: mx.test\r\n" + MESSAGE.encode())
