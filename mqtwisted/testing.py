@@ -190,11 +190,15 @@ async def _start_mta(data_dir: str, plugins: Sequence[ModuleType], **options: An
     parsed = mta_options(data_dir, **options)
     top = make_service(parsed)
     listening = ListeningReactor(reactor)
-    for child in top:
-        if isinstance(child, (internet.TCPServer, internet.SSLServer)):
-            child.reactor = listening
+    servers = [s for s in top if isinstance(s, (internet.TCPServer, internet.SSLServer))]
+    for server in servers:
+        server.reactor = listening
     top.privilegedStartService()
     top.startService()
+    for server in servers:
+        # back to the default (the global reactor): the service tree pickles (TAP files), and a
+        # reactor does not
+        server.reactor = None
     mta = RunningMTA(top, parsed, listening)
     await mta.queue.stats()  # the queue is open once this answers
     return mta
