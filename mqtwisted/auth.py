@@ -39,16 +39,17 @@ class AuthConfigError(ValueError):
 
 def _verify_bcrypt(password: str, stored: str) -> bool:
     # crypt(3), htpasswd and mkpasswd hash only a password's first 72 bytes; bcrypt >= 5 refuses
-    # longer input instead of cutting it, so cut here to accept what those tools accept
+    # longer input instead of cutting it (and libpass 1.9.4's bcrypt.verify passes it through),
+    # so cut here to accept what those tools accept
     return bcrypt.checkpw(password.encode()[:72], stored.encode())
 
 
 def _crypt_r(password: str, setting: str) -> str | None:
     """The system's crypt_r(3) (libxcrypt: Debian's libcrypt1, Fedora's libxcrypt); None if refused.
 
-    Only libxcrypt implements yescrypt for crypt(3) strings, and no maintained PyPI package does
-    it on its own; ``crypt_r`` is the copy of the removed ``crypt`` module that the Fedora
-    Python maintainers keep, and calls it.
+    For yescrypt only: the PyPI packages that implement it themselves are GPL-licensed
+    (pyxcrypt, pyyescrypt) or unmaintained (pyescrypt).  ``crypt_r`` is the copy of the removed
+    ``crypt`` module that the Fedora Python maintainers keep; it calls libxcrypt.
     """
     import crypt_r  # imported here so that a host without it still reads the other schemes
 
