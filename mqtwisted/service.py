@@ -4,7 +4,9 @@ it starts).
 
 Start order matters and is the order of the children: the queue first (nothing is accepted before
 it can store), then plugins, then delivery, then the listening ports, then the web port.  Shutdown
-runs in reverse, one stage after the other (:meth:`MTAService.stopService`).
+runs in reverse, one stage after the other (:meth:`MTAService.stopService`, waiting with
+:mod:`mqtwisted.shutdown`).  What a delivery worker process builds as well (the queue, the plugin
+host) comes from :mod:`mqtwisted.wiring`, so that a worker never imports this module.
 """
 
 from __future__ import annotations
