@@ -111,6 +111,8 @@ MESSAGES: dict[str, bytes] = {
                      "Date: Sun, 29 Nov 2026 12:00:00 +0000\nMessage-ID: <ü@example.org>\nMIME-Version: 1.0\n"
                      "Content-Type: text/plain; charset=utf-8\n\nTschüß 🎉\n"),
     "lf-line-endings": (HEAD + "Content-Type: text/plain\n\nLF only.\n\n").encode(),
+    # A bare LF in a CRLF body: a line end for the verifier, as it will be on the wire.
+    "mixed-line-endings": crlf(HEAD + "Content-Type: text/plain\n\n") + b"one\ntwo\r\nthree\n",
 }
 
 
@@ -449,7 +451,7 @@ def test_keys_file_chooses_the_from_domain_keys(keydir: Any, published: Publishe
     path = keydir / "dkim.toml"
     path.write_text(GOOD_KEYS)
     table = load_keys_file(str(path))
-    chosen = table.for_message(MESSAGES["plain"])
+    chosen = table.for_message(MESSAGES["plain"], relayed=True)
     assert [(r.selector, r.algorithm) for r in chosen] == [("rsa2026", RSA), ("ed2026", ED25519)]
     rsa_request = chosen[0]
     assert rsa_request.arc and rsa_request.canonicalization == "relaxed/simple"
@@ -457,6 +459,8 @@ def test_keys_file_chooses_the_from_domain_keys(keydir: Any, published: Publishe
     assert chosen[1].headers is None and chosen[1].canonicalization == "relaxed/relaxed" and not chosen[1].arc
     # DMARC relaxed alignment: a subdomain's From takes the parent's keys; strangers get none.
     assert table.for_domain("News.Example.ORG.") == chosen
+    # Mail this host originates is signed, not sealed: arc = true is for relayed mail.
+    assert [(r.dkim, r.arc) for r in table.for_message(MESSAGES["plain"])] == [(True, False), (True, False)]
     assert table.for_domain("example.com") == () and table.for_domain("org") == ()
     assert table.for_message(b"Subject: no from\r\n\r\nx\r\n") == ()
     # A From in Unicode finds the key configured in Unicode (compared as A-labels).
@@ -581,7 +585,10 @@ def test_the_property_wins_over_the_keys_file(keydir: Any, ed_pair: KeyPair) -> 
     table = load_keys_file(str(path))
     prop = {"domain": "example.org", "selector": "prop", "key": ed_pair.private_pem.decode()}
     assert [r.selector for r in signing_requests(prop, MESSAGES["plain"], table)] == ["prop"]
-    assert [r.selector for r in signing_requests(None, MESSAGES["plain"], table)] == ["rsa2026", "ed2026"]
+    assert [(r.selector, r.arc) for r in signing_requests(None, MESSAGES["plain"], table)] == [
+        ("rsa2026", False), ("ed2026", False)]
+    assert [(r.selector, r.arc) for r in signing_requests(None, MESSAGES["plain"], table, relayed=True)] == [
+        ("rsa2026", True), ("ed2026", False)]
     assert signing_requests(None, MESSAGES["plain"], None) == ()
 
 

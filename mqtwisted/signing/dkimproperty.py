@@ -112,9 +112,11 @@ def _protocols(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def signing_requests(dkim_property: Any, message: bytes, keys: KeyTable | None) -> tuple[SigningRequest, ...]:
+def signing_requests(dkim_property: Any, message: bytes, keys: KeyTable | None, *,
+                     relayed: bool = False) -> tuple[SigningRequest, ...]:
     """What to sign ``message`` with: its ``dkim`` property when it has one (``None``: it has
-    not), else the keys of its ``From:`` domain in ``keys``, else nothing."""
+    not), else the keys of its ``From:`` domain in ``keys`` (see :meth:`KeyTable.for_message`
+    for ``relayed``), else nothing."""
     if dkim_property is not None:
         return parse_dkim_property(dkim_property)
-    return keys.for_message(message) if keys is not None else ()
+    return keys.for_message(message, relayed=relayed) if keys is not None else ()

@@ -10,7 +10,7 @@ property: those of its ``From:`` domain, so that the signature aligns for DMARC.
     algorithm = "rsa-sha256"                # or "ed25519-sha256"; default: the key's own
     headers = ["from", "to", "subject", "date", "message-id", "mime-version", "content-type"]
     canonicalization = "relaxed/relaxed"    # default; also simple/simple, relaxed/simple, simple/relaxed
-    arc = false                             # true: also ARC-seal mail from this domain
+    arc = false                             # true: also ARC-seal relayed mail from this domain
 
 Every key is read and tried at start-up: a file that cannot be read, a key that is not RSA
 (>= 1024 bits) or Ed25519, or a bad field stops the start with the file, line and key named.
@@ -72,10 +72,15 @@ class KeyTable:
                 return found
         return ()
 
-    def for_message(self, message: bytes) -> tuple[SigningRequest, ...]:
-        """The keys for the ``From:`` domain of ``message`` (none if it has no usable From)."""
+    def for_message(self, message: bytes, *, relayed: bool = False) -> tuple[SigningRequest, ...]:
+        """The keys for the ``From:`` domain of ``message`` (none if it has no usable From).
+
+        ``arc = true`` keys ARC-seal only ``relayed`` mail (mail that arrived from another
+        server): a seal on mail this host originates would vouch for nothing.
+        """
         domain = from_domain(message)
-        return self.for_domain(domain) if domain else ()
+        chosen = self.for_domain(domain) if domain else ()
+        return chosen if relayed else tuple(attrs.evolve(r, arc=False) if r.arc else r for r in chosen)
 
 
 def from_domain(message: bytes) -> str | None:
