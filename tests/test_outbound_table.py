@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.mail.smtp import CramMD5ClientAuthenticator, LOGINAuthenticator, PLAINAuthenticator
 
 from mqtwisted.connection import MessageHandle, Reply
@@ -620,3 +622,95 @@ def test_no_private_attribute_is_touched(path: str) -> None:
 def test_no_dunder_setattr_override() -> None:
     source = (ROOT / "mqtwisted/smtp/client.py").read_text()
     assert "__setattr__" not in source and outbound.__doc__
+
+
+# -- any order of events: the invariants the adapter relies on ------------------------------------
+
+REPLIES = ["220 mx", "250 ok", "250-mx|250 PIPELINING", "250-mx|250 STARTTLS", "250-mx|250 AUTH PLAIN", "354 go",
+           "235 ok", "334 VXNlcg==", "334 !!", "421 bye", "451 later", "550 no", "221 bye", "garbage", "010 info"]
+#: the reply a cooperative server gives to what the table waits for
+SANE = {
+    Await.GREETING: "220 mx", Await.EHLO: "250-mx|250-PIPELINING|250-STARTTLS|250 AUTH PLAIN LOGIN",
+    Await.STARTTLS: "220 go", Await.AUTH_START: "334 VXNlcg==", Await.AUTH_CHALLENGE: "235 ok",
+    Await.AUTH_PLAIN: "235 ok", Await.AUTH_PLAIN_AGAIN: "235 ok", Await.DATA: "354 go", Await.QUIT: "221 bye",
+}
+STEPS = st.one_of(
+    st.tuples(st.just("sane"), st.booleans()),
+    st.tuples(st.just("sane"), st.booleans()),
+    st.tuples(st.just("line"), st.sampled_from(REPLIES)),
+    st.tuples(st.sampled_from(["fetched", "hook", "body", "timeout", "resume", "quit_idle", "tls_failed"]), st.booleans()),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    security=st.sampled_from(["none", "opportunistic", "required"]),
+    auth=st.booleans(),
+    hooks=st.sets(st.sampled_from([OUT_DATA, OUT_SENT])),
+    max_messages=st.integers(1, 3),
+    steps=st.lists(STEPS, max_size=60),
+)
+def test_any_order_of_events_keeps_the_invariants(security, auth, hooks, max_messages, steps) -> None:
+    kw = {"user": b"u", "secret": b"p"} if auth else {}
+    t = table(security=security, hooks=tuple(hooks), max_messages=max_messages, **kw)
+    offered: list[Msg] = []
+    outcomes: list[int] = []
+    owed = {"fetch": False, "hook": False, "body": False}
+    closed = False
+    reports = 0
+
+    def apply(actions: list[Any]) -> None:
+        nonlocal closed, reports
+        for a in actions:
+            assert not closed or not isinstance(a, (ev.Send, ev.SendBody, ev.Fetch)), f"{a} after Close"
+            if isinstance(a, ev.Fetch):
+                assert not owed["fetch"] and t.tx is None, "a second message while one is in flight"
+                owed["fetch"] = True
+            elif isinstance(a, ev.RunHook):
+                owed["hook"] = True
+            elif isinstance(a, ev.SendBody):
+                owed["body"] = True
+            elif isinstance(a, ev.Close):
+                closed = True
+            elif isinstance(a, (ev.Report, ev.GiveBack)):
+                outcomes.append(id(a.message))
+                reports += isinstance(a, ev.Report)
+
+    for kind, arg in steps:
+        if kind == "sane":
+            # Answer the oldest command sanely, or take the next step a session is owed.
+            if t.awaiting and not (t.awaiting[0] is Await.DOT and owed["body"]):
+                kind, arg = "line", SANE.get(t.awaiting[0], "250 ok")
+            else:
+                kind = next((k for k, v in (("fetched", "fetch"), ("hook", "hook"), ("body", "body")) if owed[v]), "none")
+                arg = not arg if kind == "hook" else True
+        if kind == "line":
+            for line in arg.split("|"):
+                apply(t.handle_event(ev.Line(line.encode())))
+        elif kind == "fetched" and owed["fetch"]:
+            owed["fetch"] = False
+            if arg:
+                offered.append(Msg())
+                apply(t.handle_event(ev.Offered(offered[-1], None)))
+            else:
+                apply(t.handle_event(ev.NothingToSend(park=True)))
+        elif kind == "hook" and owed["hook"]:
+            owed["hook"] = False
+            apply(t.handle_event(ev.HookDone(Reply(550, "no") if arg else None)))
+        elif kind == "body" and owed["body"]:
+            owed["body"] = False
+            apply(t.handle_event(ev.BodySent() if arg else ev.BodyFailed("broken pipe")))
+        elif kind == "timeout":
+            apply(t.handle_event(ev.TimedOut()))
+        elif kind == "resume":
+            apply(t.handle_event(ev.Resume()))
+        elif kind == "quit_idle":
+            apply(t.handle_event(ev.QuitIdle()))
+        elif kind == "tls_failed" and arg and t.state == "starttls":
+            apply(t.handle_event(ev.TLSFailed("handshake")))
+    final = t.handle_event(ev.Lost("connection lost"))
+    apply(final)
+    assert [type(a) for a in final].count(ev.Ended) == 1 and isinstance(final[-1], ev.Ended)
+    assert t.handle_event(ev.Lost("again")) == []
+    assert sorted(outcomes) == sorted(id(m) for m in offered), "every message taken gets exactly one outcome"
+    assert t.reported == reports
