@@ -18,7 +18,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    the server sent behind the 220 is discarded (it came in plaintext: reply injection) and EHLO
    is sent again inside TLS.  A failed handshake shows up as the connection lost in ``starttls``.
 5. AUTH only when a user name is configured (a smarthost), with the first mechanism of ours the
-   server offers (CRAM-MD5, LOGIN, PLAIN); PLAIN is tried twice.  No usable mechanism, a refusal
+   server offers (CRAM-MD5, LOGIN, PLAIN); a refused PLAIN is tried once more with an empty
+   authorization identity.  No usable mechanism, a refusal
    or a malformed challenge ends the session with QUIT, temporary: bad smarthost credentials are
    the operator's to fix, not a reason to bounce.
 6. Per message: the ``mq_smtp_out_data`` hook (may refuse, state ``data``), then
