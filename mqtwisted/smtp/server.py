@@ -52,6 +52,7 @@ from mqtwisted.smtp.wire import write_now
 
 log = Logger()
 
+
 class SessionHost(Protocol):
     """What a session asks of its factory (:class:`mqtwisted.smtp.factory.SMTPFactory`): the
     settings of the moment (SIGHUP replaces them), the collaborators, and admission."""
