@@ -25,6 +25,7 @@ from mqtwisted.contexts import (
     current_plugin,
     on_reactor,
 )
+from mqtwisted.document import IncomingDocument
 
 __all__ = [
     "MQ_API_VERSION", "MQ_CRIT", "MQ_WARN", "MQ_INFO", "MQ_READ", "MQ_WRITE",
@@ -265,6 +266,11 @@ def MQ_ioUnwatch(watcher: Watcher) -> None:
 # ones (mq_smtp_out_*) they change only what goes on the wire for this attempt (MailerQ's rule).
 
 
+def _document(message: MessageHandle) -> IncomingDocument:
+    # Outgoing documents share these properties; only the incoming view also has ``local``.
+    return IncomingDocument.of(message.document)
+
+
 def MQ_json(message: MessageHandle) -> dict[str, Any]:
     """The message's JSON document, a mutable dict: edits are what gets queued."""
     return message.document
@@ -273,40 +279,34 @@ def MQ_json(message: MessageHandle) -> dict[str, Any]:
 def MQ_envelope(message: MessageHandle) -> str:
     if message.outgoing and message.wire_envelope is not None:
         return message.wire_envelope
-    return message.document.get("envelope", "")
+    return _document(message).sender
 
 
 def MQ_setEnvelope(message: MessageHandle, envelope: str) -> None:
     if message.outgoing:
         message.wire_envelope = envelope
     else:
-        message.document["envelope"] = envelope
+        _document(message).envelope = envelope
 
 
 def MQ_recipient(message: MessageHandle) -> str:
     if message.outgoing and message.wire_recipient is not None:
         return message.wire_recipient
-    return message.document.get("recipient", "")
+    return _document(message).recipient or ""
 
 
 def MQ_setRecipient(message: MessageHandle, recipient: str) -> None:
     if message.outgoing:
         message.wire_recipient = recipient
     else:
-        message.document["recipient"] = recipient
+        _document(message).recipient = recipient
 
 
 def MQ_mime(message: MessageHandle) -> bytes | None:
     """The MIME message as bytes; None when the body is not held in memory (a large spool file)."""
     if message.outgoing and message.wire_mime is not None:
         return message.wire_mime
-    mime = message.document.get("mime")
-    if mime is None:
-        return None
-    if isinstance(mime, bytes):
-        return mime
-    # The JSON keeps MIME as text with 8-bit octets as surrogate escapes (mqtwisted.queue).
-    return mime.encode("utf-8", "surrogateescape")
+    return _document(message).mime
 
 
 def MQ_setMime(message: MessageHandle, mime: bytes | str) -> None:
@@ -315,13 +315,13 @@ def MQ_setMime(message: MessageHandle, mime: bytes | str) -> None:
     if message.outgoing:
         message.wire_mime = mime
     else:
-        message.document["mime"] = mime.decode("utf-8", "surrogateescape")
+        _document(message).mime = mime
 
 
 def MQ_local(message: MessageHandle) -> bool:
     """Whether the message goes to the ``local`` queue instead of being relayed: what
     ``local-domains`` decided for its recipient, or what a plugin set with ``MQ_setLocal``."""
-    return bool(message.document.get("local", False))
+    return bool(_document(message).local)
 
 
 def MQ_setLocal(message: MessageHandle, local: bool) -> None:
@@ -329,7 +329,7 @@ def MQ_setLocal(message: MessageHandle, local: bool) -> None:
     if message.outgoing:
         MQ_log(MQ_WARN, "MQ_setLocal on an outgoing message has no effect")
         return
-    message.document["local"] = bool(local)
+    _document(message).local = bool(local)
 
 
 # -- addresses and logging -------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mqtwisted.document import Document, IncomingDocument
 from mqtwisted.queue import QUEUE_NAMES
 
 
@@ -62,8 +63,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(f"{name:12} {stats.get(name, 0)}")
     elif args.action == "list":
         for id_, doc in read_documents(db, args.name, args.limit):
-            doc.pop("mime", None)
-            print(id_, json.dumps(doc, sort_keys=True))
+            print(id_, json.dumps(Document.of(doc).without_mime(), sort_keys=True))
     else:
         doc = read_document(db, args.name, args.id)
         if doc is None:
@@ -82,8 +82,7 @@ def _queue_amqp(args: argparse.Namespace) -> int:
     if args.action == "list":
         docs = _run_queue(args.queue_url, lambda q: q.list(args.name, args.limit))
         for id_, doc in docs or []:
-            doc.pop("mime", None)
-            print(id_, json.dumps(doc, sort_keys=True))
+            print(id_, json.dumps(Document.of(doc).without_mime(), sort_keys=True))
         return 0
     doc = _run_queue(args.queue_url, lambda q: q.show(args.name, args.id))
     if doc is None:
@@ -139,6 +138,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def injected(sender: str, recipient: str, now: float) -> dict[str, Any]:
+    """The document ``mqmta inject`` queues for one recipient (its MIME travels as a Body)."""
+    doc = IncomingDocument()
+    doc.envelope = sender
+    doc.recipient = recipient
+    doc.received = now
+    doc.tags = ["inject"]
+    return doc.json
+
+
 def cmd_inject(args: argparse.Namespace) -> int:
     import time
 
@@ -150,10 +159,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     mime = sys.stdin.buffer.read()
     body = Body(data=mime, size=len(mime))
     now = time.time()
-    pubs = [
-        Publication(args.outbox, {"envelope": args.sender, "recipient": r, "received": now, "tags": ["inject"]}, body)
-        for r in args.recipients
-    ]
+    pubs = [Publication(args.outbox, injected(args.sender, r, now), body) for r in args.recipients]
     options = {"queue": args.queue_url, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1}
 
     async def main(reactor: Any) -> None:

@@ -27,6 +27,26 @@ from tests.conftest_amqp import (
 # -- no broker needed ---------------------------------------------------------------------------
 
 
+def test_broker_alarm_reaches_the_queue():
+    # pika's Twisted adapter offers Connection.Blocked only on the connection it wraps; the one
+    # function that reaches for it must keep working when pika changes (fails here if it breaks).
+    import pika
+    from pika import frame, spec
+    from pika.adapters.twisted_connection import TwistedProtocolConnection
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from mqtwisted.queue.amqp_link import on_broker_alarm
+
+    seen = []
+    conn = TwistedProtocolConnection(pika.ConnectionParameters(), MemoryReactorClock())
+    on_broker_alarm(conn, lambda: seen.append("blocked"), lambda: seen.append("unblocked"))
+    conn.makeConnection(StringTransport())
+    conn.dataReceived(frame.Method(0, spec.Connection.Blocked("low on memory")).marshal())
+    assert seen == ["blocked"]
+    conn.dataReceived(frame.Method(0, spec.Connection.Unblocked()).marshal())
+    assert seen == ["blocked", "unblocked"]
+
+
 def test_delay_bucket_rounds_down_with_a_floor():
     assert delay_bucket(0.3) == 1
     assert delay_bucket(1.0) == 1
@@ -179,7 +199,7 @@ def test_settle_acks_only_after_the_broker_confirmed(amqp_queue):
     amqp_queue.consume("outbox", leases)
     lease = yield leases.next()
     events = []
-    publisher = amqp_queue._publisher
+    publisher = amqp_queue.link.publisher
     held: list[defer.Deferred] = []
     real_publish = publisher.basic_publish
 
@@ -258,13 +278,13 @@ def test_consumer_channel_closed_by_broker_restarts_only_that_consumer(amqp_queu
     amqp_queue.consume("local", local, prefetch=1)
     lease = yield outbox.next()
     other = yield local.next()
-    conn = amqp_queue._connection
+    conn = amqp_queue.link.connection
     lease.token.channel.basic_ack(424242)  # unknown tag: the broker closes that channel (406)
     again = yield outbox.next()
     assert again.id == lease.id  # redelivered on the consumer's new channel
     with pytest.raises(QueueUnavailable):
         yield amqp_queue.settle(lease, [])  # the old lease is void
-    assert amqp_queue._connection is conn and amqp_queue.connected
+    assert amqp_queue.link.connection is conn and amqp_queue.connected
     yield amqp_queue.settle(other, [])  # the other consumer's lease was untouched
     yield amqp_queue.settle(again, [])
     assert counts_of((yield amqp_queue.stats())) == {}

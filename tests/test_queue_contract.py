@@ -168,3 +168,38 @@ def test_publish_after_stop_fails_with_queue_unavailable(backend):
     with pytest.raises(QueueUnavailable):
         yield defer.maybeDeferred(backend.publish, [Publication("outbox", {"n": 1})])
     yield backend.start()  # the fixture stops it again
+
+
+def test_the_queue_imports_no_smtp_module() -> None:
+    # The queue moves documents; it knows nothing of SMTP, not even through another module.
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).parent.parent
+
+    def imports(module: str) -> set[str]:
+        path = root / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / module.replace(".", "/") / "__init__.py"
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mqtwisted"):
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names
+                             if (root / node.module.replace(".", "/") / f"{a.name}.py").exists())
+            elif isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.startswith("mqtwisted"))
+        return found
+
+    start = ["mqtwisted.queue", *(f"mqtwisted.queue.{p.stem}" for p in (root / "mqtwisted/queue").glob("*.py")
+                                  if p.stem != "__init__")]
+    seen: dict[str, str] = {m: "" for m in start}
+    todo = list(start)
+    while todo:
+        module = todo.pop()
+        for name in imports(module):
+            if name not in seen:
+                seen[name] = module
+                todo.append(name)
+    smtp = {m: via for m, via in seen.items() if m == "mqtwisted.smtp" or m.startswith("mqtwisted.smtp.")}
+    assert smtp == {}, f"queue modules reach SMTP modules (module: imported by): {smtp}"

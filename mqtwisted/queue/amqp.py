@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import attrs
 import pika
@@ -42,13 +40,13 @@ from pika import exceptions as pika_exceptions
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtwisted.document import Document as MailerQDocument
 from mqtwisted.document import due_time, mime_text
 from mqtwisted.queue import QUEUE_NAMES, Document, Lease, Publication, QueueUnavailable
-from mqtwisted.reactors import LazyReactor
+from mqtwisted.queue.amqp_link import AmqpLink, Outgoing, unavailable
 
 log = Logger()
 
@@ -137,15 +135,6 @@ class _Delivery:
         )
 
 
-@attrs.frozen
-class _Outgoing:
-    exchange: str
-    routing_key: str
-    payload: bytes
-    properties: pika.BasicProperties
-    id: str
-
-
 class AmqpQueue:
     """The Queue interface on RabbitMQ (see :mod:`mqtwisted.queue` for the contract).
 
@@ -174,26 +163,10 @@ class AmqpQueue:
         self.url = url
         self.prefetch = max(1, prefetch)
         self.prefix = prefix
-        self.timeout = timeout
-        self.max_backoff = max_backoff
         self.delayed = frozenset(delayed)
-        self._reactor = reactor
-        self._params = pika.URLParameters(url)
-        if "heartbeat" not in url:
-            # pika would accept the broker's 60 s; a dead peer without a FIN should be noticed
-            # sooner than that, since SMTP sessions wait on our confirms meanwhile.
-            self._params.heartbeat = 15
-        self._running = False
-        self._connection: TwistedProtocolConnection | None = None
-        self._publisher: TwistedChannel | None = None
-        self._blocked = False
-        self._returned: set[str] = set()
-        self._declared: set[str] = set()
+        self.link = AmqpLink(url, reactor, timeout=timeout, max_backoff=max_backoff,
+                             topology=self._declare, on_ready=self._connected, on_lost=self._lost)
         self._consumers: dict[str, _Consumer] = {}
-        self._attempts = 0
-        self._retry_call: Any = None
-        self._connecting: Deferred | None = None
-        self._waiters: list[Deferred] = []
 
     # TAP files pickle the service tree: keep only configuration.
     def __getstate__(self) -> dict[str, Any]:
@@ -209,11 +182,21 @@ class AmqpQueue:
             max_backoff=state["max_backoff"], delayed=state["delayed"],
         )
 
-    reactor = LazyReactor()
+    @property
+    def reactor(self) -> Any:
+        return self.link.reactor
+
+    @property
+    def timeout(self) -> float:
+        return self.link.timeout
+
+    @property
+    def max_backoff(self) -> float:
+        return self.link.max_backoff
 
     @property
     def connected(self) -> bool:
-        return self._publisher is not None and self._publisher.is_open
+        return self.link.connected
 
     def name(self, queue: str) -> str:
         """The broker's name for one of our queues."""
@@ -232,140 +215,33 @@ class AmqpQueue:
         """Connect.  Fires once connected, or after ``timeout`` seconds without a broker (logged;
         the queue keeps trying in the background and publishes fail until it succeeds): a node
         must come up, and answer 451, while the broker is down."""
-        if self._running:
+        if self.link.running:
             return succeed(None)
-        self._running = True
-        self._connect()
+        self.link.start()
         return self.wait_connected(self.timeout).addErrback(self._start_timed_out)
 
     def _start_timed_out(self, failure: Failure) -> None:
         failure.trap(QueueUnavailable)
         log.warn("AMQP broker {url} not reachable yet; retrying in the background",
-                 url=self._safe_url())
+                 url=self.link.safe_url())
 
     def wait_connected(self, timeout: float | None = None) -> Deferred[None]:
         """Fires when the queue is connected (at once if it is); errbacks with
         :class:`QueueUnavailable` after ``timeout`` seconds."""
-        if self.connected:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        self._waiters.append(d)
-        if timeout is not None:
-            call = self.reactor.callLater(timeout, self._waiter_timeout, d)
-            d.addBoth(_cancel_call, call)
-        return d
-
-    def _waiter_timeout(self, d: Deferred) -> None:
-        if d in self._waiters:
-            self._waiters.remove(d)
-            d.errback(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
+        return self.link.wait_connected(timeout)
 
     def stop(self) -> Deferred[None]:
         """Disconnect.  Unsettled leases go back to the broker, which redelivers them."""
-        if not self._running:
+        if not self.link.running:
             return succeed(None)
-        self._running = False
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
         for consumer in self._consumers.values():
             consumer.cancel()
         self._consumers.clear()
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.errback(QueueUnavailable("queue stopped"))
-        conn, self._connection = self._connection, None
-        self._publisher = None
-        if conn is None:
-            # Still at the TCP connect (or between attempts): endpoints cancel cleanly.
-            if self._connecting is not None and not self._connecting.called:
-                self._connecting.cancel()
-            return succeed(None)
-        if conn.closed is None:  # not open yet: abort the handshake
-            if conn.transport is not None:
-                conn.transport.abortConnection()
-            return succeed(None)
-        closed = conn.closed
-        conn.close()
-        d: Deferred[None] = Deferred()
-        closed.addBoth(lambda _: d.callback(None) if not d.called else None)
-        # A broker that no longer answers must not hang shutdown.
-        timer = self.reactor.callLater(self.timeout, _abort, conn, d)
-        d.addBoth(_cancel_call, timer)
-        return d
-
-    def _safe_url(self) -> str:
-        vhost = quote(self._params.virtual_host, safe="")
-        return f"{self._params.host}:{self._params.port}/{vhost}"  # no credentials in logs
-
-    # -- connecting ----------------------------------------------------------------------------
-
-    def _connect(self) -> None:
-        self._retry_call = None
-        if not self._running:
-            return
-        self._attempts += 1
-        self._connecting = defer.ensureDeferred(self._open())
-        self._connecting.addErrback(self._connect_failed)
-
-    async def _open(self) -> None:
-        params = self._params
-        if params.ssl_options is not None:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint: Any = SSL4ClientEndpoint(
-                self.reactor, params.host, params.port,
-                optionsForClientTLS(params.ssl_options.server_hostname or params.host),
-                timeout=self.timeout,
-            )
-        else:
-            endpoint = TCP4ClientEndpoint(self.reactor, params.host, params.port,
-                                          timeout=self.timeout)
-        conn = await connectProtocol(endpoint, TwistedProtocolConnection(params, self.reactor))
-        if not self._running:
-            _abort_transport(conn)
-            return
-        self._connection = conn
-        if conn.ready is None:
-            raise QueueUnavailable("connection lost during the AMQP handshake")
-        # The AMQP handshake has no timeout of its own in pika's Twisted adapter.
-        abort = self.reactor.callLater(self.timeout, _abort_transport, conn)
-        try:
-            await conn.ready
-        finally:
-            if abort.active():
-                abort.cancel()
-        if not self._running or self._connection is not conn:
-            conn.close()
-            return
-        # Broker alarms are reported on pika's connection object only.
-        impl = conn._impl
-        impl.add_on_connection_blocked_callback(lambda *_: self._set_blocked(True))
-        impl.add_on_connection_unblocked_callback(lambda *_: self._set_blocked(False))
-        self._blocked = False
-        conn.closed.addBoth(self._lost, conn)
-
-        await self._declare(conn)
-
-        publisher = await conn.channel()
-        await publisher.confirm_delivery()
-        publisher.add_on_return_callback(self._on_return)
-        publisher.on_closed.addBoth(self._channel_closed, conn, "publishing")
-        if not self._running or self._connection is not conn:
-            return
-        self._publisher = publisher
-        self._attempts = 0
-        log.info("AMQP connected to {url}", url=self._safe_url())
-        for consumer in list(self._consumers.values()):
-            self._start_consumer(consumer)
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(None)
+        return self.link.stop()
 
     async def _declare(self, conn: TwistedProtocolConnection) -> None:
         """The topology, declared on every connection (idempotent; the broker may be new)."""
-        self._declared = set()
-        await self._ensure_declared(conn, [self.name(q) for q in QUEUE_NAMES])
+        await self.link.ensure_declared(conn, [self.name(q) for q in QUEUE_NAMES])
         channel = await conn.channel()
         exchange = self._delay_exchange
         await channel.exchange_declare(exchange, exchange_type="headers", durable=True)
@@ -382,87 +258,19 @@ class AmqpQueue:
             })
         channel.close()
 
-    async def _ensure_declared(self, conn: TwistedProtocolConnection | None,
-                               names: Any) -> None:
-        """Declare (durable) the queues among ``names`` not declared on this connection yet.
+    def _connected(self, conn: TwistedProtocolConnection) -> None:
+        for consumer in list(self._consumers.values()):
+            self._start_consumer(consumer)
 
-        Delivery may name queues of its own (``queue-outbox`` options, a message's ``queues``);
-        publishing to a queue that does not exist would be returned, and dead-lettering into one
-        would silently drop the document.  A queue the operator created with other arguments
-        (a quorum queue, a length limit) is refused with 406; it is then used as it is."""
-        missing = [n for n in names if n not in self._declared]
-        if not missing:
-            return
-        if conn is None:
-            raise QueueUnavailable(f"AMQP broker {self._safe_url()} not connected")
-        # A channel of its own: a 406 closes the channel it happens on.
-        channel = await conn.channel()
-        try:
-            for name in missing:
-                try:
-                    await channel.queue_declare(name, durable=True)
-                except pika_exceptions.ChannelClosedByBroker as e:
-                    if e.reply_code != 406:
-                        raise
-                    channel = await conn.channel()
-                    await channel.queue_declare(name, passive=True)
-                self._declared.add(name)
-        finally:
-            if channel.is_open:
-                channel.close()
-
-    def _connect_failed(self, failure: Failure) -> None:
-        if failure.check(defer.CancelledError) or not self._running:
-            return
-        log.warn("AMQP connection to {url} failed: {why}", url=self._safe_url(),
-                 why=failure.getErrorMessage() or failure.type.__name__)
-        conn, self._connection = self._connection, None
-        self._publisher = None
-        if conn is not None and conn.transport is not None:
-            conn.transport.abortConnection()
-        self._schedule_reconnect()
-
-    def _schedule_reconnect(self) -> None:
-        if not self._running or self._retry_call is not None:
-            return
-        delay = min(self.max_backoff, 0.25 * 2 ** min(self._attempts, 10))
-        delay *= random.uniform(0.75, 1.25)  # nodes cut off together must not return together
-        self._retry_call = self.reactor.callLater(delay, self._connect)
-
-    def _lost(self, reason: Any, conn: TwistedProtocolConnection) -> None:
-        if self._connection is not conn:
-            return
-        self._connection = None
-        self._publisher = None
+    def _lost(self) -> None:
+        # Every lease of the lost connection is void; the consumers start again on the next.
         for consumer in self._consumers.values():
             consumer.channel = None
             consumer.conn = None
-        if self._running:
-            log.warn("AMQP connection to {url} lost ({why}); reconnecting",
-                     url=self._safe_url(), why=reason)
-            self._schedule_reconnect()
-
-    def _channel_closed(self, reason: Any, conn: TwistedProtocolConnection, what: str) -> None:
-        # The publishing channel closed under a live connection: a channel error we did not
-        # expect (its pending confirms have failed already).  Reconnecting is the one recovery
-        # path that is well trodden, so take it.
-        if self._connection is conn and self._running and conn.is_open:
-            log.error("AMQP {what} channel closed ({why}); reconnecting", what=what, why=reason)
-            conn.close()
-
-    def _set_blocked(self, blocked: bool) -> None:
-        # Memory or disk alarm on the broker: publishes would wait for the full timeout.
-        self._blocked = blocked
-        log.warn("AMQP broker {state} publishers", state="blocks" if blocked else "unblocks")
-
-    def _on_return(self, message: Any) -> None:
-        message_id = message.properties.message_id
-        if message_id:
-            self._returned.add(message_id)
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def _prepare(self, publications: Sequence[Publication]) -> list[_Outgoing]:
+    def _prepare(self, publications: Sequence[Publication]) -> list[Outgoing]:
         """Encode on the caller's turn; a body shared by several documents is read and
         converted once but inlined into each (an AMQP consumer needs the whole JSON)."""
         mimes: dict[int, str] = {}
@@ -474,12 +282,14 @@ class AmqpQueue:
                 mime = mimes.get(id(pub.body))
                 if mime is None:
                     mime = mimes[id(pub.body)] = mime_text(pub.body.read())
-                doc = {**doc, "mime": mime}
+                copy = MailerQDocument.of(doc).copy()
+                copy.mime = mime
+                doc = copy.json
             out.append(self._outgoing(pub.queue, encode_document(doc), due_time(doc) - now))
         return out
 
     def _outgoing(self, queue: str, payload: bytes, remaining: float,
-                  headers: dict[str, Any] | None = None) -> _Outgoing:
+                  headers: dict[str, Any] | None = None) -> Outgoing:
         message_id = uuid.uuid4().hex
         headers = dict(headers or {})
         exchange = ""
@@ -496,78 +306,14 @@ class AmqpQueue:
             message_id=message_id,
             headers=headers or None,
         )
-        return _Outgoing(exchange, self.name(queue), payload, properties, message_id)
+        return Outgoing(exchange, self.name(queue), payload, properties, message_id)
 
     def publish(self, publications: Sequence[Publication]) -> Deferred[list[str]]:
         try:
             outgoing = self._prepare(publications)
         except Exception as e:
             return fail(e)
-        return self._send(outgoing)
-
-    def _send(self, outgoing: list[_Outgoing]) -> Deferred[list[str]]:
-        """Publish and wait for every confirm; never fires with success for anything the broker
-        did not confirm, and never waits longer than ``timeout``."""
-        if not self._running or not self.connected:
-            return fail(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
-        if self._blocked:
-            return fail(QueueUnavailable(f"AMQP broker {self._safe_url()} blocks publishers"))
-        if not outgoing:
-            return succeed([])
-        result: Deferred[list[str]] = Deferred()
-        timer = self.reactor.callLater(self.timeout, self._confirm_timeout, result)
-        result.addBoth(_cancel_call, timer)
-        targets = {msg.routing_key for msg in outgoing}
-        if targets <= self._declared:
-            self._publish_all(outgoing, result)
-        else:
-            declared = defer.ensureDeferred(self._ensure_declared(self._connection, targets))
-            declared.addCallbacks(
-                lambda _: self._publish_all(outgoing, result),
-                lambda f: None if result.called else result.errback(_unavailable(f)),
-            )
-        return result
-
-    def _publish_all(self, outgoing: list[_Outgoing], result: Deferred) -> None:
-        channel = self._publisher
-        if result.called:  # timed out while declaring
-            return
-        if channel is None or not channel.is_open:
-            result.errback(QueueUnavailable(f"AMQP broker {self._safe_url()} not connected"))
-            return
-        confirms = []
-        for msg in outgoing:
-            # mandatory: a queue someone deleted must fail the publish, not swallow it.
-            try:
-                confirm = channel.basic_publish(
-                    msg.exchange, msg.routing_key, msg.payload, msg.properties, mandatory=True,
-                )
-            except Exception as e:  # channel closing under us
-                confirm = fail(e)
-            confirms.append(confirm)
-        gathered = defer.DeferredList(confirms, consumeErrors=True)
-        gathered.addCallback(self._confirmed, outgoing, result)
-
-    def _confirmed(self, results: list[tuple[bool, Any]], outgoing: list[_Outgoing],
-                   result: Deferred) -> None:
-        returned = [msg.id for msg in outgoing if msg.id in self._returned]
-        self._returned.difference_update(returned)
-        if result.called:  # timed out already
-            return
-        for ok, value in results:
-            if not ok:
-                result.errback(_unavailable(value))
-                return
-        if returned:
-            result.errback(QueueUnavailable(f"AMQP broker returned {len(returned)} message(s) "
-                                            "as unroutable (queue deleted?)"))
-            return
-        result.callback([msg.id for msg in outgoing])
-
-    def _confirm_timeout(self, result: Deferred) -> None:
-        if not result.called:
-            result.errback(QueueUnavailable(
-                f"AMQP broker {self._safe_url()} did not confirm within {self.timeout:g} s"))
+        return self.link.send(outgoing)
 
     # -- consuming -----------------------------------------------------------------------------
 
@@ -584,7 +330,7 @@ class AmqpQueue:
             self._start_consumer(consumer)
 
     def _start_consumer(self, consumer: _Consumer) -> None:
-        conn = self._connection
+        conn = self.link.connection
         if conn is None or consumer.conn is conn or consumer.cancelled:
             return
         consumer.conn = conn
@@ -598,7 +344,7 @@ class AmqpQueue:
             return
         consumer.channel = channel
         channel.on_closed.addBoth(self._consumer_channel_closed, consumer, channel, conn)
-        await self._ensure_declared(conn, [self.name(consumer.queue)])
+        await self.link.ensure_declared(conn, [self.name(consumer.queue)])
         await channel.basic_qos(prefetch_count=consumer.prefetch)
         messages, _tag = await channel.basic_consume(self.name(consumer.queue))
         while True:
@@ -614,7 +360,7 @@ class AmqpQueue:
         # only this consumer starts again.
         if consumer.channel is channel:
             consumer.channel = None
-            if consumer.cancelled or self._connection is not conn or not conn.is_open:
+            if consumer.cancelled or self.link.connection is not conn or not conn.is_open:
                 return
             log.warn("AMQP {queue} consumer channel closed ({why}); restarting",
                      queue=consumer.queue, why=reason)
@@ -623,9 +369,9 @@ class AmqpQueue:
 
     def _consumer_failed(self, failure: Failure, consumer: _Consumer,
                          conn: TwistedProtocolConnection) -> None:
-        if consumer.cancelled or not self._running:
+        if consumer.cancelled or not self.link.running:
             return
-        if self._connection is not conn or not conn.is_open:
+        if self.link.connection is not conn or not conn.is_open:
             return  # connection lost: the reconnection restarts every consumer
         if failure.check(pika_exceptions.ConsumerCancelled):
             # Cancelled by the broker (queue deleted, node failover): declare and try again.
@@ -691,7 +437,7 @@ class AmqpQueue:
             # Back to the queue after a pause, so an unreachable delay path does not spin.
             self.reactor.callLater(1.0, self._nack, delivery)
 
-        self._send([msg]).addCallbacks(confirmed, failed)
+        self.link.send([msg]).addCallbacks(confirmed, failed)
 
     def _nack(self, delivery: _Delivery) -> None:
         if delivery.valid():
@@ -718,7 +464,7 @@ class AmqpQueue:
             delivery.channel.basic_ack(delivery.tag)
             return ids
 
-        return self._send(outgoing).addCallback(acknowledge)
+        return self.link.send(outgoing).addCallback(acknowledge)
 
     # The broker pushes new documents to every consumer, in whatever process it runs.
     def watch(self, queue: str, callback: Callable[[], None]) -> None:
@@ -733,18 +479,6 @@ class AmqpQueue:
             self._nack(delivery)
 
     # -- inspection ----------------------------------------------------------------------------
-
-    async def _with_channel(self, work: Callable[[TwistedChannel], Any]) -> Any:
-        conn = self._connection
-        if conn is None or not self.connected:
-            raise QueueUnavailable(f"AMQP broker {self._safe_url()} not connected")
-        channel = await conn.channel()
-        try:
-            return await work(channel)
-        finally:
-            if channel.is_open:
-                # Closing also requeues whatever basic_get left unacked.
-                channel.close()
 
     def stats(self) -> Deferred[dict[str, int]]:
         """Ready messages per named queue (passive declares), plus ``mq-delay``: documents
@@ -818,35 +552,11 @@ class AmqpQueue:
                 channel.basic_nack(last, multiple=True, requeue=True)
 
     def _inspect(self, work: Callable[[TwistedChannel], Any]) -> Deferred:
-        d = defer.ensureDeferred(self._with_channel(work))
-        return d.addErrback(lambda f: Failure(_unavailable(f)))
+        d = defer.ensureDeferred(self.link.with_channel(work))
+        return d.addErrback(lambda f: Failure(unavailable(f)))
 
 
 def _message_id(properties: pika.BasicProperties, body: bytes) -> str:
     # Documents from other clients may carry no message id: a digest of the bytes is stable
     # across redeliveries and listings, which is what ``show`` needs.
     return properties.message_id or "sha1-" + hashlib.sha1(body).hexdigest()[:20]
-
-
-def _unavailable(failure: Any) -> Exception:
-    value = failure.value if isinstance(failure, Failure) else failure
-    if isinstance(value, QueueUnavailable):
-        return value
-    return QueueUnavailable(f"AMQP: {type(value).__name__}: {value}")
-
-
-def _cancel_call(result: Any, call: Any) -> Any:
-    if call.active():
-        call.cancel()
-    return result
-
-
-def _abort_transport(conn: TwistedProtocolConnection) -> None:
-    if conn.transport is not None:
-        conn.transport.abortConnection()
-
-
-def _abort(conn: TwistedProtocolConnection, d: Deferred) -> None:
-    _abort_transport(conn)
-    if not d.called:
-        d.callback(None)

@@ -40,7 +40,8 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from mqtwisted.document import due_time, mime_text
+from mqtwisted.document import Document as MailerQDocument
+from mqtwisted.document import due_time
 from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable
 from mqtwisted.reactors import LazyReactor
 
@@ -250,8 +251,8 @@ class SpoolQueue:
             key = (id(doc), pub.body is not None)
             text = encoded.get(key)
             if text is None:
-                if pub.body is not None and "mime" in doc:
-                    doc = {k: v for k, v in doc.items() if k != "mime"}
+                if pub.body is not None:
+                    doc = MailerQDocument.of(doc).without_mime()
                 text = encoded[key] = json.dumps(doc)
             rows.append((pub.queue, due_time(pub.document), pub.body, text))
         return rows
@@ -359,9 +360,7 @@ class SpoolQueue:
         if self._consumers.get(consumer.queue) is not consumer:
             return
         for row_id, doc, mime in rows:
-            document = json.loads(doc)
-            if mime is not None:
-                document["mime"] = mime_text(mime)
+            document = _with_mime(json.loads(doc), mime)
             consumer.leased.add(row_id)
             lease = Lease(consumer.queue, str(row_id), document, token=row_id)
             try:
@@ -525,10 +524,13 @@ def _collect_body(db: sqlite3.Connection, body_id: int | None) -> None:
 
 
 def _complete(db: sqlite3.Connection, doc: str, body_id: int | None, inline: bytes | None) -> Document:
-    document = json.loads(doc)
-    mime = _load_body(db, body_id, inline)
+    return _with_mime(json.loads(doc), _load_body(db, body_id, inline))
+
+
+def _with_mime(document: Document, mime: bytes | None) -> Document:
+    """The stored JSON completed with its body (stored apart, once per message)."""
     if mime is not None:
-        document["mime"] = mime_text(mime)
+        MailerQDocument(document).mime = mime
     return document
 
 
