@@ -12,9 +12,9 @@ from mqtwisted.document import (
     Document,
     DsnRequest,
     OutgoingDocument,
-    arrival_date,
     usable,
 )
+from mqtwisted.jsonvalues import arrival_date
 from mqtwisted.message import header_block
 from mqtwisted.results import Attempt
 

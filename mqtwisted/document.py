@@ -22,109 +22,34 @@ one).  Queues store and move the JSON; they read only :func:`due_time`.
 
 from __future__ import annotations
 
-import datetime
-import email.utils
-import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Self, TypeVar, overload
 
 import attrs
 
+from mqtwisted.jsonvalues import (
+    DocumentError,
+    boolean_value,
+    count_value,
+    dump_mime,
+    format_time,
+    intervals_value,
+    mime_value,
+    object_value,
+    parse_hostport,
+    parse_time,
+    security_value,
+    tags_value,
+    text_value,
+    timestamp_value,
+)
+
+__all__ = [
+    "AttemptRecord", "Bounce", "ConnectionInfo", "Document", "DocumentError", "DsnRequest", "HeaderEdits",
+    "IncomingDocument", "OutgoingDocument", "Property", "QueueOverrides", "Smarthost", "due_time", "usable",
+]
+
 T = TypeVar("T")
-
-#: The outbound TLS policies a document's ``security`` may name (the delivery client's levels).
-SECURITY_LEVELS: tuple[str, ...] = ("none", "optional", "opportunistic", "required", "verified")
-
-#: The result queues a document's ``queues`` may redirect (``null``: published nowhere).
-RESULT_ROLES: tuple[str, ...] = ("results", "success", "failure", "retry", "dsn")
-
-#: Timestamps in ``results`` and MailerQ's other time properties: ``YYYY-MM-DD HH:MM:SS`` in UTC.
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
-
-
-class DocumentError(ValueError):
-    """A property the MTA interprets holds a value it cannot use."""
-
-    def __init__(self, key: str, value: Any, expected: str) -> None:
-        self.key = key
-        self.value = value
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        super().__init__(f"property {key!r}: expected {expected}, got {shown}")
-
-
-# -- JSON values ---------------------------------------------------------------------------------
-
-
-def mime_text(data: bytes) -> str:
-    """MIME bytes as the ``mime`` JSON string; 8-bit octets survive as surrogate escapes."""
-    return data.decode("utf-8", "surrogateescape")
-
-
-def mime_bytes(text: str) -> bytes:
-    """The inverse of :func:`mime_text`."""
-    return text.encode("utf-8", "surrogateescape")
-
-
-#: the last second formatted: a busy worker stamps many attempts within the same second
-_last_formatted: tuple[int, str] = (-1, "")
-
-
-def format_time(seconds: float) -> str:
-    global _last_formatted
-    whole = math.floor(seconds)
-    last = _last_formatted  # one read: another thread may replace it meanwhile
-    if last[0] != whole:
-        last = _last_formatted = (whole, datetime.datetime.fromtimestamp(whole, datetime.UTC).strftime(TIME_FORMAT))
-    return last[1]
-
-
-def parse_time(value: Any) -> float | None:
-    """A timestamp as MailerQ writes it, an ISO 8601 string or epoch seconds; None if unusable."""
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return float(text)
-        except ValueError:
-            pass
-        try:
-            parsed = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=datetime.UTC)
-        return parsed.timestamp()
-    return None
-
-
-def parse_intervals(value: Any) -> tuple[int, ...] | None:
-    """``[600, 1800]`` or ``"600,1800"`` → (600, 1800); None when unusable."""
-    if isinstance(value, str):
-        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) or not value:
-        return None
-    try:
-        out = tuple(int(float(v)) for v in value)
-    except (TypeError, ValueError):
-        return None
-    return out if all(v >= 0 for v in out) else None
-
-
-def parse_hostport(value: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` → (host, port)."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if value.count(":") == 1:
-        host, port = value.split(":")
-        return host, int(port)
-    return value, default_port
 
 
 def due_time(json: Mapping[str, Any]) -> float:
@@ -132,77 +57,6 @@ def due_time(json: Mapping[str, Any]) -> float:
     has none.  Queues are lenient: an unusable value is due at once, and delivery, which reads
     it strictly, reports it."""
     return parse_time(json.get("nextattempt")) or 0.0
-
-
-# -- parsers: (key, raw JSON value) -> typed value, or DocumentError ------------------------------
-
-
-def _text(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise DocumentError(key, value, "a string")
-    return value
-
-
-def _boolean(key: str, value: Any) -> bool:
-    if value not in (True, False):  # 0 and 1 as well: other publishers write them
-        raise DocumentError(key, value, "true or false")
-    return bool(value)
-
-
-def _count(key: str, value: Any) -> int:
-    if isinstance(value, bool):
-        raise DocumentError(key, value, "a whole number")
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise DocumentError(key, value, "a whole number") from None
-    if n < 0 or (isinstance(value, float) and n != value):
-        raise DocumentError(key, value, "a whole number")
-    return n
-
-
-def _timestamp(key: str, value: Any) -> float:
-    seconds = parse_time(value)
-    if seconds is None:
-        raise DocumentError(key, value, "a time (epoch seconds or 'YYYY-MM-DD HH:MM:SS')")
-    return seconds
-
-
-def _intervals(key: str, value: Any) -> tuple[int, ...]:
-    schedule = parse_intervals(value)
-    if schedule is None:
-        raise DocumentError(key, value, "a list of seconds")
-    return schedule
-
-
-def _security(key: str, value: Any) -> str:
-    if value not in SECURITY_LEVELS:
-        raise DocumentError(key, value, "one of " + ", ".join(SECURITY_LEVELS))
-    return str(value)
-
-
-def _mime(key: str, value: Any) -> bytes:
-    if isinstance(value, str):
-        return mime_bytes(value)
-    if isinstance(value, bytes):  # an in-flight incoming document, before it is queued
-        return value
-    raise DocumentError(key, value, "the message as a string")
-
-
-def _dump_mime(value: bytes | str) -> str:
-    return value if isinstance(value, str) else mime_text(value)
-
-
-def _tags(key: str, value: Any) -> list[str]:
-    if not isinstance(value, list):
-        raise DocumentError(key, value, "a list")
-    return [str(v) for v in value]
-
-
-def _object(key: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise DocumentError(key, value, "an object")
-    return value
 
 
 # -- nested values ---------------------------------------------------------------------------------
@@ -220,7 +74,7 @@ class DsnRequest:
 
     @classmethod
     def parse(cls, key: str, value: Any) -> DsnRequest:
-        raw = _object(key, value)
+        raw = object_value(key, value)
         notify = raw.get("notify")
         if isinstance(notify, str):
             notify = notify.split(",")
@@ -269,11 +123,11 @@ class Smarthost:
                 return cls(*parse_hostport(value, 25))
             except ValueError:
                 raise DocumentError(key, value, "host[:port]") from None
-        raw = _object(key, value)
+        raw = object_value(key, value)
         if not isinstance(raw.get("hostname"), str) or not raw["hostname"]:
             raise DocumentError(f"{key}.hostname", raw.get("hostname"), "a host name")
         return cls(
-            raw["hostname"], _count(f"{key}.port", raw.get("port") or 25),
+            raw["hostname"], count_value(f"{key}.port", raw.get("port") or 25),
             str(raw["username"]) if raw.get("username") else None,
             str(raw["password"]) if raw.get("password") else None,
         )
@@ -314,7 +168,7 @@ class HeaderEdits:
 
     @classmethod
     def parse(cls, key: str, value: Any) -> HeaderEdits:
-        raw = _object(key, value)
+        raw = object_value(key, value)
         remove = raw.get("remove")
         if isinstance(remove, str):
             remove = [remove]
@@ -346,7 +200,7 @@ class ConnectionInfo:
 
     @classmethod
     def parse(cls, key: str, value: Any) -> ConnectionInfo:
-        raw = _object(key, value)
+        raw = object_value(key, value)
         return cls(**{field: raw.get(name) for field, name in cls._KEYS if name in raw})
 
     def to_json(self) -> dict[str, Any]:
@@ -362,8 +216,8 @@ class Bounce:
 
     @classmethod
     def parse(cls, key: str, value: Any) -> Bounce:
-        raw = _object(key, value)
-        return cls(_text(f"{key}.recipient", raw.get("recipient")), _text(f"{key}.status", raw.get("status")))
+        raw = object_value(key, value)
+        return cls(text_value(f"{key}.recipient", raw.get("recipient")), text_value(f"{key}.status", raw.get("status")))
 
     def to_json(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "status": self.status}
@@ -401,7 +255,7 @@ class AttemptRecord:
 
     @classmethod
     def parse(cls, key: str, value: Any) -> AttemptRecord:
-        raw = _object(key, value)
+        raw = object_value(key, value)
         known = {name for _, name in _RECORD_KEYS} | {"time"}
         fields = {field: raw[name] for field, name in _RECORD_KEYS if name in raw}
         fields.setdefault("state", "")
@@ -443,7 +297,7 @@ class QueueOverrides:
 
     @classmethod
     def parse(cls, key: str, value: Any) -> QueueOverrides:
-        raw = _object(key, value)
+        raw = object_value(key, value)
         return cls({role: (v if isinstance(v, str) and v else None) for role, v in raw.items()})
 
     def target(self, role: str, default: str | None) -> str | None:
@@ -506,11 +360,11 @@ class Document:
 
     json: dict[str, Any] = attrs.field(factory=dict)
 
-    envelope = Property("envelope", _text, doc="the envelope sender; '' is the null sender")
-    recipient = Property("recipient", _text, doc="the one recipient this document is for")
-    mime = Property("mime", _mime, _dump_mime, doc="the message (bytes; JSON text with 8-bit octets escaped)")
+    envelope = Property("envelope", text_value, doc="the envelope sender; '' is the null sender")
+    recipient = Property("recipient", text_value, doc="the one recipient this document is for")
+    mime = Property("mime", mime_value, dump_mime, doc="the message (bytes; JSON text with 8-bit octets escaped)")
     dsn = Property("dsn", DsnRequest.parse, doc="the sender's RFC 3461 DSN request")
-    tags = Property("tags", _tags, _list, doc="labels that travel with the message")
+    tags = Property("tags", tags_value, _list, doc="labels that travel with the message")
 
     @classmethod
     def of(cls, value: Mapping[str, Any] | Document) -> Self:
@@ -549,30 +403,30 @@ class Document:
 class IncomingDocument(Document):
     """What the SMTP server publishes for one recipient of a message it accepted."""
 
-    hostname = Property("hostname", _text, doc="the MTA that received the message")
-    received = Property("received", _timestamp, doc="when it was received, epoch seconds")
-    message_id = Property("message-id", _text, doc="the message's Message-ID header")
+    hostname = Property("hostname", text_value, doc="the MTA that received the message")
+    received = Property("received", timestamp_value, doc="when it was received, epoch seconds")
+    message_id = Property("message-id", text_value, doc="the message's Message-ID header")
     connection = Property("connection", ConnectionInfo.parse, doc="the SMTP session it came in on")
-    local = Property("local", _boolean, doc="in flight only: goes to the local queue (MQ_setLocal)")
+    local = Property("local", boolean_value, doc="in flight only: goes to the local queue (MQ_setLocal)")
 
 
 @attrs.define(eq=False)
 class OutgoingDocument(Document):
     """What delivery reads for one recipient, and the attempts it records."""
 
-    nextattempt = Property("nextattempt", _timestamp, doc="not before this time (epoch seconds)")
-    maxdelivertime = Property("maxdelivertime", _timestamp,
+    nextattempt = Property("nextattempt", timestamp_value, doc="not before this time (epoch seconds)")
+    maxdelivertime = Property("maxdelivertime", timestamp_value,
                               doc="give up at this time; a small number: seconds after the first attempt")
-    maxattempts = Property("maxattempts", _count, doc="give up after this many attempts")
-    retries = Property("retries", _intervals, _list, doc="the message's own retry schedule, seconds")
+    maxattempts = Property("maxattempts", count_value, doc="give up after this many attempts")
+    retries = Property("retries", intervals_value, _list, doc="the message's own retry schedule, seconds")
     queues = Property("queues", QueueOverrides.parse, lambda q: dict(q.names), doc="its own result queues")
     smarthost = Property("smarthost", Smarthost.parse, doc="send through this relay")
-    security = Property("security", _security, doc="the outbound TLS policy for this message")
+    security = Property("security", security_value, doc="the outbound TLS policy for this message")
     headers = Property("headers", HeaderEdits.parse, doc="header edits made on the wire only")
-    keepmime = Property("keepmime", _boolean, doc="result copies keep the mime")
+    keepmime = Property("keepmime", boolean_value, doc="result copies keep the mime")
     results = Property("results", _results, lambda rs: [r.to_json() for r in rs],
                        doc="one record per attempt, oldest first")
-    received = Property("received", _timestamp, doc="when the MTA received it (epoch seconds)")
+    received = Property("received", timestamp_value, doc="when the MTA received it (epoch seconds)")
     bounce = Property("bounce", Bounce.parse, doc="a DSN document: the failed recipient and status")
 
     def check(self) -> None:
@@ -611,8 +465,3 @@ class OutgoingDocument(Document):
 
 _CHECKED = ("envelope", "dsn", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues",
             "smarthost", "security", "headers", "keepmime", "results")
-
-
-def arrival_date(received: float) -> str:
-    """An RFC 5322 date for a DSN's ``Arrival-Date`` (RFC 3464 §2.2.5)."""
-    return email.utils.formatdate(received)

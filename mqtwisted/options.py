@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.python import usage
 
-from mqtwisted.document import SECURITY_LEVELS
+from mqtwisted.jsonvalues import SECURITY_LEVELS
 
 
 class ConfigError(usage.UsageError):

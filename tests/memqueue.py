@@ -10,7 +10,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from mqtwisted.document import due_time, mime_text
+from mqtwisted.document import due_time
+from mqtwisted.jsonvalues import mime_text
 from mqtwisted.queue import Document, Lease, Publication
 
 

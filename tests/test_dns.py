@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from mqtwisted.dns import DNSFailure, MXResolver
-from mqtwisted.document import parse_hostport
+from mqtwisted.jsonvalues import parse_hostport
 from tests.dnszone import DNSZone
 
 RECORDS = {

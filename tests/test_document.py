@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqtwisted.document import (
-    SECURITY_LEVELS,
     AttemptRecord,
     Document,
     DocumentError,
@@ -20,6 +19,7 @@ from mqtwisted.document import (
     Smarthost,
     due_time,
 )
+from mqtwisted.jsonvalues import SECURITY_LEVELS
 from mqtwisted.results import Attempt
 
 #: every key some accessor interprets

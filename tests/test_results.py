@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from mqtwisted.document import format_time, parse_time
+from mqtwisted.jsonvalues import format_time, parse_time
 
 
 @pytest.mark.parametrize("seconds", [0, 1.5, -0.5, 1795590000.0, 1795590000.999, 1795590001.0, 1795590000.2, 86399.9])

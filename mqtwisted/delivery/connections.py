@@ -12,7 +12,8 @@ import attrs
 from twisted.logger import Logger
 
 from mqtwisted.dns import DNSFailure, Target
-from mqtwisted.document import OutgoingDocument, parse_hostport
+from mqtwisted.document import OutgoingDocument
+from mqtwisted.jsonvalues import parse_hostport
 from mqtwisted.queue import Lease
 from mqtwisted.results import Attempt
 from mqtwisted.smtp.client import OutboundFactory, OutboundSender, OutMessage

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from mqtwisted import options as mta_options
-from mqtwisted.document import parse_intervals
+from mqtwisted.jsonvalues import parse_intervals
 from mqtwisted.results import DEFAULT_MAX_DELIVERTIME, DEFAULT_RETRY_INTERVALS
 
 #: The queues delivery consumes (``outbox``) and publishes to, each named by the option of the

@@ -28,7 +28,8 @@ from mqtwisted.delivery.connections import Destination, DestinationKey, Job, des
 from mqtwisted.delivery.headers import edit_headers
 from mqtwisted.delivery.options import DeliveryOptions
 from mqtwisted.dns import MXResolver
-from mqtwisted.document import DocumentError, OutgoingDocument, parse_hostport
+from mqtwisted.document import DocumentError, OutgoingDocument
+from mqtwisted.jsonvalues import parse_hostport
 from mqtwisted.oplog import delivery_attempt
 from mqtwisted.queue import Lease, Publication, Queue
 from mqtwisted.reactors import LazyReactor

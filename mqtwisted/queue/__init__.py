@@ -21,10 +21,11 @@ from typing import Any, Protocol
 import attrs
 from twisted.internet.defer import Deferred
 
-# Re-exported: the queue's users convert ``mime`` with them.
-from mqtwisted.document import mime_bytes as mime_bytes
-from mqtwisted.document import mime_text as mime_text
 from mqtwisted.envelope import Body
+
+# Re-exported: the queue's users convert ``mime`` with them.
+from mqtwisted.jsonvalues import mime_bytes as mime_bytes
+from mqtwisted.jsonvalues import mime_text as mime_text
 
 #: MailerQ's named queues (their default names).
 QUEUE_NAMES: tuple[str, ...] = (

@@ -44,7 +44,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtwisted.document import Document as MailerQDocument
-from mqtwisted.document import due_time, mime_text
+from mqtwisted.document import due_time
+from mqtwisted.jsonvalues import mime_text
 from mqtwisted.queue import QUEUE_NAMES, Document, Lease, Publication, QueueUnavailable
 from mqtwisted.queue.amqp_link import AmqpLink, Outgoing, unavailable
 
