@@ -273,9 +273,15 @@ def test_smarthost_option_and_per_message() -> None:
 def test_invalid_document() -> None:
     svc, queue, net, _ = make({})
     svc.startService()
-    publish(queue, {"envelope": "a@b", "recipient": "nobody", "mime": "x"})
+    publish(queue, {"envelope": "a@b", "recipient": "nobody", "mime": "x"}, doc(maxattempts="many", queues=["x"]))
     net.run()
-    assert queue.docs("failure")[0]["results"][0]["result"] == "invalid"
+    failed = {d["recipient"]: d["results"][0] for d in queue.docs("failure")}
+    assert [r["result"] for r in failed.values()] == ["invalid", "invalid"]
+    # The description names the property; a property that cannot be used is read as absent on
+    # the way out (the default queues here).
+    assert "'recipient'" in failed["nobody"]["description"]
+    assert "'maxattempts'" in failed["user@example.com"]["description"]
+    assert len(queue.docs("results")) == 2 and len(queue.docs("dsn")) == 2
 
 
 def test_service_pickles_without_live_state() -> None:
