@@ -2,7 +2,7 @@
 result queues (see docs/architecture.rst for the data path).
 
 A document is the JSON object itself (``doc.json``, a plain dict) seen through typed accessors.
-Every property the MTA interprets has one, listed in the tables below; every other key is left
+Every property the MTA interprets has one, declared in the class bodies below; every other key is left
 exactly as it came, in both directions (MailerQ's rule: unknown properties travel to the results
 untouched).  Reading a property whose value is unusable raises :class:`DocumentError`, which names
 the property and the value; setting one writes its JSON form, and setting ``None`` removes it.
@@ -365,6 +365,7 @@ class Document:
     mime = Property("mime", mime_value, dump_mime, doc="the message (bytes; JSON text with 8-bit octets escaped)")
     dsn = Property("dsn", DsnRequest.parse, doc="the sender's RFC 3461 DSN request")
     tags = Property("tags", tags_value, _list, doc="labels that travel with the message")
+    received = Property("received", timestamp_value, doc="when the MTA received it (epoch seconds)")
 
     @classmethod
     def of(cls, value: Mapping[str, Any] | Document) -> Self:
@@ -404,7 +405,6 @@ class IncomingDocument(Document):
     """What the SMTP server publishes for one recipient of a message it accepted."""
 
     hostname = Property("hostname", text_value, doc="the MTA that received the message")
-    received = Property("received", timestamp_value, doc="when it was received, epoch seconds")
     message_id = Property("message-id", text_value, doc="the message's Message-ID header")
     connection = Property("connection", ConnectionInfo.parse, doc="the SMTP session it came in on")
     local = Property("local", boolean_value, doc="in flight only: goes to the local queue (MQ_setLocal)")
@@ -426,7 +426,6 @@ class OutgoingDocument(Document):
     keepmime = Property("keepmime", boolean_value, doc="result copies keep the mime")
     results = Property("results", _results, lambda rs: [r.to_json() for r in rs],
                        doc="one record per attempt, oldest first")
-    received = Property("received", timestamp_value, doc="when the MTA received it (epoch seconds)")
     bounce = Property("bounce", Bounce.parse, doc="a DSN document: the failed recipient and status")
 
     def check(self) -> None:
@@ -446,11 +445,11 @@ class OutgoingDocument(Document):
         raw = self.json.get("results")
         return len(raw) if isinstance(raw, list) else 0
 
-    def with_attempt(self, record: Mapping[str, Any]) -> OutgoingDocument:
+    def with_attempt(self, record: AttemptRecord) -> OutgoingDocument:
         """A copy with ``record`` appended to its ``results`` (the others are kept as they are)."""
         copy = self.copy()
         raw = self.json.get("results")
-        copy.json["results"] = [*(raw if isinstance(raw, list) else ()), dict(record)]
+        copy.json["results"] = [*(raw if isinstance(raw, list) else ()), record.to_json()]
         return copy
 
     def result_queue(self, role: str, default: str | None) -> str | None:

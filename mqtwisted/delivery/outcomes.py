@@ -51,13 +51,13 @@ def expiry(now: float) -> Attempt:
 def after_attempt(doc: OutgoingDocument, attempt: Attempt, now: float, options: DeliveryOptions,
                   reporting_mta: str) -> list[Publication]:
     """The publications that settle ``doc`` (as leased) after ``attempt``."""
-    updated = doc.with_attempt(attempt.record())
+    updated = doc.with_attempt(attempt.as_record())
     if attempt.accepted or attempt.is_permanent:
         return final(updated, attempt, now, options, reporting_mta)
     schedule = doc.retries or options.retry_interval
     interval = retry_interval(updated.attempt_count(), schedule)
     if not attempts_left(updated, options) or now + interval >= deadline(doc, now, options):
-        updated = updated.with_attempt(expiry(now).record())
+        updated = updated.with_attempt(expiry(now).as_record())
         return final(updated, attempt, now, options, reporting_mta)
     updated.nextattempt = now + interval
     pubs = [Publication(options.queue("outbox"), updated.json)]

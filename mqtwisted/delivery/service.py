@@ -108,7 +108,8 @@ class DeliveryService(service.Service):
     def startService(self) -> None:
         super().startService()
         self.stopping = False
-        # Resolve the host name now, not at import time (DESIGN.md §3 on DNSNAME).
+        # Resolve the host name now, not at import time: twisted.mail.smtp.DNSNAME calls
+        # socket.getfqdn() when it is imported, before the operator's settings apply.
         self.helo = self.options.helo or socket.getfqdn()
         self.queue.consume(self.options.queue("outbox"), self._received, prefetch=self.options.prefetch)
 
@@ -217,7 +218,7 @@ class DeliveryService(service.Service):
 
     def _final(self, job: Job, attempt: Attempt) -> None:
         delivery_attempt(job.document.json, attempt)
-        doc = job.document.with_attempt(attempt.record())
+        doc = job.document.with_attempt(attempt.as_record())
         self._settle(job, outcomes.final(doc, attempt, self.now(), self.options, self.helo))
 
     def _settle(self, job: Job, pubs: list[Publication]) -> None:
