@@ -1,4 +1,5 @@
-"""The ``mqmta`` command: queue inspection (``queue stats|list|show``), ``inject``, ``mktap``.
+"""The ``mqmta`` command: queue inspection (``queue stats|list|show``), ``inject``, ``mktap``,
+``dkim keygen``.
 
 Queue commands on the spool read the database directly (SQLite in WAL mode lets them read while
 the MTA writes); on amqp they talk to the broker.
@@ -135,7 +136,27 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--data-dir", default="mqmta-data")
     i.add_argument("--queue", dest="queue_url", default="spool")
     i.add_argument("--outbox", default="outbox")
+    d = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="action", required=True)
+    k = d.add_parser("keygen", help="write a new private key, print the DNS TXT record to publish")
+    k.add_argument("--domain", required=True)
+    k.add_argument("--selector", required=True)
+    k.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], default="rsa-sha256")
+    k.add_argument("--bits", type=int, default=2048, help="RSA key size (at least 1024)")
+    k.add_argument("-o", "--output", help="private key file (default DOMAIN.SELECTOR.pem; never overwritten)")
     return p
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from mqtwisted.signing import write_key_pair
+
+    path = args.output or f"{args.domain}.{args.selector}.pem"
+    try:
+        record = write_key_pair(path, args.domain, args.selector, args.algorithm, args.bits)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"mqmta: dkim keygen: {path}: {e}") from e
+    print(f"wrote {path} (mode 0600); publish this DNS record:", file=sys.stderr)
+    print(record)
+    return 0
 
 
 def injected(sender: str, recipient: str, now: float) -> dict[str, Any]:
@@ -188,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_queue(args)
     if args.command == "inject":
         return cmd_inject(args)
+    if args.command == "dkim":
+        return cmd_dkim_keygen(args)
     return 2
 
 

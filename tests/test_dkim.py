@@ -631,6 +631,29 @@ def test_write_key_pair_writes_a_private_file_once(tmp_path: Any, published: Pub
     assert verify_each(signed, published.dnsfunc) == [True]
 
 
+def test_mqmta_dkim_keygen(tmp_path: Any, capsys: pytest.CaptureFixture[str], published: Published,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from mqtwisted.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["dkim", "keygen", "--domain", "example.org", "--selector", "ed7", "--algorithm", ED25519]) == 0
+    out, err = capsys.readouterr()
+    assert "wrote example.org.ed7.pem" in err
+    key = read_private_key((tmp_path / "example.org.ed7.pem").read_bytes())
+    assert out.startswith("ed7._domainkey.example.org. 3600 IN TXT")
+    assert "".join(re.findall(r'"([^"]*)"', out)) == key.public_record
+    published.records["ed7._domainkey.example.org"] = key.public_record
+    signed = Signer(HOST).sign(MESSAGES["plain"], [SigningRequest("example.org", "ed7", key)])
+    assert verify_each(signed, published.dnsfunc) == [True]
+    assert main(["dkim", "keygen", "--domain", "example.org", "--selector", "r", "-o", "rsa.pem"]) == 0
+    assert read_private_key((tmp_path / "rsa.pem").read_bytes()).bits == 2048
+    with pytest.raises(SystemExit, match="rsa.pem: .*File exists"):
+        main(["dkim", "keygen", "--domain", "example.org", "--selector", "r", "-o", "rsa.pem"])
+    with pytest.raises(SystemExit, match="too short"):
+        main(["dkim", "keygen", "--domain", "example.org", "--selector", "r", "--bits", "512", "-o", "short.pem"])
+    assert not (tmp_path / "short.pem").exists()
+
+
 def test_signing_imports_no_twisted() -> None:
     code = ("import sys, mqtwisted.signing; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'pika') "
