@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mqtwisted.document import (
     AttemptRecord,
+    ConnectionInfo,
     Document,
     DocumentError,
     DsnRequest,
@@ -155,3 +156,24 @@ def test_security_levels_are_the_clients() -> None:
     from mqtwisted.smtp.client import SECURITY_LEVELS as CLIENT_LEVELS
 
     assert SECURITY_LEVELS == CLIENT_LEVELS
+
+
+names = st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=",:[];"), min_size=1, max_size=10)
+
+
+@given(
+    st.builds(DsnRequest, st.none() | st.lists(st.sampled_from(["SUCCESS", "FAILURE", "DELAY", "NEVER"]), min_size=1,
+                                               max_size=3, unique=True).map(tuple),
+              st.none() | st.sampled_from(["FULL", "HDRS"]), st.none() | names, st.none() | names),
+    st.builds(Smarthost, names, st.integers(1, 65535), st.none() | names, st.none() | names),
+    st.builds(ConnectionInfo, st.none() | names, st.none() | st.integers(0, 65535), st.none() | names,
+              st.none() | st.integers(0, 65535), st.none() | names, st.booleans(), st.none() | names),
+)
+def test_typed_values_round_trip(dsn: DsnRequest, smarthost: Smarthost, connection: ConnectionInfo) -> None:
+    doc = IncomingDocument()
+    doc.dsn, doc.connection = dsn, connection
+    out = OutgoingDocument.of(json.loads(json.dumps(doc.json)))
+    out.smarthost = smarthost
+    again = IncomingDocument.of(json.loads(json.dumps(out.json)))
+    assert again.dsn == dsn and again.connection == connection
+    assert OutgoingDocument.of(again).smarthost == smarthost
