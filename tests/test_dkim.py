@@ -368,6 +368,9 @@ def test_arc_seal_of_the_inbound_results_validates(rsa_pair: KeyPair, published:
     cv, results, _ = arc_results(signed, published)
     assert cv == b"pass", results
     assert b"spf=pass" in results[0]["aar-value"]
+    # The header the message carries wins over results handed in (they would say the same twice).
+    again = Signer(HOST).sign(message, [request], f"{HOST}; dkim=pass header.d=example.org")
+    assert b"dkim=pass" not in arc_results(again, published)[1][0]["aar-value"]
     assert verify_each(signed, published.dnsfunc) == [True]  # the DKIM signature under the ARC set
 
 
@@ -497,6 +500,7 @@ KEY = '[[key]]\ndomain = "example.org"\nselector = "s1"\nfile = "keys/rsa.pem"\n
     (KEY + 'headers = ["from", "received"]\n', 5, "'received' must not be signed"),
     (KEY + 'arc = "yes"\n', 5, "arc: expected true or false"),
     (KEY.replace("rsa.pem", "ed.pem") + "arc = true\n", 5, "arc = true needs an RSA key"),
+    (KEY.replace('"keys/rsa.pem"', "5"), 4, "file: expected a path, got 5"),
     (KEY.replace("rsa.pem", "missing.pem"), 4, "cannot read the key file .*missing.pem: No such file"),
     (KEY.replace("rsa.pem", "garbage.pem"), 4, "garbage.pem: not a readable PEM private key"),
     (KEY.replace("rsa.pem", "short.pem"), 4, "short.pem: RSA key of 768 bits is too short: at least 1024"),

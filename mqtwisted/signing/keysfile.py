@@ -22,7 +22,8 @@ import email.utils
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 import dkim
@@ -31,6 +32,7 @@ from mqtwisted.signing.keys import (
     ALGORITHMS,
     DEFAULT_CANONICALIZATION,
     ED25519,
+    RSA,
     KeyFormatError,
     SigningRequest,
     check_canonicalization,
@@ -41,7 +43,6 @@ from mqtwisted.signing.keys import (
 )
 from mqtwisted.signing.signer import dkim_signature
 
-_FIELDS = {"domain", "selector", "file", "algorithm", "headers", "canonicalization", "arc"}
 _KEY_TABLE = re.compile(r"^\s*\[\[\s*key\s*\]\]")
 _PROBE = b"From: probe@example.org\r\nSubject: key check\r\n\r\nkey check\r\n"
 
@@ -138,49 +139,56 @@ def load_keys_file(path: str) -> KeyTable:
     return KeyTable(path, ordered)
 
 
-def _entry(path: str, lines: list[str], start: int, end: int, number: int, entry: object) -> SigningRequest:
-    where = f"{path}:{start}: key #{number}"
+def _check_arc(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"arc: expected true or false, got {value!r}")
+    return value
 
+
+def _check_algorithm(value: object) -> str:
+    if value not in ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {', '.join(ALGORITHMS)}, got {value!r}")
+    return str(value)
+
+
+def _check_file(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"file: expected a path, got {value!r}")
+    return value
+
+
+#: The fields of a [[key]] table and how each is checked (a ValueError's text starts with the field).
+_FIELDS: dict[str, Callable[[object], object]] = {
+    "domain": check_domain,
+    "selector": check_selector,
+    "file": _check_file,
+    "algorithm": _check_algorithm,
+    "headers": lambda value: check_headers(value, need_from=True),
+    "canonicalization": check_canonicalization,
+    "arc": _check_arc,
+}
+_REQUIRED = ("domain", "selector", "file")
+
+
+def _entry(path: str, lines: list[str], start: int, end: int, number: int, entry: object) -> SigningRequest:
     def fail(field: str, message: str) -> Exception:
         return _config_error(f"{path}:{_line_of(lines, field, start, end)}: key #{number}: {message}")
 
     if not isinstance(entry, dict):
-        raise _config_error(f"{where}: expected a [[key]] table")
-    for field in entry:
-        if field not in _FIELDS:
-            raise fail(field, f"unknown field {field!r} (known: {', '.join(sorted(_FIELDS))})")
-    for field in ("domain", "selector", "file"):
-        if field not in entry:
-            raise _config_error(f"{where}: {field} is missing")
-    try:
-        domain = check_domain(entry["domain"])
-    except ValueError as e:
-        raise fail("domain", str(e)) from e
-    try:
-        selector = check_selector(entry["selector"])
-    except ValueError as e:
-        raise fail("selector", str(e)) from e
-    headers = None
-    if "headers" in entry:
+        raise _config_error(f"{path}:{start}: key #{number}: expected a [[key]] table")
+    values: dict[str, Any] = {}
+    for field, value in entry.items():
+        check = _FIELDS.get(field)
+        if check is None:
+            raise fail(field, f"unknown field {field!r} (known: {', '.join(_FIELDS)})")
         try:
-            headers = check_headers(entry["headers"], need_from=True)
+            values[field] = check(value)
         except ValueError as e:
-            raise fail("headers", str(e)) from e
-    canonicalization = entry.get("canonicalization", DEFAULT_CANONICALIZATION)
-    try:
-        check_canonicalization(canonicalization)
-    except ValueError as e:
-        raise fail("canonicalization", str(e)) from e
-    arc = entry.get("arc", False)
-    if not isinstance(arc, bool):
-        raise fail("arc", f"arc: expected true or false, got {arc!r}")
-    algorithm = entry.get("algorithm")
-    if algorithm is not None and algorithm not in ALGORITHMS:
-        raise fail("algorithm", f"algorithm: expected one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
-    file = entry["file"]
-    if not isinstance(file, str) or not file:
-        raise fail("file", f"file: expected a path, got {file!r}")
-    key_path = os.path.join(os.path.dirname(os.path.abspath(path)), file)
+            raise fail(field, str(e)) from e
+    for field in _REQUIRED:
+        if field not in values:
+            raise _config_error(f"{path}:{start}: key #{number}: {field} is missing")
+    key_path = os.path.join(os.path.dirname(os.path.abspath(path)), values["file"])
     try:
         with open(key_path, "rb") as f:
             key = read_private_key(f.read())
@@ -188,11 +196,14 @@ def _entry(path: str, lines: list[str], start: int, end: int, number: int, entry
         raise fail("file", f"cannot read the key file {key_path}: {e.strerror}") from e
     except KeyFormatError as e:
         raise fail("file", f"{key_path}: {e}") from e
-    if algorithm is not None and algorithm != key.algorithm:
+    algorithm = values.get("algorithm", key.algorithm)
+    if algorithm != key.algorithm:
         raise fail("algorithm", f"algorithm is {algorithm} but {key_path} holds a {key.algorithm} key")
-    if arc and key.algorithm != "rsa-sha256":
+    arc = values.get("arc", False)
+    if arc and key.algorithm != RSA:
         raise fail("arc", "arc = true needs an RSA key (ARC seals with rsa-sha256 only)")
-    request = SigningRequest(domain, selector, key, headers=headers, canonicalization=canonicalization,
+    request = SigningRequest(values["domain"], values["selector"], key, headers=values.get("headers"),
+                             canonicalization=values.get("canonicalization", DEFAULT_CANONICALIZATION),
                              arc=arc, origin=f"{path} key #{number}")
     try:
         dkim_signature(_PROBE, request)

@@ -48,7 +48,8 @@ class Signer:
 
         ``authentication_results``: the value of this host's inbound ``Authentication-Results``
         header (``"<host_name>; spf=pass ..."``), the input of an ARC seal when the message does not
-        carry that header itself; without either, the seal says ``<host_name>; none``.
+        carry that header itself (when it does, the header wins); without either, the seal says
+        ``<host_name>; none``.
 
         Raises :class:`SigningError` when any signature cannot be made.
         """
@@ -187,15 +188,12 @@ def arc_seal(message: bytes, request: SigningRequest, srv_id: str,
 def _with_results(message: bytes, srv_id: str, results: str | None, linesep: bytes) -> bytes:
     """``message`` with an ``Authentication-Results`` header of ``srv_id`` to seal: the one it
     has, else ``results``, else ``none`` (RFC 8601 §2.2: no method was applied)."""
-    if results is not None:
-        if results.split(";", 1)[0].strip() != srv_id:
-            raise SigningError(f"ARC: the Authentication-Results {results!r} are not {srv_id}'s")
-        value = results.encode()
-    elif any(_results_of(value, srv_id) for name, value in dkim.rfc822_parse(message)[0]
-             if name == AUTHENTICATION_RESULTS):
+    if results is not None and results.split(";", 1)[0].strip() != srv_id:
+        raise SigningError(f"ARC: the Authentication-Results {results!r} are not {srv_id}'s")
+    if any(_results_of(value, srv_id) for name, value in dkim.rfc822_parse(message)[0]
+           if name == AUTHENTICATION_RESULTS):
         return message
-    else:
-        value = srv_id.encode() + b"; none"
+    value = results.encode() if results is not None else srv_id.encode() + b"; none"
     return AUTHENTICATION_RESULTS + b": " + value + linesep + message
 
 
