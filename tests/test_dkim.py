@@ -502,7 +502,7 @@ KEY = '[[key]]\ndomain = "example.org"\nselector = "s1"\nfile = "keys/rsa.pem"\n
     (KEY.replace("rsa.pem", "ed.pem") + "arc = true\n", 5, "arc = true needs an RSA key"),
     (KEY.replace('"keys/rsa.pem"', "5"), 4, "file: expected a path, got 5"),
     (KEY.replace("rsa.pem", "missing.pem"), 4, "cannot read the key file .*missing.pem: No such file"),
-    (KEY.replace("rsa.pem", "garbage.pem"), 4, "garbage.pem: not a readable PEM private key"),
+    (KEY.replace("rsa.pem", "garbage.pem"), 4, "garbage.pem: not a readable private key"),
     (KEY.replace("rsa.pem", "short.pem"), 4, "short.pem: RSA key of 768 bits is too short: at least 1024"),
     (KEY.replace("rsa.pem", "encrypted.pem"), 4, "encrypted.pem: the key is encrypted"),
     (KEY + "\n" + KEY.replace("example.org", "EXAMPLE.org."), 6, "key #2 .*a second key with this domain and selector"),
@@ -528,8 +528,18 @@ def test_dkimpy_seed_files_are_keys_too(ed_pair: KeyPair) -> None:
     seed = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                              serialization.NoEncryption())
     assert read_private_key(base64.b64encode(seed) + b"\n") == read_private_key(ed_pair.private_pem)
-    with pytest.raises(KeyFormatError, match="neither a PEM private key nor"):
+    with pytest.raises(KeyFormatError, match="not a readable private key"):
         read_private_key(b"c2hvcnQ=")
+    with pytest.raises(KeyFormatError, match="not a readable private key"):
+        read_private_key(b"not base64 at all!")
+
+
+def test_base64_der_keys_without_pem_lines(rsa_pair: KeyPair) -> None:
+    key = serialization.load_pem_private_key(rsa_pair.private_pem, None)
+    for form in (serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL):
+        der = key.private_bytes(serialization.Encoding.DER, form, serialization.NoEncryption())
+        pasted = base64.encodebytes(der)  # in lines of 76, as copied from a PEM file
+        assert read_private_key(pasted) == read_private_key(rsa_pair.private_pem)
 
 
 # --- the dkim property ---------------------------------------------------------------------------
@@ -559,7 +569,7 @@ def test_dkim_property_object_and_list(rsa_pair: KeyPair, ed_pair: KeyPair, publ
     ({"domain": "example.org", "selector": "s"}, "^dkim: key is missing"),
     ([{"selector": "s", "key": "K"}], r"^dkim\[0\]: domain is missing"),
     ({"domain": "example.org", "selector": "s", "key": "K", "algo": "x"}, "unknown field\\(s\\) algo"),
-    ({"domain": "example.org", "selector": "s", "key": "not a key"}, "key: neither a PEM private key"),
+    ({"domain": "example.org", "selector": "s", "key": "not a key"}, "key: not a readable private key"),
     ({"domain": "example.org", "selector": "s", "key": SHORT_RSA.decode()}, "key: RSA key of 768 bits is too short"),
     ({"domain": "example.org", "selector": "s", "key": "K", "protocols": ["dkim", "spf"]}, "protocols: expected"),
     ({"domain": "example.org", "selector": "s", "key": "K", "protocols": []}, "protocols: expected"),

@@ -8,7 +8,8 @@ The property is one object or a list of them::
 
 ``headers`` are signed in addition to the usual ones; ``expire`` is the number of seconds the
 signature is valid (``x=``); ``protocols`` (default ``["dkim"]``) asks for a DKIM signature, an ARC
-seal, or both.  The algorithm is the key's: RSA (rsa-sha256) or Ed25519 (ed25519-sha256).
+seal, or both.  ``key`` is PEM text (base64 DER without the PEM lines is read too); the algorithm
+is the key's: RSA (rsa-sha256) or Ed25519 (ed25519-sha256).
 """
 
 from __future__ import annotations

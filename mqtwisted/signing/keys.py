@@ -127,16 +127,21 @@ def check_headers(value: object, *, need_from: bool) -> tuple[str, ...]:
 
 
 def read_private_key(data: bytes) -> SigningKey:
-    """The key in ``data`` (PEM, or dkimpy's base64 Ed25519 seed), checked for DKIM use."""
+    """The key in ``data``, checked for DKIM use: PEM; base64 DER, as a key pasted without its PEM
+    lines is; or dkimpy's base64 Ed25519 seed."""
     text = data.strip()
-    if b"-----BEGIN" not in text:
-        return _ed25519_seed(text)
     try:
-        key = serialization.load_pem_private_key(text, password=None)
+        if b"-----BEGIN" in text:
+            key = serialization.load_pem_private_key(text, password=None)
+        else:
+            der = _base64(text)
+            if len(der) == 32:
+                return _ed25519(der)
+            key = serialization.load_der_private_key(der, password=None)
     except TypeError as e:
         raise KeyFormatError("the key is encrypted; DKIM keys must be stored without a passphrase") from e
     except (ValueError, UnsupportedAlgorithm) as e:
-        raise KeyFormatError(f"not a readable PEM private key ({e})") from e
+        raise KeyFormatError(f"not a readable private key (PEM, base64 DER or an Ed25519 seed): {e}") from e
     if isinstance(key, rsa.RSAPrivateKey):
         return _rsa(key)
     if isinstance(key, ed25519.Ed25519PrivateKey):
@@ -144,6 +149,13 @@ def read_private_key(data: bytes) -> SigningKey:
                                  serialization.NoEncryption())
         return _ed25519(seed)
     raise KeyFormatError(f"a {type(key).__name__.removeprefix('_')} key; DKIM signs with RSA or Ed25519")
+
+
+def _base64(text: bytes) -> bytes:
+    try:
+        return base64.b64decode(b"".join(text.split()), validate=True)
+    except binascii.Error as e:
+        raise KeyFormatError(f"not a readable private key (PEM, base64 DER or an Ed25519 seed): {e}") from e
 
 
 def _rsa(key: rsa.RSAPrivateKey) -> SigningKey:
@@ -159,16 +171,6 @@ def _rsa(key: rsa.RSAPrivateKey) -> SigningKey:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     record = f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}"
     return SigningKey(RSA, pkcs1, key.key_size, record)
-
-
-def _ed25519_seed(text: bytes) -> SigningKey:
-    try:
-        seed = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        seed = b""
-    if len(seed) != 32:
-        raise KeyFormatError("neither a PEM private key nor a base64 Ed25519 seed of 32 bytes")
-    return _ed25519(seed)
 
 
 def _ed25519(seed: bytes) -> SigningKey:
