@@ -1,5 +1,5 @@
-"""The outbound SMTP session in memory: wire format, reuse, results, and every client defect of
-DESIGN.md §5 with a regression test that is shown to fail against plain twisted.mail."""
+"""The outbound SMTP session in memory: wire format, reuse, results, and every client defect that
+mqtwisted/smtp/client.py lists at its top, with a regression test that is shown to fail against plain twisted.mail."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One regression test per twisted.mail server defect named in DESIGN.md §3.
+"""One regression test per twisted.mail server defect that the server fixes (listed in the
+docstring of mqtwisted/smtp/server.py).
 
 Each test runs against our server and against bare ``twisted.mail.smtp.ESMTP``; the bare runs are
 strict xfails, which proves each test really detects the defect it is named after.

@@ -1,5 +1,5 @@
 """``mqmta inject --from A --to B C < message.eml`` puts one document per recipient on the outbox,
-and delivery sends them (issue 4).  The CLI runs as a real process on the MTA's spool."""
+and delivery sends them.  The CLI runs as a real process on the MTA's spool."""
 
 from __future__ import annotations
 

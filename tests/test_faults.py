@@ -1,4 +1,4 @@
-"""Fault isolation (issue 7): plugins that raise, never hand control back, or block their thread
+"""Fault isolation: plugins that raise, never hand control back, or block their thread
 forever; and, outbound, remote servers that stall, reset, or answer slowly.
 
 Plugins:  A real ``twistd mqmta`` with a plugin directory in tmp and a short

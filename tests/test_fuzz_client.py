@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the outbound SMTP client against a hostile server (issue 7).
+"""Property-based fuzzing of the outbound SMTP client against a hostile server.
 
 Our :class:`~mqtwisted.smtp.client.OutboundSender` talks to a scripted fake server through an
 in-memory transport that this test drives byte by byte.  The server reads what the client wrote

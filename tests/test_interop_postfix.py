@@ -1,4 +1,4 @@
-"""Interop with Postfix, the reference MTA, in both directions (issue 4):
+"""Interop with Postfix, the reference MTA, in both directions:
 
 * mqmta delivering to Postfix, which keeps the mail in a Maildir (virtual mailbox domain);
 * Postfix relaying into mqmta (``relayhost = [127.0.0.1]:PORT``).
