@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import dkim
 
@@ -137,7 +138,8 @@ class _DKIMWithExpiry(dkim.DKIM):
 
     expire: int | None = None
 
-    def gen_header(self, fields, include_headers, canon_policy, header_name, pk, standardize=False):  # type: ignore[no-untyped-def]
+    def gen_header(self, fields: list[tuple[bytes, bytes]], include_headers: Sequence[bytes],
+                   canon_policy: Any, header_name: bytes, pk: Any, standardize: bool = False) -> bytes:
         if self.expire is not None and header_name == b"DKIM-Signature":
             fields = list(fields)
             at = next(i for i, (tag, _) in enumerate(fields) if tag == b"t")
