@@ -253,6 +253,32 @@ def test_expire_sets_x_and_the_verifier_honours_it(rsa_pair: KeyPair, published:
     assert verify_each(signed, published.dnsfunc) == [False]
 
 
+def test_rsa_is_signed_by_openssl(rsa_pair: KeyPair, published: Published, monkeypatch: pytest.MonkeyPatch) -> None:
+    digests: list[bytes] = []
+    original = signer_module.OpenSSLRSA.sign
+
+    def counting(self: Any, digest: bytes) -> Any:
+        digests.append(digest)
+        return original(self, digest)
+
+    monkeypatch.setattr(signer_module.OpenSSLRSA, "sign", counting)
+    signed = Signer(HOST).sign(MESSAGES["plain"], [make_request(published, rsa_pair, arc=True)])
+    # One DKIM-Signature, then the ARC-Message-Signature and the ARC-Seal: all through OpenSSL.
+    assert len(digests) == 3 and all(len(d) == 32 for d in digests)
+    assert verify_each(signed, published.dnsfunc) == [True]
+    assert arc_results(signed, published)[0] == b"pass"
+    # dkimpy's own RSA (Python integers) signs the same bytes to the same signature: PKCS#1 v1.5
+    # is deterministic, so OpenSSL changed the speed and nothing else.
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)  # the same t= for both
+    request = make_request(published, rsa_pair)
+    ours = dkim_headers(Signer(HOST).sign(MESSAGES["plain"], [request]))[0]
+    theirs = dkim.DKIM(MESSAGES["plain"]).sign(b"rsa1", b"example.org", request.key.secret,
+                                              canonicalize=(b"relaxed", b"relaxed")).split(b":", 1)[1]
+    assert tag(ours, "t") == tag(theirs, "t") and len(digests) == 4
+    assert tag(ours, "b") == tag(theirs, "b")
+
+
 # --- signing failures ---------------------------------------------------------------------------
 
 def broken_key() -> SigningKey:

@@ -52,12 +52,14 @@ class KeyFormatError(ValueError):
 @attrs.frozen
 class SigningKey:
     """A private key checked for use: ``secret`` is in the form dkimpy's signer for
-    ``algorithm`` reads; ``public_record`` is the DNS TXT value that publishes it."""
+    ``algorithm`` reads; ``public_record`` is the DNS TXT value that publishes it; ``rsa`` is
+    the RSA key loaded once into OpenSSL, which signs with it (see :mod:`.signer`)."""
 
     algorithm: str
     secret: bytes = attrs.field(repr=False)
     bits: int
     public_record: str
+    rsa: rsa.RSAPrivateKey | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -170,7 +172,7 @@ def _rsa(key: rsa.RSAPrivateKey) -> SigningKey:
     spki = key.public_key().public_bytes(serialization.Encoding.DER,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     record = f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}"
-    return SigningKey(RSA, pkcs1, key.key_size, record)
+    return SigningKey(RSA, pkcs1, key.key_size, record, rsa=key)
 
 
 def _ed25519(seed: bytes) -> SigningKey:
