@@ -7,9 +7,10 @@ What to sign with comes from one of two places, both read into :class:`SigningRe
   :meth:`KeyTable.for_message` picks the keys of the message's ``From:`` domain (RSA and
   Ed25519 both when the domain has both), so that the signature aligns for DMARC.
 
-:class:`Signer` then signs the final message bytes, after every header edit, and returns them
-with the ``DKIM-Signature`` headers (and an ARC set when asked) prepended; a message for many
-recipients is signed once (an LRU cache keyed by a digest of the bytes).
+:func:`signing_requests` makes that choice for a message; :class:`Signer` then signs the final
+message bytes, after every header edit, and returns them with the ``DKIM-Signature`` headers (and
+an ARC set when asked) prepended; a message for many recipients is signed once (an LRU cache keyed
+by a digest of the bytes).
 
 The contract with delivery:
 
@@ -23,6 +24,7 @@ The contract with delivery:
 - a keys file that cannot be read or holds an unusable key raises ``ConfigError`` (file, line
   and key named) from :func:`load_keys_file`, which stops the start-up.
 
+docs/architecture.rst shows where this sits among the layers and threads.
 """
 
 from mqtwisted.signing.dkimproperty import DkimPropertyError, parse_dkim_property, signing_requests
