@@ -16,8 +16,8 @@ from mqtwisted import api
 from mqtwisted.connection import Connection, Reply
 from mqtwisted.pluginloader import PluginError, load_plugins
 from mqtwisted.plugins import PluginRunner
-from tests.conftest import sleep
-from tests.test_plugins_support import make_runner_factory, module, write_plugins
+from tests.conftest import in_thread, wait_until
+from tests.test_plugins_support import ClockWithThreads, make_runner_factory, module, write_plugins
 
 
 @pytest.fixture
@@ -209,13 +209,14 @@ def mq_smtp_in_rcptto(ctx, conn, address):
 @pytest_twisted.inlineCallbacks
 def test_take_control_continue_from_another_thread(make):
     runner = make({"a.py": AFTER, "b.py": TAKE, "c.py": AFTER})
+    module(runner, "b").HOW["mode"] = "none"  # the test hands control back itself
     conn = Connection()
-    start = time.monotonic()
     d = runner.run("mq_smtp_in_rcptto", conn, "r@example.com")
-    yield sleep(0.01)
-    assert not d.called  # held by b
+    yield wait_until(lambda: module(runner, "b").CALLS, what="b took control")
+    assert not d.called and module(runner, "c").CALLS == []  # held by b
+    yield in_thread(api.MQ_continue, conn)  # from a thread that is neither reactor nor context
     reply = yield d
-    assert reply is None and time.monotonic() - start >= 0.05
+    assert reply is None
     assert module(runner, "a").CALLS == ["after"]
     assert module(runner, "c").CALLS == ["after"]
 
@@ -276,9 +277,9 @@ def mq_smtp_in_rcptto(ctx, conn, address):
     )
     conn = Connection()
     reply = yield runner.run("mq_smtp_in_rcptto", conn, "r@example.com")
-    yield sleep(0.05)
+    # The second MQ_continue is answered with a warning; had it counted, c would have run again.
+    yield wait_until(lambda: "ignored" in texts(logged), what="the second hand-back ignored")
     assert reply is None and module(runner, "c").CALLS == ["after"]
-    assert "ignored" in texts(logged)
 
 
 @pytest_twisted.inlineCallbacks
@@ -328,8 +329,10 @@ def mq_smtp_in_mailfrom(ctx, conn, address):
 
 
 @pytest_twisted.inlineCallbacks
-def test_timeout_answers_451_447_and_ignores_late_hand_back(make, logged):
-    runner = make(
+def test_timeout_answers_451_447_and_ignores_late_hand_back(tmp_path, logged):
+    clock = ClockWithThreads()
+    plugins = write_plugins(
+        tmp_path / "p",
         {
             "slow.py": """
 HELD = []
@@ -339,32 +342,50 @@ def mq_smtp_in_mailfrom(ctx, conn, address):
 """,
             "z_later.py": RECORD,
         },
-        timeout=0.2,
     )
-    conn = Connection()
-    start = time.monotonic()
-    reply = yield runner.run("mq_smtp_in_mailfrom", conn, "s@example.com")
-    assert reply.code == 451 and reply.enhanced.startswith("4.4.")
-    assert 0.15 <= time.monotonic() - start < 2
-    assert "slow" in texts(logged) and "did not hand back" in texts(logged)
-    api.MQ_continue(conn)  # too late: nothing happens
-    yield sleep(0.05)
-    assert module(runner, "z_later").CALLS == []
-    # the connection can go on with its next command
-    module(runner, "slow").mq_smtp_in_mailfrom.__globals__["HELD"] = None
-    assert not runner._active
+    runner = PluginRunner(load_plugins(str(plugins)), threads=1, timeout=0.2, reactor=clock)
+    runner.start()
+    try:
+        conn = Connection()
+        d = runner.run("mq_smtp_in_mailfrom", conn, "s@example.com")
+        clock.advance(0)  # hand the call to the context thread
+        yield wait_until(lambda: module(runner, "slow").HELD, what="slow took control")
+        clock.advance(0.19)
+        assert not d.called  # within plugin-timeout: still held
+        clock.advance(0.02)  # past it (the sweep runs every timeout/10)
+        assert d.called
+        reply = yield d
+        assert reply.code == 451 and reply.enhanced == "4.4.7"
+        assert "slow" in texts(logged) and "did not hand back" in texts(logged)
+        api.MQ_continue(conn)  # too late: nothing happens
+        assert "which no plugin holds" in texts(logged)
+        assert module(runner, "z_later").CALLS == []
+        # the connection can go on with its next command
+        assert not runner.hooks_running
+    finally:
+        yield runner.stop()
 
 
 @pytest_twisted.inlineCallbacks
 def test_blocking_hook_times_out_too(make):
     runner = make(
-        {"slow.py": "def mq_smtp_in_mailfrom(ctx, conn, address):\n    time.sleep(0.5)\n"},
+        {
+            "slow.py": """
+GATE = threading.Event()
+def mq_smtp_in_mailfrom(ctx, conn, address):
+    GATE.wait(30)  # blocks its context thread until the test opens the gate
+    CALLS.append("done")
+"""
+        },
         threads=1,
         timeout=0.1,
     )
     reply = yield runner.run("mq_smtp_in_mailfrom", Connection(), "s@example.com")
     assert reply.enhanced == "4.4.7"
-    yield sleep(0.5)
+    assert module(runner, "slow").CALLS == []  # answered while the hook still blocks
+    module(runner, "slow").GATE.set()
+    # let the hook end, so that stopping the runner does not wait for a blocked thread
+    yield wait_until(lambda: module(runner, "slow").CALLS, what="the blocking hook returned")
 
 
 # -- async and Deferred hooks ----------------------------------------------------------------------
@@ -522,7 +543,7 @@ def test_stop_answers_held_steps(make):
     runner = make({"b.py": TAKE})
     module(runner, "b").HOW["mode"] = "none"
     d = runner.run("mq_smtp_in_rcptto", Connection(), "r")
-    yield sleep(0.05)
+    yield wait_until(lambda: module(runner, "b").CALLS, what="b took control")
     yield runner.stop()
     reply = yield d
     assert reply.code == 421
