@@ -9,6 +9,7 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.logger import globalLogPublisher
 
 from mqtwisted.queue import Body, Publication, QueueUnavailable, mime_bytes
 from mqtwisted.queue.amqp import AmqpQueue, decode_document, delay_bucket, encode_document
@@ -63,23 +64,37 @@ def test_encoding_keeps_8bit_octets_and_stays_utf8():
     assert mime_bytes(decode_document(payload)["mime"]) == raw
 
 
+@pytest.fixture
+def own():
+    """``own(queue_or_relay)``: stopped after the test even when it fails.  A queue left running
+    keeps reconnecting, and would fail test_reactor_is_clean_after_the_module as well."""
+    things: list = []
+
+    def take(thing):
+        things.append(thing)
+        return thing
+
+    yield take
+    for thing in reversed(things):
+        pytest_twisted.blockon(defer.maybeDeferred(thing.stop))
+
+
 @pytest_twisted.inlineCallbacks
-def test_unreachable_broker_fails_fast_and_never_hangs():
-    q = AmqpQueue(f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", timeout=1.0,
-                  max_backoff=0.2)
-    started = time.monotonic()
-    yield q.start()  # comes up anyway: the node must answer 451 while the broker is down
-    assert time.monotonic() - started < 2.0
+def test_unreachable_broker_fails_fast_and_never_hangs(own):
+    q = own(AmqpQueue(f"amqp://guest:guest@127.0.0.1:{closed_port()}/%2F", timeout=1.0,
+                      max_backoff=0.2))
+    # comes up anyway: the node must answer 451 while the broker is down (the deadline only
+    # turns a hang into a failure)
+    yield q.start().addTimeout(20, reactor)
     assert not q.connected
-    started = time.monotonic()
+    published = q.publish([Publication("outbox", {"n": 1})])
+    assert published.called  # refused at once, no timer involved
     with pytest.raises(QueueUnavailable):
-        yield q.publish([Publication("outbox", {"n": 1})])
-    assert time.monotonic() - started < 0.1
+        yield published
     with pytest.raises(QueueUnavailable):
         yield q.stats()
     yield q.stop()
-    yield sleep(0.05)
-    assert leaked_calls() == []
+    assert leaked_calls() == []  # stop() fires once every timer of the queue is gone
 
 
 # -- against the broker -------------------------------------------------------------------------
@@ -157,10 +172,9 @@ def test_consumer_delays_a_document_that_is_not_due(amqp_queue, amqp_prefix):
     conn.close()
     leases = Leases()
     amqp_queue.consume("outbox", leases)
-    yield sleep(0.5)
+    yield wait_until(lambda: amqp_queue.stats().addCallback(lambda s: s["mq-delay"] == 1),
+                     what="the early document moved to the delay queue")
     assert leases.seen == []
-    stats = yield amqp_queue.stats()
-    assert stats["mq-delay"] == 1
     lease = yield leases.next(timeout=8)
     assert time.time() >= due
     assert lease.document["n"] == 2
@@ -217,7 +231,8 @@ def test_settle_acks_only_after_the_broker_confirmed(amqp_queue):
     consumer_channel.basic_ack = lambda *a, **k: (events.append("acked"), real_ack(*a, **k))[1]
     try:
         settled = amqp_queue.settle(lease, [Publication("success", {"n": 1})])
-        yield sleep(0.3)
+        # The broker confirms; the settle still waits for the (held) confirm to reach it.
+        yield wait_until(lambda: "confirmed" in events, what="the broker's confirm")
         assert "acked" not in events and not settled.called
         held[0].callback(None)
         yield settled
@@ -249,7 +264,8 @@ def test_prefetch_bounds_unsettled_leases(amqp_queue):
     leases = Leases()
     amqp_queue.consume("outbox", leases, prefetch=2)
     yield wait_until(lambda: len(leases.seen) == 2)
-    yield sleep(0.3)
+    # The broker's own count: three held back (had it sent them, none would be ready).
+    assert (yield amqp_queue.stats())["outbox"] == 3
     assert len(leases.seen) == 2
     yield amqp_queue.settle(leases.seen[0], [])
     yield wait_until(lambda: len(leases.seen) == 3)
@@ -295,8 +311,8 @@ def counts_of(stats):
 
 
 @pytest_twisted.inlineCallbacks
-def test_two_nodes_share_the_outbox_and_take_over_unsettled(amqp_prefix):
-    nodes = [AmqpQueue(AMQP_URL, prefix=amqp_prefix, timeout=3, max_backoff=0.5)
+def test_two_nodes_share_the_outbox_and_take_over_unsettled(amqp_prefix, own):
+    nodes = [own(AmqpQueue(AMQP_URL, prefix=amqp_prefix, timeout=3, max_backoff=0.5))
              for _ in range(2)]
     yield defer.gatherResults([n.start() for n in nodes])
     handled: dict[int, list[int]] = {0: [], 1: []}
@@ -323,11 +339,24 @@ def test_two_nodes_share_the_outbox_and_take_over_unsettled(amqp_prefix):
     yield nodes[0].stop()
 
 
+@pytest.fixture
+def logged():
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def connect_failures(events: list[dict]) -> int:
+    return sum(1 for e in events if e.get("log_format", "").startswith("AMQP connection to")
+               and "failed" in e.get("log_format", ""))
+
+
 @pytest_twisted.inlineCallbacks
-def test_broker_cut_off_and_back(amqp_prefix):
-    relay = Relay()
+def test_broker_cut_off_and_back(amqp_prefix, logged, own):
+    relay = own(Relay())
     relay.start()
-    q = AmqpQueue(relay.url, prefix=amqp_prefix, timeout=2.0, max_backoff=0.5)
+    q = own(AmqpQueue(relay.url, prefix=amqp_prefix, timeout=2.0, max_backoff=0.5))
     yield q.start()
     assert q.connected
     leases = Leases()
@@ -337,13 +366,15 @@ def test_broker_cut_off_and_back(amqp_prefix):
 
     yield relay.stop()
     yield wait_until(lambda: not q.connected, timeout=5)
-    started = time.monotonic()
+    published = q.publish([Publication("outbox", {"n": 2})])
+    assert published.called  # refused at once, no timer: SMTP answers 451 at once
     with pytest.raises(QueueUnavailable):
-        yield q.publish([Publication("outbox", {"n": 2})])
-    assert time.monotonic() - started < 0.5  # promptly: SMTP answers 451 at once
+        yield published
     with pytest.raises(QueueUnavailable):  # the lease of the lost channel is void
         yield q.settle(before, [Publication("success", {"n": 1})])
-    yield sleep(1.0)  # a few reconnection attempts against a closed port
+    failed = connect_failures(logged)
+    yield wait_until(lambda: connect_failures(logged) >= failed + 2,
+                     what="two reconnection attempts against the closed port")
 
     relay.start()
     yield q.wait_connected(timeout=10)
@@ -356,16 +387,15 @@ def test_broker_cut_off_and_back(amqp_prefix):
     yield q.settle(fresh, [Publication("success", {"n": 3})])
     assert (yield q.stats())["success"] == 2
     yield q.stop()
+    assert leaked_calls() == []  # stop() fires once every timer of the queue is gone
     yield relay.stop()
-    yield sleep(0.05)
-    assert leaked_calls() == []
 
 
 @pytest_twisted.inlineCallbacks
-def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix):
-    relay = Relay()
+def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix, own):
+    relay = own(Relay())
     relay.start()
-    q = AmqpQueue(relay.url, prefix=amqp_prefix, timeout=2.0, max_backoff=0.3)
+    q = own(AmqpQueue(relay.url, prefix=amqp_prefix, timeout=2.0, max_backoff=0.3))
     yield q.start()
     confirmed: set[int] = set()
     failed = 0
@@ -392,12 +422,14 @@ def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix):
 
     sessions = defer.gatherResults([session() for _ in range(10)])
     for _ in range(3):  # the broker goes away three times, mid-traffic
-        yield sleep(0.7)
+        yield wait_until(lambda n=len(confirmed): len(confirmed) >= n + 40,
+                         what="traffic flowing before the cut")
         yield relay.stop()
-        yield sleep(0.5)
+        yield wait_until(lambda n=failed: failed > n, what="publishing refused while the broker is away")
         relay.start()
         yield q.wait_connected(timeout=10)
-    yield sleep(0.5)
+    resumed = len(confirmed)
+    yield wait_until(lambda: len(confirmed) >= resumed + 40, what="traffic flowing after the last cut")
     stop.append(True)
     yield sessions
     assert failed > 0 and len(confirmed) > 100
@@ -422,16 +454,18 @@ def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix):
 
 
 @pytest_twisted.inlineCallbacks
-def test_hung_broker_times_out_publishes_then_recovers(amqp_prefix):
-    relay = Relay()
+def test_hung_broker_times_out_publishes_then_recovers(amqp_prefix, own):
+    relay = own(Relay())
     relay.start()
-    q = AmqpQueue(relay.url, prefix=amqp_prefix, timeout=1.5, max_backoff=0.5)
+    q = own(AmqpQueue(relay.url, prefix=amqp_prefix, timeout=1.5, max_backoff=0.5))
     yield q.start()
     relay.blackhole = True  # connection up, nothing answers: no FIN, no RST
     started = time.monotonic()
     with pytest.raises(QueueUnavailable):
         yield q.publish([Publication("outbox", {"n": 1})])
-    assert 1.0 < time.monotonic() - started < 3.0  # bounded by the timeout, never a hang
+    # Bounded by the 1.5 s timeout, never a hang: the upper bound is generous for a loaded
+    # machine (without the timeout nothing would answer at all).
+    assert 1.0 < time.monotonic() - started < 15.0
     yield relay.stop()  # the partition ends with the connection gone
     yield wait_until(lambda: not q.connected, timeout=5)
     relay.start()
