@@ -64,6 +64,23 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
+class ClockWithThreads(task.Clock):
+    """A ``task.Clock`` for code whose threads report back to the reactor (plugin contexts, the
+    spool thread): the test moves time with ``advance``; what the threads hand over with
+    ``callFromThread`` runs on the real reactor."""
+
+    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:  # noqa: N802
+        reactor.callFromThread(fn, *args, **kw)
+
+
+def reactor_turn() -> defer.Deferred:
+    """Fires once everything other threads handed to the reactor (``callFromThread``) before
+    now has run: that queue is first in, first out."""
+    d: defer.Deferred = defer.Deferred()
+    reactor.callFromThread(d.callback, None)
+    return d
+
+
 def in_thread(fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred:
     """Run a blocking client (smtplib, a subprocess) off the reactor thread."""
     return threads.deferToThread(fn, *args, **kw)

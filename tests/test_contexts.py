@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 
 import pytest
 import pytest_twisted
@@ -13,20 +12,12 @@ from twisted.internet import defer, reactor
 
 from mqtwisted import api as mq
 from mqtwisted.contexts import ContextPool, MQ_Context, current_plugin
-from tests.conftest import sleep
+from tests.conftest import ClockWithThreads, in_thread, reactor_turn, wait_until
 
 
-def until(event: threading.Event, timeout: float = 5.0) -> defer.Deferred:
+def until(event: threading.Event) -> defer.Deferred:
     """Fires when ``event`` is set (without blocking the reactor)."""
-
-    @defer.inlineCallbacks
-    def poll():
-        deadline = time.monotonic() + timeout
-        while not event.is_set():
-            assert time.monotonic() < deadline, "event not set in time"
-            yield sleep(0.005)
-
-    return poll()
+    return wait_until(event.is_set, what="the context thread's event", step=0.005)
 
 
 @pytest.fixture
@@ -113,25 +104,31 @@ def test_timer_runs_in_context_thread_as_the_plugin_that_started_it(pool):
 
 
 @pytest_twisted.inlineCallbacks
-def test_timer_stop_and_reset_from_other_threads(pool):
-    ctx = pool.contexts[1]
+def test_timer_stop_and_reset_from_other_threads():
+    clock = ClockWithThreads()
+    ctx = MQ_Context(1, reactor=clock)
+    ctx.start()
     fired: list[float] = []
     done = threading.Event()
-    start = time.monotonic()
+    try:
+        stopped = mq.MQ_startTimer(ctx, 0.05, lambda: fired.append(-1))
 
-    stopped = mq.MQ_startTimer(ctx, 0.05, lambda: fired.append(-1))
-    yield defer.maybeDeferred(lambda: None)
-    threading.Thread(target=mq.MQ_stopTimer, args=(stopped,)).start()
+        def note():
+            fired.append(clock.seconds())
+            done.set()
 
-    def note():
-        fired.append(time.monotonic() - start)
-        done.set()
-
-    timer = mq.MQ_startTimer(ctx, 0.05, note)
-    threading.Thread(target=mq.MQ_resetTimer, args=(timer, 0.3)).start()
-    yield until(done)
-    yield sleep(0.1)
-    assert len(fired) == 1 and fired[0] >= 0.25  # the reset one, later; the stopped one never
+        timer = mq.MQ_startTimer(ctx, 0.05, note)
+        yield in_thread(mq.MQ_stopTimer, stopped)
+        yield in_thread(mq.MQ_resetTimer, timer, 0.3)
+        yield reactor_turn()  # both hand their change to the reactor thread
+        assert [c.getTime() for c in clock.getDelayedCalls()] == [0.3]
+        clock.advance(0.29)
+        assert not done.is_set()
+        clock.advance(0.02)
+        yield until(done)
+        assert fired == [pytest.approx(0.31)]  # the reset one, later; the stopped one never
+    finally:
+        yield ctx.stop()
 
 
 @pytest_twisted.inlineCallbacks
@@ -165,7 +162,12 @@ def test_io_watch_runs_callback_in_context_thread(pool):
         yield until(ready)
     finally:
         mq.MQ_ioUnwatch(watcher)
-        yield sleep(0.01)
+        # Let a re-arm the last callback handed to the reactor run (it must find the watcher
+        # gone) before the descriptors close: first the context thread, then the reactor.
+        drained = threading.Event()
+        ctx.submit(drained.set)
+        yield until(drained)
+        yield reactor_turn()
         a.close()
         b.close()
     assert got == [

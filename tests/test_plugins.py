@@ -16,8 +16,8 @@ from mqtwisted import api
 from mqtwisted.connection import Connection, Reply
 from mqtwisted.pluginloader import PluginError, load_plugins
 from mqtwisted.plugins import PluginRunner
-from tests.conftest import in_thread, wait_until
-from tests.test_plugins_support import ClockWithThreads, make_runner_factory, module, write_plugins
+from tests.conftest import ClockWithThreads, in_thread, wait_until
+from tests.test_plugins_support import make_runner_factory, module, write_plugins
 
 
 @pytest.fixture

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from twisted.internet import reactor, task
 
 HEADER = """\
 import threading, time
@@ -56,14 +52,6 @@ def make_runner_factory(tmp_path: Path):  # noqa: ANN201 - returns (make, cleanu
             pytest_twisted.blockon(r.stop())
 
     return make, cleanup
-
-
-class ClockWithThreads(task.Clock):
-    """A ``task.Clock`` for a runner whose context threads report back: the test moves time with
-    ``advance``; what the threads hand over with ``callFromThread`` runs on the real reactor."""
-
-    def callFromThread(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:  # noqa: N802
-        reactor.callFromThread(fn, *args, **kw)
 
 
 def module(runner, name: str):  # noqa: ANN001, ANN201

@@ -8,10 +8,11 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 
 from mqtwisted.queue import Body, Publication
 from mqtwisted.queue.spool import SpoolQueue, read_stats
+from tests.conftest import ClockWithThreads, wait_until
 
 
 @pytest.fixture
@@ -65,10 +66,10 @@ def test_commits_wait_for_siblings_only_after_a_busy_batch(spool, monkeypatch):
     assert delay not in sleeps  # a lone session never waits
 
     # Three commits queue up behind a job that holds the spool thread: they share one batch...
-    release = threading.Event()
-    held = spool._submit(lambda db: release.wait(10))
+    release, holding = threading.Event(), threading.Event()
+    held = spool._submit(lambda db: (holding.set(), release.wait(10)))
+    yield wait_until(holding.is_set, what="the spool thread held")
     queued = [one(n) for n in (2, 3, 4)]
-    time.sleep(0.1)
     release.set()
     yield held
     yield defer.gatherResults(queued)
@@ -98,11 +99,14 @@ def test_settle_publishes_outcome_and_removes_lease_and_body(spool, tmp_path):
 def test_future_nextattempt_is_not_handed_out_until_due(spool):
     seen = []
     spool.consume("outbox", seen.append, prefetch=10)
-    yield spool.publish([Publication("outbox", {"n": 1, "nextattempt": time.time() + 0.4})])
-    yield task.deferLater(reactor, 0.1, lambda: None)
-    assert seen == []
-    yield task.deferLater(reactor, 0.6, lambda: None)
-    assert [lease.document["n"] for lease in seen] == [1]
+    due = time.time() + 0.4
+    yield spool.publish([Publication("outbox", {"n": 1, "nextattempt": due}),
+                         Publication("outbox", {"n": 2})])
+    yield wait_until(lambda: seen, what="the document that is due")
+    assert [lease.document["n"] for lease in seen] == [2]  # handed out, the other one not yet
+    yield wait_until(lambda: len(seen) == 2, what="the later document, once due")
+    assert time.time() >= due
+    assert [lease.document["n"] for lease in seen] == [2, 1]
 
 
 @pytest_twisted.inlineCallbacks
@@ -110,10 +114,12 @@ def test_prefetch_bounds_leases_and_release_redelivers(spool):
     seen = []
     spool.consume("outbox", seen.append, prefetch=2)
     yield spool.publish([Publication("outbox", {"n": i}) for i in range(5)])
-    yield task.deferLater(reactor, 0.1, lambda: None)
+    yield wait_until(lambda: len(seen) >= 2, what="two leases")
+    yield spool.stats()  # a round trip through the spool thread: a fetch under way has ended
     assert len(seen) == 2
     spool.release(seen[0])
-    yield task.deferLater(reactor, 0.1, lambda: None)
+    yield wait_until(lambda: len(seen) >= 3, what="a lease after the release")
+    yield spool.stats()
     assert len(seen) == 3
     assert seen[2].document["n"] == 0  # released: first in line again
 
@@ -123,13 +129,14 @@ def test_leased_documents_are_not_fetched_again_and_shared_bodies_come_along(spo
     seen = []
     spool.consume("outbox", seen.append, prefetch=5)
     yield spool.publish([Publication("outbox", {"n": i}) for i in range(2)])
-    yield task.deferLater(reactor, 0.1, lambda: None)
+    yield wait_until(lambda: len(seen) >= 2, what="both documents leased")
     assert sorted(lease.document["n"] for lease in seen) == [0, 1]
     # Still leased while two more arrive, one body shared by two recipients' documents: the
     # fetch that follows skips the leased two and brings the shared body with each document.
     body = Body(data=b"Subject: shared\r\n\r\nbody\r\n")
     yield spool.publish([Publication("outbox", {"n": 2}, body), Publication("outbox", {"n": 3}, body)])
-    yield task.deferLater(reactor, 0.1, lambda: None)
+    yield wait_until(lambda: len(seen) >= 4, what="the two new documents leased")
+    yield spool.stats()  # a round trip through the spool thread: a fetch under way has ended
     assert sorted(lease.document["n"] for lease in seen) == [0, 1, 2, 3]
     assert [lease.document["mime"] for lease in seen[2:]] == ["Subject: shared\r\n\r\nbody\r\n"] * 2
 
@@ -176,41 +183,49 @@ def test_requeue_to_the_same_queue_keeps_the_queue_id(spool, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_another_process_holding_the_write_lock(spool, tmp_path):
+async def test_another_process_holding_the_write_lock(spool, tmp_path, monkeypatch):
     # A delivery worker (or mqmta inject) writes the same spool: reads do not take the write
     # lock (so they neither wait for it nor hold it up), and a publish waits for it in small
     # steps instead of failing.
+    import types
+
+    from mqtwisted.queue import spool as spool_module
+
+    pauses: list[float] = []
+    fake_time = types.SimpleNamespace(**{n: getattr(time, n) for n in ("time", "monotonic")})
+    fake_time.sleep = lambda s: (pauses.append(s), time.sleep(s))
+    monkeypatch.setattr(spool_module, "time", fake_time)
     other = sqlite3.connect(tmp_path / "spool.sqlite3", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")
-    started = time.monotonic()
+    # Answered while the other writer still holds the lock (it commits only further down): a
+    # read that waited for the lock could only have failed after the busy timeout.
     assert await spool.stats() == {}
-    assert time.monotonic() - started < 0.5
+    assert pauses == []
     published = spool.publish([Publication("outbox", {"recipient": "a@example.com"})])
-    await task.deferLater(reactor, 0.3, lambda: None)
+    await wait_until(lambda: len(pauses) >= 20, what="the publish waiting for the lock")
     assert not published.called
+    assert max(pauses) <= 0.001  # small steps: it goes on as soon as the lock is free
     other.execute("COMMIT")
-    released = time.monotonic()
     (doc_id,) = await published
-    assert time.monotonic() - released < 0.5
     assert (await spool.stats()) == {"outbox": 1} and doc_id
 
 
 @pytest_twisted.ensureDeferred
 async def test_settles_held_for_a_moment_share_one_commit(tmp_path):
-    queue = SpoolQueue(str(tmp_path / "held.sqlite3"), settle_delay=0.2)
+    clock = ClockWithThreads()
+    queue = SpoolQueue(str(tmp_path / "held.sqlite3"), reactor=clock, settle_delay=0.2)
     await queue.start()
     try:
         await queue.publish([Publication("outbox", {"recipient": f"r{i}@example.com"}) for i in range(3)])
         leases = []
         queue.consume("outbox", leases.append)
-        await task.deferLater(reactor, 0.1, lambda: None)
-        assert len(leases) == 3
-        started = time.monotonic()
+        await wait_until(lambda: len(leases) == 3, what="three leases")
         settled = [queue.settle(lease, [Publication("success", lease.document)]) for lease in leases]
-        await task.deferLater(reactor, 0.05, lambda: None)
+        clock.advance(0.19)
+        await queue.stats()  # a round trip through the spool thread
         assert not any(d.called for d in settled)  # held, not yet committed
-        await defer.gatherResults(settled)
-        assert 0.15 < time.monotonic() - started < 2.0
+        clock.advance(0.02)
+        await defer.gatherResults(settled)  # committed together once settle_delay has passed
         assert await queue.stats() == {"success": 3}
     finally:
         await queue.stop()
