@@ -16,6 +16,7 @@ other keeps flowing meanwhile.
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import threading
@@ -23,11 +24,12 @@ import time
 
 import pytest
 import pytest_twisted
-from twisted.internet import protocol, reactor, task
+from twisted.internet import protocol, reactor
 
+from mqtwisted.contexts import STUCK_AFTER
 from mqtwisted.delivery import DeliveryOptions, DeliveryService
 from mqtwisted.queue import Publication
-from tests.conftest import wait_until
+from tests.conftest import block_until, wait_until
 from tests.deliveryhelpers import StaticResolver, doc
 from tests.memqueue import MemoryQueue
 from tests.realmta import MTAProcess
@@ -40,6 +42,8 @@ PLUGIN_TIMEOUT = 1.0
 
 FAULTY = """
 def mq_smtp_in_mailfrom(ctx, conn, address):
+    if address.split("@")[0] in ("raise", "hold", "block"):
+        open(address.split("@")[0] + ".entered", "w").close()  # in the data directory (the cwd)
     if address.startswith("raise@"):
         raise RuntimeError("plugin bug")
     if address.startswith("hold@"):
@@ -112,13 +116,19 @@ def test_faulty_plugin_affects_only_its_sessions(mta, fault):
     victim: dict = {}
     hit = threading.Thread(target=lambda: victim.update(r=session(mta.port, f"{fault}@example.com")))
     hit.start()
-    time.sleep(0.2)  # the fault is in progress (held or blocked) while others come and go
+    # the fault is in progress (held or blocked) while others come and go
+    block_until(lambda: os.path.exists(os.path.join(mta.data_dir, f"{fault}.entered")),
+                what=f"the {fault} fault reached")
+    # A context counts as stuck after STUCK_AFTER inside one hook (time in another process: no
+    # clock to move), and only then do new sessions avoid it.
+    time.sleep(2 * STUCK_AFTER)
     during = many(mta.port, 6)
     hit.join(30)
     after = many(mta.port, 8)  # and after it, when the faulty context may be idle or stuck
 
     code, took = victim["r"]
     assert 400 <= code < 500, f"the faulty session got {code}"
+    # End to end with a real twistd: bounded by the plugin timeout is the behaviour under test.
     assert took < PLUGIN_TIMEOUT + 3, f"the faulty session waited {took:.1f}s"
     for label, results in (("during", during), ("after", after)):
         codes = [c for c, _ in results]
@@ -216,16 +226,23 @@ async def test_bad_destination_holds_only_its_cap_and_others_flow(kind):
         pubs.append(Publication("outbox", doc(f"b{i}@bad.test", smarthost={"hostname": "127.0.0.1", "port": bad_port.getHost().port})))
         pubs.append(Publication("outbox", doc(f"g{i}@good.test", smarthost={"hostname": "127.0.0.1", "port": good_port.getHost().port})))
     try:
-        start = time.monotonic()
         await queue.publish(pubs)
-        await wait_until(lambda: len(good.inner.messages) >= n, 10,
+        await wait_until(lambda: len(good.inner.messages) >= n,
                          what=f"all {n} messages at the good destination beside the {kind} one")
-        took = time.monotonic() - start
-        # let the bad destination do its worst for a while longer
-        await task.deferLater(reactor, 1.5, lambda: None)
-        print(f"\n{kind}: {len(good.inner.messages)}/{n} to the good destination in {took:.2f}s; "
-              f"bad destination: peak {bad.peak} concurrent connections (cap {CAP}), {bad.total} in all")
-        assert took < 5, f"the good destination waited {took:.1f}s behind the {kind} one"
+        if kind != "reset":
+            # Delivered meanwhile, not after: the bad destination still holds connections (its 30
+            # messages keep it busy for many reply timeouts, or 0.4 s replies, at CAP at a time).
+            assert bad.open > 0, f"the good destination waited for the {kind} one to be done"
+        # The bad destination does its worst past its first connections (they time out, reset
+        # or finish a slow transaction), and the cap must hold throughout.
+        if kind == "slow":
+            await wait_until(lambda: len(bad.inner.messages) >= CAP, what="slow transactions completed")
+        else:
+            await wait_until(lambda: all(d.get("results") for d in queue.docs("outbox")
+                                         if d["recipient"].startswith("b")),
+                             what=f"every message to the {kind} destination attempted")
+        print(f"\n{kind}: {len(good.inner.messages)}/{n} to the good destination; bad destination: "
+              f"peak {bad.peak} concurrent connections (cap {CAP}), {bad.total} in all")
         assert bad.peak <= CAP, f"{bad.peak} concurrent connections to the {kind} destination"
         assert good.peak <= CAP
     finally:

@@ -282,7 +282,7 @@ def test_greylist_holds_then_refuses_then_accepts(tmp_path, mtas, monkeypatch):
         yield in_thread(send_mail, mta.port, msg=MSG)
     assert e.value.recipients["b@example.com"][0] == 451
     assert time.monotonic() - start >= 0.3  # held by take-control until the timer
-    yield sleep(0.5)
+    yield sleep(0.5)  # the greylist period passes (time itself is what the plugin waits for)
     assert (yield in_thread(send_mail, mta.port, msg=MSG)) == {}
 
 
