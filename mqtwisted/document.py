@@ -427,6 +427,9 @@ class OutgoingDocument(Document):
     results = Property("results", _results, lambda rs: [r.to_json() for r in rs],
                        doc="one record per attempt, oldest first")
     bounce = Property("bounce", Bounce.parse, doc="a DSN document: the failed recipient and status")
+    dkim = Property("dkim", lambda key, value: value,
+                    doc="MailerQ's signing instructions as given (an object or a list); "
+                        "mqtwisted.signing.parse_dkim_property reads them")
 
     def check(self) -> None:
         """Read every property delivery interprets: DocumentError names the first unusable one.

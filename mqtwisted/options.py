@@ -134,6 +134,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-client-security", "opportunistic", _choice(*SECURITY_LEVELS),
      "outbound TLS: none, optional, opportunistic, required or verified (a message's security wins)"),
     ("smtp-client-ca", "", str, "PEM file of the CAs that verified outbound TLS trusts (default: the system's)"),
+    ("dkim-keys", "", str,
+     "TOML file of DKIM keys by sender domain ([[key]] tables; default: none, only a message's dkim property signs)"),
     ("www-ip", "127.0.0.1", str, "address for the status and metrics web server"),
     ("www-port", "8485", _optional_port, "port for /status and /metrics (empty: off)"),
     ("log-format", "text", _choice("text", "json"), "log format"),
@@ -235,6 +237,9 @@ class MQOptions(usage.Options):
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])
+        if self["dkim-keys"]:
+            # Read again by delivery worker processes and on SIGHUP, whatever their directory.
+            self["dkim-keys"] = os.path.abspath(self["dkim-keys"])
         parent = getattr(self, "parent", None)  # twistd's own options, when run by twistd
         if parent is not None and hasattr(parent, "get"):
             logfile = parent.get("logfile")

@@ -44,7 +44,7 @@ RELOADABLE = (
     "smtp-max-recipients", "smtp-max-errors", "smtp-extract", "smtp-certificate", "smtp-key",
     "plugin-directory", "threads", "plugin-timeout", "smarthost", "retry-interval",
     "max-delivertime", "max-attempts", "max-messages-per-connection",
-    "max-connections-per-domain", "shutdown-timeout",
+    "max-connections-per-domain", "shutdown-timeout", "dkim-keys",
 )
 
 
@@ -345,6 +345,13 @@ def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> list[service
     workers = options["delivery-processes"]
     if workers:
         from mqtwisted.delivery_process import DeliveryProcess, worker_log
+
+        if options["dkim-keys"]:
+            # The workers read it again; a bad one must stop the start here, with the file named,
+            # not make each worker die at birth.
+            from mqtwisted.signing import load_keys_file
+
+            load_keys_file(options["dkim-keys"])
 
         log_to = worker_log(options["log-format"], getattr(options, "json_log_path", None),
                             getattr(options, "log_to_stdout", False))

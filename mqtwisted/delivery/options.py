@@ -45,6 +45,7 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("timeout", "smtp-client-timeout", float),
     ("connect_timeout", "connect-timeout", float),
     ("tls_ca", "smtp-client-ca", _optional_text),
+    ("dkim_keys", "dkim-keys", _optional_text),
 )
 
 
@@ -82,6 +83,8 @@ class DeliveryOptions:
     #: PEM file of CAs for ``verified`` (default: the platform's trust store)
     tls_ca: str | None = None
     ipv6: bool = True
+    #: the ``--dkim-keys`` file (signing keys by sender domain), or None
+    dkim_keys: str | None = None
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> DeliveryOptions:

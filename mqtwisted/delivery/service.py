@@ -25,8 +25,8 @@ from mqtwisted import hooks as hook_names
 from mqtwisted.connection import HookRunner, NoHooks
 from mqtwisted.delivery import outcomes
 from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
-from mqtwisted.delivery.headers import edit_headers
 from mqtwisted.delivery.options import DeliveryOptions
+from mqtwisted.delivery.signing import Signing, ThreadRunner, load_keys
 from mqtwisted.dns import MXResolver
 from mqtwisted.document import DocumentError, OutgoingDocument
 from mqtwisted.jsonvalues import parse_hostport
@@ -34,6 +34,7 @@ from mqtwisted.oplog import delivery_attempt
 from mqtwisted.queue import Lease, Publication, Queue
 from mqtwisted.reactors import LazyReactor
 from mqtwisted.results import Attempt
+from mqtwisted.signing import DkimPropertyError, Signer, parse_dkim_property
 from mqtwisted.smtp.client import OutMessage, client_tls_options
 
 log = Logger()
@@ -41,8 +42,11 @@ log = Logger()
 
 class DeliveryService(service.Service):
     """Delivers the outbox.  ``queue`` is a started :class:`~mqtwisted.queue.Queue`; ``hooks``
-    the plugin layer (``mq_smtp_out_data``/``mq_smtp_out_sent``); ``reactor`` and ``resolver``
-    are injectable for tests (a ``MemoryReactorClock``, a resolver returning fixed targets)."""
+    the plugin layer (``mq_smtp_out_data``/``mq_smtp_out_sent``); ``reactor``, ``resolver`` and
+    ``run_in_thread`` (what signs off the reactor thread) are injectable for tests (a
+    ``MemoryReactorClock``, a resolver returning fixed targets, a runner that calls at once).
+
+    The ``--dkim-keys`` file is read here, so that a bad one stops the start (ConfigError)."""
 
     name = "delivery"
 
@@ -55,13 +59,17 @@ class DeliveryService(service.Service):
         reactor: Any = None,
         resolver: Any = None,
         rng: random.Random | None = None,
+        run_in_thread: ThreadRunner | None = None,
     ) -> None:
         self.queue = queue
         self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
         self.options = options or DeliveryOptions()
-        self._init_runtime(reactor, resolver, rng)
+        self._init_runtime(reactor, resolver, rng, run_in_thread)
 
-    def _init_runtime(self, reactor: Any = None, resolver: Any = None, rng: Any = None) -> None:
+    def _init_runtime(self, reactor: Any = None, resolver: Any = None, rng: Any = None,
+                      run_in_thread: ThreadRunner | None = None) -> None:
+        self.signing = Signing(Signer(self.options.helo or "localhost"), run_in_thread or self.in_thread,
+                               load_keys(self.options.dkim_keys))
         self._reactor = reactor
         self._resolver = resolver
         self._rng = rng
@@ -93,6 +101,12 @@ class DeliveryService(service.Service):
     def now(self) -> float:
         return self.reactor.seconds()
 
+    def in_thread(self, f: Any, *args: Any) -> Deferred[Any]:
+        """``f(*args)`` in the reactor's thread pool (signing: CPU-bound)."""
+        from twisted.internet.threads import deferToThreadPool
+
+        return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
+
     def tls_options(self, security: str, host: str) -> Any:
         if security == "none":
             return None
@@ -111,6 +125,8 @@ class DeliveryService(service.Service):
         # Resolve the host name now, not at import time: twisted.mail.smtp.DNSNAME calls
         # socket.getfqdn() when it is imported, before the operator's settings apply.
         self.helo = self.options.helo or socket.getfqdn()
+        # The ARC authserv-id: this host's name, known only now.
+        self.signing.signer.host_name = self.helo
         self.queue.consume(self.options.queue("outbox"), self._received, prefetch=self.options.prefetch)
 
     def stopService(self) -> Deferred[None]:
@@ -146,10 +162,17 @@ class DeliveryService(service.Service):
     def reconfigure(self, options: Mapping[str, Any]) -> None:
         """SIGHUP: the reloadable settings from MTA option values; the transport settings that
         tests and TAP files may have set directly (port, security, CA, IPv6) are kept."""
-        self.options = attrs.evolve(
+        fresh = attrs.evolve(
             DeliveryOptions.from_options(options), port=self.options.port,
             security=self.options.security, tls_ca=self.options.tls_ca, ipv6=self.options.ipv6,
         )
+        try:
+            # Read again even when its name is unchanged: keys are added and rotated in place.
+            self.signing.keys = load_keys(fresh.dkim_keys)
+        except Exception as e:
+            log.error("reload: {error}; signing with the keys loaded before", error=str(e))
+            fresh = attrs.evolve(fresh, dkim_keys=self.options.dkim_keys)
+        self.options = fresh
 
     def counts(self) -> tuple[int, int]:
         """(outbound connections, messages waiting for one)."""
@@ -177,6 +200,13 @@ class DeliveryService(service.Service):
         except DocumentError as e:
             self._final(job, Attempt("process", "invalid", description=str(e), time=now, permanent=True))
             return
+        if doc.dkim is not None:
+            try:
+                parse_dkim_property(doc.dkim)  # its key is read once per process (cached)
+            except DkimPropertyError as e:
+                self._final(job, Attempt("process", "invalid", description=f"property 'dkim': {e}",
+                                         time=now, permanent=True))
+                return
         due = doc.nextattempt
         if due is not None and due > now + 0.5:
             # The queue handed us a message early: hold the lease until it is due.
@@ -203,11 +233,10 @@ class DeliveryService(service.Service):
 
     def out_message(self, job: Job) -> OutMessage:
         doc = job.document
-        mime = doc.mime or b""
-        if doc.headers is not None:
-            mime = edit_headers(mime, doc.headers)
         dsn = doc.dsn.to_json() if doc.dsn is not None else None
-        return OutMessage(doc.sender, doc.recipient or "", mime, dsn=dsn, document=doc.json, key=job)
+        # The headers edits and signing are the message's prepare step, after mq_smtp_out_data.
+        return OutMessage(doc.sender, doc.recipient or "", doc.mime or b"", dsn=dsn, document=doc.json, key=job,
+                          prepare=self.signing.step(doc))
 
     # -- outcomes ------------------------------------------------------------------------------
 

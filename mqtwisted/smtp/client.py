@@ -24,9 +24,10 @@ lives in private attributes, is not used at all.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from twisted.internet import defer
 from twisted.internet import error as neterror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
@@ -45,7 +46,7 @@ from mqtwisted.smtp.outstate import Facts
 from mqtwisted.smtp.wire import write_now
 
 __all__ = [
-    "SECURITY_LEVELS", "MessageSource", "OutMessage", "OutboundFactory", "OutboundSender",
+    "SECURITY_LEVELS", "MessageSource", "OutMessage", "OutboundFactory", "OutboundSender", "PrepareStep",
     "client_tls_options", "encode_body",
 ]
 
@@ -56,8 +57,13 @@ log = Logger()
 WRITE_AT_ONCE = 256 * 1024
 
 
+#: A message's last step before MAIL FROM: given the MIME as the hooks left it, the MIME to send or
+#: the reply that refuses the message.  Delivery signs here; the protocol knows only this shape.
+PrepareStep = Callable[[bytes], "Deferred[bytes | Reply]"]
+
+
 class OutMessage:
-    """One message for one recipient, as the session sends it."""
+    """One message for one recipient, as the session sends it; ``prepare``: see :data:`PrepareStep`."""
 
     def __init__(
         self,
@@ -67,6 +73,7 @@ class OutMessage:
         dsn: Mapping[str, Any] | None = None,
         document: dict[str, Any] | None = None,
         key: Any = None,
+        prepare: PrepareStep | None = None,
     ) -> None:
         self.envelope = envelope
         self.recipient = recipient
@@ -74,6 +81,7 @@ class OutMessage:
         self.dsn = dsn or {}
         self.document = document if document is not None else {"envelope": envelope, "recipient": recipient}
         self.key = key
+        self.prepare = prepare
 
 
 class MessageSource(Protocol):
@@ -242,6 +250,16 @@ class OutboundSender(smtp.ESMTPSender):
         d = self.factory.hooks.run(action.name, self.conn, self.handle)
         d.addErrback(self.hook_failed, action.name)
         d.addCallback(lambda reply: self.run(ev.HookDone(reply)))
+
+    def do_Prepare(self, action: ev.Prepare) -> None:
+        d = defer.maybeDeferred(action.message.prepare, action.mime)
+        d.addErrback(self.prepare_failed)
+        d.addCallback(lambda result: self.run(ev.Prepared(result)))
+
+    def prepare_failed(self, failure: Any) -> Reply:
+        # The step should answer with a refusal; if it raises, the message is still not sent.
+        log.failure("preparing a message for {peer} failed", failure, peer=self.conn.remote_ip)
+        return Reply(451, f"Local error preparing the message: {failure.getErrorMessage()}", "4.3.0")
 
     def hook_failed(self, failure: Any, name: str) -> Reply:
         log.failure("outbound hook {name} failed", failure, name=name)

@@ -22,7 +22,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    authorization identity.  No usable mechanism, a refusal
    or a malformed challenge ends the session with QUIT, temporary: bad smarthost credentials are
    the operator's to fix, not a reason to bounce.
-6. Per message: the ``mq_smtp_out_data`` hook (may refuse, state ``data``), then
+6. Per message: the ``mq_smtp_out_data`` hook, then the message's ``prepare`` step if it has one
+   (signing: the MIME to send), either may refuse (state ``data``; no reply timer meanwhile), then
    ``[RSET] MAIL RCPT DATA``, in one write with PIPELINING (RFC 2920), one at a time without.
    The first refusal decides the attempt; without PIPELINING nothing more is sent after it.
    A 354 after a pipelined refusal is answered by a lone dot (RFC 2920 §3.1), its reply ignored.
@@ -57,6 +58,7 @@ from collections.abc import Container
 
 import attrs
 
+from mqtwisted.connection import Reply
 from mqtwisted.hooks import OUT_DATA, OUT_SENT
 from mqtwisted.results import Attempt
 from mqtwisted.smtp import outevents as ev
@@ -212,11 +214,10 @@ class Outbound:
         self.tx = Transaction(event.message, event.handle)
         self.facts.messages += 1
         if self.policy.defines(OUT_DATA):
-            # Before MAIL FROM, so the hook can still change the wire; the server owes us
-            # nothing while a plugin works, so no reply timer meanwhile.
+            # Before MAIL FROM, so the hook can still change the wire.
             self.out += [ev.Timer(False), ev.RunHook(OUT_DATA)]
         else:
-            self.begin_transaction()
+            self.prepare(timer_off=False)
 
     def on_NothingToSend(self, event: ev.NothingToSend) -> None:
         if event.park:
@@ -231,16 +232,26 @@ class Outbound:
         if tx is None:
             return
         if tx.stage is Stage.HOOK:
-            self.out.append(ev.Timer(True))
             if reply is not None and reply.refuses:
-                self.report(self.facts.attempt("data", "error", code=reply.code, status=reply.enhanced, description=reply.text))
-                self.after_message()
+                self.out.append(ev.Timer(True))
+                self.refuse_before_mail(reply)
             else:
-                self.begin_transaction()
+                self.prepare(timer_off=True)
         elif tx.stage is Stage.SENT_HOOK:
             tx.stage, tx.hook_reply = Stage.SENT, reply
             if tx.held_reply is not None:
                 self.finish_message(*tx.held_reply)
+
+    def on_Prepared(self, event: ev.Prepared) -> None:
+        tx = self.tx
+        if tx is None or tx.stage is not Stage.PREPARE:
+            return
+        self.out.append(ev.Timer(True))
+        if isinstance(event.result, bytes):
+            tx.mime = event.result
+            self.begin_transaction()
+        else:
+            self.refuse_before_mail(event.result)
 
     def on_BodySent(self, event: ev.BodySent) -> None:
         tx = self.tx
@@ -438,10 +449,30 @@ class Outbound:
         else:
             self.quit()
 
+    def prepare(self, timer_off: bool) -> None:
+        """The message's prepare step, if it has one, on the MIME the hooks left; else MAIL FROM."""
+        tx = self.tx
+        assert tx is not None
+        if getattr(tx.message, "prepare", None) is None:
+            if timer_off:
+                self.out.append(ev.Timer(True))
+            self.begin_transaction()
+            return
+        tx.stage = Stage.PREPARE
+        if not timer_off:
+            self.out.append(ev.Timer(False))
+        self.out.append(ev.Prepare(tx.message, wire(tx.message, tx.handle)[2]))
+
+    def refuse_before_mail(self, reply: Reply) -> None:
+        self.report(self.facts.attempt("data", "error", code=reply.code, status=reply.enhanced, description=reply.text))
+        self.after_message()
+
     def begin_transaction(self) -> None:
         tx = self.tx
         assert tx is not None
         envelope, recipient, mime = wire(tx.message, tx.handle)
+        if tx.mime is not None:
+            mime = tx.mime
         tx.body = encode_body(mime)
         dsn = tx.message.dsn
         commands = [(Await.TX_RSET, b"RSET")] if self.needs_rset else []

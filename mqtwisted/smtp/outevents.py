@@ -86,6 +86,14 @@ class HookDone:
 
 
 @attrs.frozen
+class Prepared:
+    """The message's last step before MAIL FROM is done: ``result`` is the MIME to send, or the
+    reply that refuses the message (nothing of it is sent)."""
+
+    result: bytes | Reply
+
+
+@attrs.frozen
 class BodySent:
     pass
 
@@ -121,8 +129,8 @@ class Lost:
 
 
 Event = (
-    Connected | Line | Offered | NothingToSend | HookDone | BodySent | BodyFailed | TLSFailed | TimedOut
-    | Resume | QuitIdle | Lost
+    Connected | Line | Offered | NothingToSend | HookDone | Prepared | BodySent | BodyFailed | TLSFailed
+    | TimedOut | Resume | QuitIdle | Lost
 )
 
 # -- actions -------------------------------------------------------------------------------------
@@ -157,6 +165,15 @@ class RunHook:
     """Run this outbound hook and report :class:`HookDone`."""
 
     name: str
+
+
+@attrs.frozen
+class Prepare:
+    """Run ``message.prepare(mime)`` (the message's own last step, e.g. signing) on the MIME as the
+    hooks left it; report :class:`Prepared`."""
+
+    message: Any
+    mime: bytes
 
 
 @attrs.frozen
@@ -196,4 +213,6 @@ class Ended:
     fault: Attempt | None
 
 
-Action = Send | SendBody | StartTLS | Secured | RunHook | Fetch | Report | GiveBack | Timer | Close | Ended
+Action = (
+    Send | SendBody | StartTLS | Secured | RunHook | Prepare | Fetch | Report | GiveBack | Timer | Close | Ended
+)

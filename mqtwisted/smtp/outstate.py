@@ -34,6 +34,8 @@ class Stage(enum.Enum):
 
     #: ``mq_smtp_out_data`` runs; nothing of it is on the wire yet
     HOOK = "hook"
+    #: the message's prepare step (signing) runs on the final MIME; nothing is on the wire yet
+    PREPARE = "prepare"
     #: [RSET] MAIL RCPT DATA sent, replies outstanding
     ENVELOPE = "envelope"
     #: 354 received, body being written
@@ -52,6 +54,8 @@ class Transaction:
     #: what hooks see; its ``wire_*`` overrides change what is sent
     handle: Any
     stage: Stage = Stage.HOOK
+    #: the MIME its prepare step returned (None: the MIME as the hooks left it)
+    mime: bytes | None = None
     #: the encoded body, until 354
     body: bytes = b""
     #: the first refusal, which decides the attempt (pipelined replies keep coming after it)
@@ -61,7 +65,7 @@ class Transaction:
 
     @property
     def on_wire(self) -> bool:
-        return self.stage is not Stage.HOOK
+        return self.stage not in (Stage.HOOK, Stage.PREPARE)
 
 
 @attrs.define

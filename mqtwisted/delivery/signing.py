@@ -1,0 +1,97 @@
+"""Delivery's last step before MAIL FROM, each outgoing message's ``prepare`` step
+(:data:`mqtwisted.smtp.client.PrepareStep`): MailerQ's ``headers`` edits, then the DKIM signatures
+(and ARC seal) of its ``dkim`` property or, without one, of the ``--dkim-keys`` file's keys for
+its ``From:`` domain.
+
+The outbound client runs the step on the MIME the ``mq_smtp_out_data`` hook left, so the edits
+apply to a MIME a plugin replaced too, and every header edit is covered by the signature.  Signing is CPU-bound:
+it runs in a thread (Twisted's pool, or the runner a test injects), with one
+:class:`~mqtwisted.signing.Signer` per process so that the copies of a message for many recipients
+are signed once.  A message that cannot be signed is refused with a temporary ``451``: it is never
+sent unsigned.  See docs/architecture.rst for where this sits.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from mqtwisted.connection import Reply
+from mqtwisted.delivery.headers import edit_headers
+from mqtwisted.document import IncomingDocument, OutgoingDocument, usable
+from mqtwisted.signing import KeyTable, Signer, SigningError, load_keys_file, signing_requests
+from mqtwisted.smtp.client import PrepareStep
+
+log = Logger()
+
+#: Runs ``f(*args)`` off the reactor thread: Deferred of its result.
+ThreadRunner = Callable[..., "Deferred[Any]"]
+
+
+def load_keys(path: str | None) -> KeyTable | None:
+    """The keys file of ``--dkim-keys``, or None; ConfigError (file, line, key) when unusable."""
+    return load_keys_file(path) if path else None
+
+
+def relayed(doc: OutgoingDocument) -> bool:
+    """Whether the message was handed to us by another server (ARC seals only such mail).
+
+    Decided from ``connection``, the SMTP session it came in on: a document without one was put
+    in the queue by an application, an authenticated user is a submission, and a client on
+    loopback is a local submission (an application on this machine) - all three originate here.
+    Any other session is a server relaying mail through us.
+    """
+    connection = usable(lambda: IncomingDocument.of(doc.json).connection, None)
+    if connection is None or connection.user:
+        return False
+    try:
+        return not ipaddress.ip_address(connection.remote_ip or "").is_loopback
+    except ValueError:
+        return True
+
+
+def sign(signer: Signer, mime: bytes, dkim_property: Any, keys: KeyTable | None, relayed: bool) -> bytes:
+    """In a thread: ``mime`` with its signatures prepended (``mime`` itself when nothing signs it)."""
+    return signer.sign(mime, signing_requests(dkim_property, mime, keys, relayed=relayed))
+
+
+def refusal(failure: Any) -> Reply:
+    """The reply that stops a message that could not be signed: temporary, with the reason."""
+    if not failure.check(SigningError):
+        log.failure("signing a message failed unexpectedly", failure)
+    return Reply(451, f"Not sent: the message could not be signed: {failure.getErrorMessage()}", "4.3.0")
+
+
+@attrs.define(eq=False)
+class Signing:
+    """What delivery signs with in this process: the one :class:`Signer`, the keys file's table
+    (replaced on SIGHUP) and the thread runner."""
+
+    signer: Signer
+    run_in_thread: ThreadRunner
+    keys: KeyTable | None = None
+
+    def step(self, doc: OutgoingDocument) -> PrepareStep | None:
+        """The prepare step of ``doc`` (checked, its ``dkim`` property too), or None when it has
+        no header edits and nothing can sign it."""
+        edits, dkim_property, keys = doc.headers, doc.dkim, self.keys
+        signs = dkim_property is not None or keys is not None
+        if edits is None and not signs:
+            return None
+        from_elsewhere = relayed(doc)
+
+        def prepare(mime: bytes) -> Deferred[bytes | Reply]:
+            if edits is not None:
+                mime = edit_headers(mime, edits)
+            if not signs:
+                return succeed(mime)
+            d = self.run_in_thread(sign, self.signer, mime, dkim_property, keys, from_elsewhere)
+            d.addErrback(refusal)
+            return d
+
+        return prepare
