@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import dkim
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
@@ -263,3 +264,24 @@ def test_keys_file_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.chdir(tmp_path)
     assert mta_options(str(tmp_path), dkim_keys="keys.toml")["dkim-keys"] == str(tmp_path / "keys.toml")
+
+
+@pytest_twisted.ensureDeferred
+async def test_relayed_mail_is_arc_sealed_when_the_keys_file_says_so(tmp_path: Path, pairs: Any,
+                                                                     peers: Peers) -> None:
+    keys = keys_file(tmp_path / "keys", pairs)
+    Path(keys).write_text(Path(keys).read_text().replace('file = "rsa1.pem"\n', 'file = "rsa1.pem"\narc = true\n'))
+    mta = await start_mta(str(tmp_path / "mta"), dkim_keys=keys, **peers.options)
+    try:
+        # One handed over by another server, one an application queued here: only the first is sealed.
+        hop = {"remote-ip": "192.0.2.7", "helo": "list.example"}
+        await mta.queue.publish([Publication("outbox", outgoing(MESSAGE, connection=hop)),
+                                 Publication("outbox", outgoing(MESSAGE.replace("Bob.", "Carol.")))])
+        await wait_until(lambda: len(peers.received()) == 2, what="two deliveries")
+        sealed, local = sorted(peers.received(), key=lambda b: b"Carol." in b)
+        assert sealed.startswith(b"ARC-Seal:") and b"ARC-Seal" not in local
+        cv, _, reason = await in_thread(dkim.arc_verify, sealed, dnsfunc=zone_dnsfunc(peers.zone.port))
+        assert cv == b"pass", reason
+        assert await peers.verify(sealed) == [True, True] and await peers.verify(local) == [True, True]
+    finally:
+        await mta.stop()

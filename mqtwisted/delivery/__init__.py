@@ -6,6 +6,7 @@ reused connections, every lease settled with its outcome.
 * :mod:`~mqtwisted.delivery.connections`: destinations and the connections serving them;
 * :mod:`~mqtwisted.delivery.outcomes`: what each outcome publishes (results, retries, DSNs);
 * :mod:`~mqtwisted.delivery.headers`: the ``headers`` edits made on the wire.
+* :mod:`~mqtwisted.delivery.signing`: each message's last step before MAIL FROM (edits, signing).
 """
 
 from mqtwisted.delivery.headers import edit_headers
