@@ -10,12 +10,11 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
-from tests.conftest import free_port, send_mail, wait_port
+from tests.conftest import block_until, free_port, send_mail, wait_port
 from tests.realmta import MTAProcess, env, spool_documents
 
 MSG = b"From: a@example.com\r\nSubject: tap\r\n\r\nHello.\r\n"
@@ -78,11 +77,8 @@ def test_mktap_run_stop_and_run_the_shutdown_tap(tmp_path):
     try:
         send_mail(port, rcpts=["two@example.com"], msg=MSG, starttls=True)
         # let the restored delivery make its first attempt before stopping (it is asynchronous)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if all(d.get("results") for d in spool_documents(str(data), "outbox")):
-                break
-            time.sleep(0.2)
+        block_until(lambda: all(d.get("results") for d in spool_documents(str(data), "outbox")),
+                    what="a delivery attempt for every document", step=0.2)
     finally:
         again.stop()
     assert again.proc.returncode in (0, -signal.SIGTERM), again.output()
