@@ -48,7 +48,7 @@ class MTAProcess:
             ]
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env(), stdout=self.log, stderr=subprocess.STDOUT, cwd=self.data_dir)
-        wait_port(self.port, proc=self.proc)
+        wait_port(self.port, 60, proc=self.proc)  # a deadline, not a delay: generous under load
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
