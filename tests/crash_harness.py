@@ -184,7 +184,7 @@ def run(rounds: int, seed: int | None = None, clients: int = 6, workdir: str | N
             if all(m in got for m in acked):
                 break
             time.sleep(0.2)
-        time.sleep(1.0)  # late repeats still in flight
+        mta.stop()  # once it has exited no repeat can still be on its way to the sink
         got = sink.snapshot()
     finally:
         load.finish()
