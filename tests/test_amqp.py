@@ -416,7 +416,7 @@ def test_no_confirmed_publication_is_lost_across_cuts(amqp_prefix, own):
                 yield q.publish([Publication("outbox", {"n": n})])
             except QueueUnavailable:
                 failed += 1
-                yield sleep(0.02)
+                yield sleep(0.02)  # a client's pause before it tries again (not a wait to assert)
             else:
                 confirmed.add(n)
 
@@ -494,7 +494,7 @@ def test_publish_throughput_with_confirms(amqp_queue, capsys):
     with capsys.disabled():
         print(f"\nAMQP publish with confirms: {rate:.0f} messages/s (2 KB, 100 concurrent)")
     assert (yield amqp_queue.stats())["outbox"] == count
-    assert rate > 200
+    assert rate > 200  # a floor far below a loaded 2-core machine's rate (over 1000/s)
 
 
 def test_reactor_is_clean_after_the_module():

@@ -1,4 +1,4 @@
-"""Issue 4's end-to-end must-show, over real sockets and real peers: smtp-source sends 5000
+"""End to end over real sockets and real peers: smtp-source sends 5000
 messages for example.com to an in-process mqmta; example.com's MX comes from a twisted.names
 server on loopback (``--dns-server``); delivery goes to Postfix's smtp-sink on a loopback port
 (``--delivery-port``).  Every message must end in ``results`` and ``success`` with one
