@@ -22,6 +22,7 @@ one).  Queues store and move the JSON; they read only :func:`due_time`.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Self, TypeVar, overload
 
@@ -353,6 +354,16 @@ def _list(value: Iterable[Any]) -> list[Any]:
     return list(value)
 
 
+def _addresses(key: str, value: Any) -> tuple[str, ...]:
+    """MailerQ's ``ips``: a list of local IP addresses (normalised)."""
+    if not isinstance(value, list) or not value:
+        raise DocumentError(key, value, "a list of IP addresses")
+    try:
+        return tuple(str(ipaddress.ip_address(str(v).strip())) for v in value)
+    except ValueError:
+        raise DocumentError(key, value, "a list of IP addresses") from None
+
+
 @attrs.define(eq=False)
 class Document:
     """A MailerQ JSON document seen through typed accessors; ``json`` is the document itself,
@@ -430,6 +441,8 @@ class OutgoingDocument(Document):
     dkim = Property("dkim", lambda key, value: value,
                     doc="MailerQ's signing instructions as given (an object or a list); "
                         "mqtwisted.signing.parse_dkim_property reads them")
+    ips = Property("ips", _addresses, _list, doc="send from one of these local addresses")
+    pool = Property("pool", text_value, doc="send from an address of this pool of the shaping file")
 
     def check(self) -> None:
         """Read every property delivery interprets: DocumentError names the first unusable one.
@@ -466,4 +479,4 @@ class OutgoingDocument(Document):
 
 
 _CHECKED = ("envelope", "dsn", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues",
-            "smarthost", "security", "headers", "keepmime", "results")
+            "smarthost", "security", "headers", "keepmime", "results", "ips", "pool")

@@ -72,6 +72,12 @@ def _seconds(value: str) -> float:
     return n
 
 
+def _ip_list(value: str) -> list[str]:
+    import ipaddress
+
+    return [str(ipaddress.ip_address(v)) for v in _csv(value)]
+
+
 def _intervals(value: str) -> list[float]:
     out = [float(v) for v in _csv(value)]
     if not out or any(v < 0 for v in out):
@@ -136,6 +142,12 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-client-ca", "", str, "PEM file of the CAs that verified outbound TLS trusts (default: the system's)"),
     ("dkim-keys", "", str,
      "TOML file of DKIM keys by sender domain ([[key]] tables; default: none, only a message's dkim property signs)"),
+    ("shaping", "", str,
+     "traffic shaping file (TOML, KumoMTA's shaping.toml keys): limits per sending IP and destination, "
+     "sending IPs, pools, warm-up, automation (README: Sending at scale)"),
+    ("smtp-defaultips", "", _ip_list,
+     "local addresses to send from when a message names no ips or pool, comma separated (default: "
+     "the shaping file's pool 'default', else the system's choice)"),
     ("www-ip", "127.0.0.1", str, "address for the status and metrics web server"),
     ("www-port", "8485", _optional_port, "port for /status and /metrics (empty: off)"),
     ("log-format", "text", _choice("text", "json"), "log format"),
@@ -234,6 +246,14 @@ class MQOptions(usage.Options):
                               "use --queue amqp://... for more")
         if self["delivery-nice"] > 19:
             raise ConfigError(f"--delivery-nice: {self['delivery-nice']} is not a nice increment (0-19)")
+        if self["shaping"]:
+            # Checked here so that a bad file stops the start, and a SIGHUP keeps the running one.
+            from mqtwisted.shaping import ShapingError, load_shaping
+
+            try:
+                load_shaping(self["shaping"])
+            except ShapingError as e:
+                raise ConfigError(f"--shaping: {e}") from None
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])

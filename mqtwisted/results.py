@@ -48,6 +48,9 @@ class Attempt:
     dsn: bool | None = None
     #: decided by the sender when the code alone cannot say (DNS, TLS policy, hooks)
     permanent: bool | None = None
+    #: the server's reply as it came, one ``"code text"`` per line (traffic shaping's rules
+    #: match lines); empty when the attempt is not a server reply.  Not part of the record.
+    reply: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def accepted(self) -> bool:
@@ -78,11 +81,13 @@ def from_reply(state: str, code: int, text: str | bytes, **kw: Any) -> Attempt:
     """An attempt from an SMTP reply (multi-line replies joined with spaces)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    lines = [split_enhanced(line) for line in text.splitlines() or [""]]
+    raw = text.splitlines() or [""]
+    lines = [split_enhanced(line) for line in raw]
     status = lines[0][0]
     description = " ".join(t for _, t in lines).strip()
     result = "accepted" if 200 <= code < 300 and state == "message" else "error"
-    return Attempt(state, result, code, status, description, **kw)
+    reply = tuple(f"{code} {line}".rstrip() for line in raw)
+    return Attempt(state, result, code, status, description, reply=reply, **kw)
 
 
 def retry_interval(attempts: int, schedule: Sequence[int]) -> int:

@@ -44,7 +44,7 @@ RELOADABLE = (
     "smtp-max-recipients", "smtp-max-errors", "smtp-extract", "smtp-certificate", "smtp-key",
     "plugin-directory", "threads", "plugin-timeout", "smarthost", "retry-interval",
     "max-delivertime", "max-attempts", "max-messages-per-connection",
-    "max-connections-per-domain", "shutdown-timeout", "dkim-keys",
+    "max-connections-per-domain", "shutdown-timeout", "dkim-keys", "shaping", "smtp-defaultips",
 )
 
 

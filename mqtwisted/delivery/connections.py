@@ -1,10 +1,13 @@
-"""Scheduling across connections: messages are grouped by destination (an MX domain or a
-smarthost, with its TLS policy and credentials), and each destination runs up to
-``max-connections-per-domain`` connections (:class:`Runner`), reuses them for message after
-message and parks idle ones for ``max-idle-time`` seconds."""
+"""Scheduling across connections: messages are grouped by destination (a sending address and an
+MX domain or a smarthost, with its TLS policy and credentials); each destination resolves its
+hosts, asks the shaper (:mod:`mqtwisted.shaping`) before it opens a connection (:class:`Runner`)
+and before each message, reuses connections for message after message and parks idle ones.
+When the shaper says wait, the destination sets one timer and asks again when it fires."""
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +19,9 @@ from mqtwisted.document import OutgoingDocument
 from mqtwisted.jsonvalues import parse_hostport
 from mqtwisted.queue import Lease
 from mqtwisted.results import Attempt
+from mqtwisted.shaping import Fired, Source
+from mqtwisted.shaping.shaper import BASE_LIMITS
+from mqtwisted.shaping.sources import NO_SOURCE
 from mqtwisted.smtp.client import OutboundFactory, OutboundSender, OutMessage
 
 if TYPE_CHECKING:
@@ -23,6 +29,9 @@ if TYPE_CHECKING:
     from mqtwisted.delivery.service import DeliveryService
 
 log = Logger()
+
+#: seconds a destination's resolution is used for new connections before it is looked up again
+RESOLVE_AGAIN = 60.0
 
 
 @attrs.define(eq=False)
@@ -43,6 +52,8 @@ class DestinationKey:
     security: str
     username: str | None = None
     password: str | None = attrs.field(default=None, repr=False)
+    #: the local address to send from and the EHLO name that goes with it
+    source: Source = NO_SOURCE
 
 
 class Destination:
@@ -55,6 +66,17 @@ class Destination:
         self.runners: set[Runner] = set()
         #: parked connections, most recently parked last
         self.idle: list[Runner] = []
+        #: the hosts to connect to, and when they were looked up
+        self.targets: list[Target] | None = None
+        self.resolved_at = 0.0
+        self.resolving = False
+        #: the shaper's name for where these hosts are (set once resolved)
+        self.site: str | None = None
+        self.wakeup: Any = None
+
+    @property
+    def source(self) -> str | None:
+        return self.key.source.address
 
     @property
     def starting(self) -> int:
@@ -65,20 +87,105 @@ class Destination:
         self.pump()
 
     def pump(self) -> None:
+        service = self.service
+        if service.stopping or not self.pending:
+            return
+        if self.targets is None or (service.now() - self.resolved_at > RESOLVE_AGAIN and not self.resolving):
+            self.resolve()
+            if self.targets is None:
+                return
+        shaper, site = service.shaper, self.site
+        assert site is not None
         # Parked connections first, the most recently used one first (LIFO): it is the one
-        # least likely to have been closed by the server, and the others may expire.
-        while self.pending and self.idle and not self.service.stopping:
+        # least likely to have been closed by the server, and the others may expire.  One that
+        # is refused a message parks again, so ask the shaper before each.
+        while True:
+            wait = shaper.send_wait(self.source, site)
+            if wait:
+                self.wake_in(wait)
+                return
+            if not (self.pending and self.idle) or service.stopping:
+                break
             self.idle.pop().wake()
         # One more connection while there is more waiting than the connections still being set
-        # up will take, up to the per-destination cap.
-        cap = self.service.options.max_connections_per_domain
-        while self.pending and len(self.runners) < cap and len(self.pending) > self.starting and not self.service.stopping:
+        # up will take, as far as the shaper allows.
+        while self.pending and len(self.pending) > self.starting and not service.stopping:
+            wait = shaper.may_connect(self.source, site)
+            if wait:
+                if wait != math.inf:  # inf: at the connection limit, a close pumps again
+                    self.wake_in(wait)
+                return
             runner = Runner(self)
             self.runners.add(runner)
             runner.start()
 
+    def wake_in(self, seconds: float) -> None:
+        """Pump again in ``seconds`` (one timer: the earliest asked for wins)."""
+        call = self.wakeup
+        if call is not None and call.active():
+            if call.getTime() <= self.service.now() + seconds:
+                return
+            call.cancel()
+        self.wakeup = self.service.reactor.callLater(seconds, self.woken)
+
+    def woken(self) -> None:
+        self.wakeup = None
+        self.pump()
+
+    def stop_waking(self) -> None:
+        if self.wakeup is not None and self.wakeup.active():
+            self.wakeup.cancel()
+        self.wakeup = None
+
+    # -- resolution ------------------------------------------------------------------------------
+
+    def resolve(self) -> None:
+        if self.resolving:
+            return
+        self.resolving = True
+        key = self.key
+        resolver = self.service.resolver
+        if key.kind == "smarthost":
+            d = resolver.resolve_host(key.host, key.port)
+        else:
+            d = resolver.resolve(key.host, key.port)
+        d.addCallbacks(self.resolved, self.unresolved)
+        d.addErrback(lambda f: log.failure("delivery resolution failed", f))
+
+    def resolved(self, targets: list[Target]) -> None:
+        self.resolving = False
+        self.targets, self.resolved_at = targets, self.service.now()
+        hosts = [t.host for t in targets] if self.key.kind == "mx" else []
+        self.service.place(self, self.service.shaper.site(self.key.host, hosts))
+        self.pump()
+
+    def unresolved(self, failure: Any) -> None:
+        self.resolving = False
+        e = failure.value
+        if isinstance(e, DNSFailure):
+            attempt = Attempt("dns", "error", e.code, e.status, e.description, time=self.service.now(), permanent=e.permanent)
+        else:
+            attempt = Attempt("dns", "error", 451, "4.4.3", str(e), time=self.service.now(), permanent=False)
+        if self.runners and self.targets is not None:
+            # Connections are still at work on the hosts found before: keep using those.
+            self.resolved_at = self.service.now()
+            log.warn("{host}: looking up again failed ({error}); keeping the hosts found before",
+                     host=self.key.host, error=attempt.description)
+            self.pump()
+            return
+        jobs, self.pending = list(self.pending), deque()
+        for job in jobs:
+            self.service.attempted(job, attrs.evolve(attempt))
+        self.service.forget_if_idle(self)
+
+    # -- what runners ask and tell ---------------------------------------------------------------
+
     def take(self) -> Job | None:
-        if self.service.stopping or not self.pending:
+        if self.service.stopping or not self.pending or self.site is None:
+            return None
+        wait = self.service.shaper.may_send(self.source, self.site)
+        if wait:
+            self.wake_in(wait)
             return None
         return self.pending.popleft()
 
@@ -91,7 +198,7 @@ class Destination:
     def runner_done(self, runner: Runner) -> None:
         self.runners.discard(runner)
         runner.unpark()
-        self.pump()
+        self.closed(runner)
         self.service.forget_if_idle(self)
 
     def runner_failed(self, runner: Runner, attempt: Attempt) -> None:
@@ -102,12 +209,23 @@ class Destination:
             jobs, self.pending = list(self.pending), deque()
             for job in jobs:
                 self.service.attempted(job, attrs.evolve(attempt))
+        # Not pumped here: the connections still at work will, or the retry brings them back.
+        self.closed(runner, pump=False)
         self.service.forget_if_idle(self)
+
+    def closed(self, runner: Runner, pump: bool = True) -> None:
+        """A connection's slot is free: this destination and the others at its site may use it."""
+        assert self.site is not None
+        self.service.shaper.connection_closed(self.source, self.site)
+        if pump:
+            self.pump()
+        self.service.pump_site(self.source, self.site, self)
 
 
 class Runner:
-    """One connection's life for a destination: resolve, try each address in order until a
-    session is established, then feed it messages (the client's MessageSource)."""
+    """One connection's life for a destination: try each of its addresses in order until a
+    session is established, then feed it messages (the client's MessageSource).  Counted by the
+    shaper from its start to :meth:`Destination.closed`."""
 
     def __init__(self, destination: Destination) -> None:
         self.dest = destination
@@ -122,27 +240,18 @@ class Runner:
         self.factory: OutboundFactory | None = None
         self.session: OutboundSender | None = None
         self._idle_call: Any = None
+        self.limits = BASE_LIMITS
 
     def start(self) -> None:
-        key = self.dest.key
-        resolver = self.service.resolver
-        if key.kind == "smarthost":
-            d = resolver.resolve_host(key.host, key.port)
-        else:
-            d = resolver.resolve(key.host, key.port)
-        d.addCallbacks(self._resolved, self._unresolved)
-        d.addErrback(lambda f: log.failure("delivery runner failed", f))
-
-    def _unresolved(self, failure: Any) -> None:
-        e = failure.value
-        if isinstance(e, DNSFailure):
-            attempt = Attempt("dns", "error", e.code, e.status, e.description, time=self.service.now(), permanent=e.permanent)
-        else:
-            attempt = Attempt("dns", "error", 451, "4.4.3", str(e), time=self.service.now(), permanent=False)
-        self.dest.runner_failed(self, attempt)
-
-    def _resolved(self, targets: list[Target]) -> None:
-        self.addresses = [(t.host, ip) for t in targets for ip in t.addresses]
+        """Connect to the destination's hosts in order (it has resolved them)."""
+        source = self.dest.source
+        # A socket bound to an IPv4 address cannot reach an IPv6 one, nor the reverse.
+        version = ipaddress.ip_address(source).version if source else None
+        self.addresses = [
+            (t.host, ip) for t in self.dest.targets or () for ip in t.addresses
+            if version is None or ipaddress.ip_address(ip).version == version
+        ]
+        self.limits = self.service.shaper.limits(source, self.dest.site or "")
         self._try_next()
 
     def _try_next(self) -> None:
@@ -156,18 +265,19 @@ class Runner:
         security = "none" if self.plaintext else key.security
         self.factory = OutboundFactory(
             self,
-            helo=self.service.helo,
+            helo=key.source.ehlo or self.service.helo,
             security=security,
             tls_hostname=self.host,
             tls_options=self.service.tls_options(security, self.host),
             username=key.username,
             password=key.password,
             timeout=self.service.options.timeout,
-            max_messages=self.service.options.max_messages_per_connection,
+            max_messages=self.limits.max_deliveries_per_connection or 1,
             hooks=self.service.hooks,
             clock=self.service.reactor,
         )
-        self.service.reactor.connectTCP(self.ip, key.port, self.factory, timeout=self.service.options.connect_timeout)
+        bind = {"bindAddress": (key.source.address, 0)} if key.source.address else {}
+        self.service.reactor.connectTCP(self.ip, key.port, self.factory, timeout=self.service.options.connect_timeout, **bind)
 
     # MessageSource
 
@@ -179,8 +289,8 @@ class Runner:
         return self.service.out_message(job)
 
     def park(self, session: OutboundSender) -> bool:
-        """The session has nothing to send: keep it for ``max_idle_time`` seconds."""
-        idle = self.service.options.max_idle_time
+        """The session has nothing to send: keep it for the idle timeout."""
+        idle = self.limits.idle_timeout or 0.0
         if self.service.stopping or idle <= 0:
             return False
         self.session = session
@@ -219,9 +329,19 @@ class Runner:
     def message_done(self, message: OutMessage, attempt: Attempt) -> None:
         self._stamp(attempt)
         self.established = True
+        if any(f.action == "bounce" for f in self.observe(attempt)) and not attempt.accepted:
+            attempt.permanent = True
         self.service.attempted(message.key, attempt)
 
+    def observe(self, attempt: Attempt) -> list[Fired]:
+        """Show the shaper the server's reply; what its automation did."""
+        if not attempt.reply or self.dest.site is None:
+            return []
+        return self.service.shaper.observe_reply(self.dest.source, self.dest.site, attempt.reply)
+
     def session_ended(self, session: OutboundSender | None, fault: Attempt | None) -> None:
+        if fault is not None:
+            self.observe(fault)
         if fault is None or (session is not None and session.reported > 0):
             self.dest.runner_done(self)
             return
@@ -240,15 +360,15 @@ class Runner:
             attempt.mta = self.host
 
 
-def destination_key(doc: OutgoingDocument, options: DeliveryOptions) -> DestinationKey:
-    """Where ``doc`` goes: its own smarthost, else the configured one, else its recipient's MX
-    (``doc`` has passed :meth:`~mqtwisted.document.OutgoingDocument.check`)."""
+def destination_key(doc: OutgoingDocument, options: DeliveryOptions, source: Source = NO_SOURCE) -> DestinationKey:
+    """Where ``doc`` goes, sent from ``source``: its own smarthost, else the configured one, else
+    its recipient's MX (``doc`` has passed :meth:`~mqtwisted.document.OutgoingDocument.check`)."""
     security = doc.security or options.security
     smarthost = doc.smarthost
     if smarthost is not None:
         return DestinationKey("smarthost", smarthost.hostname.lower(), smarthost.port, security,
-                              smarthost.username, smarthost.password)
+                              smarthost.username, smarthost.password, source)
     if options.smarthost:
         host, port = parse_hostport(options.smarthost, 25)
-        return DestinationKey("smarthost", host.lower(), port, security)
-    return DestinationKey("mx", doc.recipient_domain, options.port, security)
+        return DestinationKey("smarthost", host.lower(), port, security, source=source)
+    return DestinationKey("mx", doc.recipient_domain, options.port, security, source=source)

@@ -15,6 +15,7 @@ import attrs
 from mqtwisted import options as mta_options
 from mqtwisted.jsonvalues import parse_intervals
 from mqtwisted.results import DEFAULT_MAX_DELIVERTIME, DEFAULT_RETRY_INTERVALS
+from mqtwisted.shaping import Limits
 
 #: The queues delivery consumes (``outbox``) and publishes to, each named by the option of the
 #: same name.
@@ -23,6 +24,12 @@ QUEUE_ROLES: tuple[str, ...] = ("outbox", "results", "success", "failure", "retr
 
 def _optional_text(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = mta_options.default("smtp-defaultips") if not value.strip() else value.split(",")
+    return tuple(str(v).strip() for v in value if str(v).strip())
 
 
 def _schedule(value: Any) -> tuple[int, ...]:
@@ -46,6 +53,8 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("connect_timeout", "connect-timeout", float),
     ("tls_ca", "smtp-client-ca", _optional_text),
     ("dkim_keys", "dkim-keys", _optional_text),
+    ("shaping", "shaping", _optional_text),
+    ("default_ips", "smtp-defaultips", _addresses),
 )
 
 
@@ -85,6 +94,10 @@ class DeliveryOptions:
     ipv6: bool = True
     #: the ``--dkim-keys`` file (signing keys by sender domain), or None
     dkim_keys: str | None = None
+    #: the traffic shaping file (:mod:`mqtwisted.shaping`); None: the limits above only
+    shaping: str | None = None
+    #: local addresses for messages that name no ``ips`` or ``pool``
+    default_ips: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> DeliveryOptions:
@@ -99,6 +112,14 @@ class DeliveryOptions:
 
         fields = {field: convert(get(name)) for field, name, convert in OPTION_FIELDS}
         return cls(queues={role: str(get(role)) for role in QUEUE_ROLES}, **fields)
+
+    def base_limits(self) -> Limits:
+        """The limits of a destination the shaping file says nothing about: these options."""
+        return Limits(
+            connection_limit=self.max_connections_per_domain,
+            max_deliveries_per_connection=self.max_messages_per_connection,
+            idle_timeout=self.max_idle_time,
+        )
 
     def queue(self, role: str) -> str:
         """The configured name of the queue for ``role``."""

@@ -34,6 +34,7 @@ from mqtwisted.oplog import delivery_attempt
 from mqtwisted.queue import Lease, Publication, Queue
 from mqtwisted.reactors import LazyReactor
 from mqtwisted.results import Attempt
+from mqtwisted.shaping import Shaper, ShapingConfig, ShapingError, UnknownPool, load_shaping
 from mqtwisted.signing import DkimPropertyError, Signer, parse_dkim_property
 from mqtwisted.smtp.client import OutMessage, client_tls_options
 
@@ -79,6 +80,10 @@ class DeliveryService(service.Service):
         self._timers: dict[Any, tuple[Any, Lease]] = {}
         self._tls_trust: Any = None
         self.helo = self.options.helo or "localhost"
+        config = load_shaping(self.options.shaping) if self.options.shaping else ShapingConfig()
+        self.shaper = Shaper(config, self.options.base_limits(), clock=self.now, default_ips=self.options.default_ips)
+        #: (sending address, site) -> the destinations there, which share the shaper's counters
+        self.sites: dict[tuple[str | None, str], set[Destination]] = {}
 
     # TAP files pickle the service tree: configuration only, never live objects.
     def __getstate__(self) -> dict[str, Any]:
@@ -127,6 +132,7 @@ class DeliveryService(service.Service):
         self.helo = self.options.helo or socket.getfqdn()
         # The ARC authserv-id: this host's name, known only now.
         self.signing.signer.host_name = self.helo
+        self.learn_sites()
         self.queue.consume(self.options.queue("outbox"), self._received, prefetch=self.options.prefetch)
 
     def stopService(self) -> Deferred[None]:
@@ -141,6 +147,7 @@ class DeliveryService(service.Service):
         self._timers.clear()
         waits = []
         for dest in list(self.destinations.values()):
+            dest.stop_waking()
             while dest.pending:
                 self.release(dest.pending.popleft())
             for runner in list(dest.idle):
@@ -173,6 +180,14 @@ class DeliveryService(service.Service):
             log.error("reload: {error}; signing with the keys loaded before", error=str(e))
             fresh = attrs.evolve(fresh, dkim_keys=self.options.dkim_keys)
         self.options = fresh
+        config = self.shaper.config
+        try:
+            config = load_shaping(self.options.shaping) if self.options.shaping else ShapingConfig()
+        except ShapingError as e:
+            log.error("shaping file refused, the running one stays: {error}", error=str(e))
+        self.shaper.reconfigure(config, self.options.base_limits(), self.options.default_ips)
+        if self.running:
+            self.learn_sites()
 
     def counts(self) -> tuple[int, int]:
         """(outbound connections, messages waiting for one)."""
@@ -185,6 +200,37 @@ class DeliveryService(service.Service):
     def forget_if_idle(self, dest: Destination) -> None:
         if not dest.runners and not dest.pending and self.destinations.get(dest.key) is dest:
             del self.destinations[dest.key]
+            dest.stop_waking()
+            if dest.site is not None:
+                self.sites.get((dest.source, dest.site), set()).discard(dest)
+
+    # -- shaping ---------------------------------------------------------------------------------
+
+    def place(self, dest: Destination, site: str) -> None:
+        """``dest`` resolved to ``site``: it shares that site's counters with the others there."""
+        if dest.site is not None:
+            self.sites.get((dest.source, dest.site), set()).discard(dest)
+        dest.site = site
+        self.sites.setdefault((dest.source, site), set()).add(dest)
+
+    def pump_site(self, source: str | None, site: str, done: Destination) -> None:
+        """A connection at ``site`` closed: the other destinations there may open one."""
+        for dest in list(self.sites.get((source, site), ())):
+            if dest is not done:
+                dest.pump()
+
+    def learn_sites(self) -> None:
+        """Tell the shaper the MX hosts of the destinations known and of every domain in the
+        shaping file, so a domain sharing a configured domain's MX hosts gets its limits from
+        its first message."""
+        for dest in list(self.destinations.values()):
+            if dest.targets is not None and dest.key.kind == "mx":
+                self.shaper.site(dest.key.host, [t.host for t in dest.targets])
+        for domain in self.shaper.configured_domains():
+            d = self.resolver.resolve(domain, self.options.port)
+            d.addCallback(lambda targets, domain=domain: self.shaper.site(domain, [t.host for t in targets]))
+            d.addErrback(lambda f, domain=domain: log.info("shaping: MX of {domain} not known yet: {error}",
+                                                           domain=domain, error=f.getErrorMessage()))
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -221,7 +267,13 @@ class DeliveryService(service.Service):
         if outcomes.expired(doc, now, self.options):
             self._final(job, outcomes.expiry(now))
             return
-        key = destination_key(doc, self.options)
+        try:
+            source = self.shaper.choose_source(doc.ips, doc.pool)
+        except UnknownPool as e:
+            # The operator may add the pool and reload: a temporary failure, not a bounce.
+            self.attempted(job, Attempt("process", "error", 451, "4.3.5", str(e), time=now, permanent=False))
+            return
+        key = destination_key(doc, self.options, source)
         dest = self.destinations.get(key)
         if dest is None:
             dest = self.destinations[key] = Destination(self, key)
