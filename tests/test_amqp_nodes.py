@@ -67,25 +67,27 @@ class Sink:
         self.proc = subprocess.Popen(args + [f"127.0.0.1:{self.port}", "200"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def subjects(self) -> list[str]:
+    def _first(self, prefix: bytes) -> list[str]:
+        """The first ``prefix`` header line of each message file, without the prefix."""
         found = []
         for path in glob.glob(os.path.join(self.directory, "*")):
-            with open(path, "rb") as f:
-                for line in f:
-                    if line.startswith(b"Subject: "):
-                        found.append(line[9:].strip().decode())
-                        break
+            try:
+                with open(path, "rb") as f:
+                    for line in f:
+                        if line.startswith(prefix):
+                            found.append(line[len(prefix):].strip().decode())
+                            break
+            except FileNotFoundError:  # smtp-sink dropped a file it had begun (the session broke)
+                continue
         return found
+
+    def subjects(self) -> list[str]:
+        return self._first(b"Subject: ")
 
     def helos(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for path in glob.glob(os.path.join(self.directory, "*")):
-            with open(path, "rb") as f:
-                for line in f:
-                    if line.startswith(b"X-Helo-Args: "):
-                        helo = line[13:].strip().decode()
-                        counts[helo] = counts.get(helo, 0) + 1
-                        break
+        for helo in self._first(b"X-Helo-Args: "):
+            counts[helo] = counts.get(helo, 0) + 1
         return counts
 
     def stop(self) -> None:
