@@ -90,10 +90,9 @@ class Destination:
         service = self.service
         if service.stopping or not self.pending:
             return
-        if self.targets is None or (service.now() - self.resolved_at > RESOLVE_AGAIN and not self.resolving):
-            self.resolve()
-            if self.targets is None:
-                return
+        if self.targets is None or service.now() - self.resolved_at > RESOLVE_AGAIN:
+            self.resolve()  # pumps again once resolved
+            return
         shaper, site = service.shaper, self.site
         assert site is not None
         # Parked connections first, the most recently used one first (LIFO): it is the one
