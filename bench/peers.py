@@ -98,6 +98,10 @@ class SmtpSink(Peer):
 
     name = "smtp-sink"
 
+    def __init__(self, dump: bool = False) -> None:
+        #: append every message received to ``workdir/dump`` (``-D``), for checking its content
+        self.dump = dump
+
     def prepare(self, allow_install: bool) -> None:
         ensure_apt(["smtp-sink", "smtp-source"], ["postfix", "swaks"], allow_install)
 
@@ -105,10 +109,15 @@ class SmtpSink(Peer):
         port = free_port()
         out = workdir / "sink.out"
         # -u nobody: required as root; -m: concurrency cap (default 256) above the idle test's 5000.
+        argv = ["smtp-sink", "-u", "nobody", "-c", "-m", "10000"]
+        if self.dump:
+            # smtp-sink runs as nobody and writes a temporary file beside the dump, then renames it.
+            workdir.chmod(0o777)
+            argv += ["-D", str(workdir / "dump")]
         with open(out, "wb") as f:
             p = reaper.popen(
                 "smtp-sink",
-                ["smtp-sink", "-u", "nobody", "-c", "-m", "10000", f"{LOOPBACK}:{port}", "1024"],
+                [*argv, f"{LOOPBACK}:{port}", "1024"],
                 stdout=f,
                 stderr=subprocess.STDOUT,
             )

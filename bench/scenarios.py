@@ -1,4 +1,4 @@
-"""The five scenarios. Each records into a :class:`Results`, and never raises for one side.
+"""The six scenarios. Each records into a :class:`Results`, and never raises for one side.
 
 Every round starts each side fresh (new scratch dir, new process), runs the same
 bounded load, checks the side's own count of accepted messages, and stops it. The
@@ -300,10 +300,10 @@ def accept_2000(res: ScenarioResult, sides: list[Peer], opts: Options) -> Scenar
 class _Relaying(Peer):
     """A side that relays to a fresh smtp-sink it starts first, in the same round."""
 
-    def __init__(self, inner: Peer) -> None:
+    def __init__(self, inner: Peer, dump: bool = False) -> None:
         self.inner = inner
         self.name = inner.name
-        self.sink = SmtpSink()
+        self.sink = SmtpSink(dump=dump)
 
     def prepare(self, allow_install: bool) -> None:
         self.sink.prepare(allow_install)
@@ -335,6 +335,13 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
     sides = prepare_sides([mq, one, pf], opts, res)
     if mq not in sides:
         return not_available(res, res.unavailable.get(mq.name, "mqmta not available"))
+    round_robin(res, sides, opts, {"accept": "s", "accept+relay": "s"}, relay_measure(opts))
+    return res
+
+
+def relay_measure(opts: Options) -> Measure:
+    """The end-to-end load on one side: ``accept`` (smtp-source's time) and ``accept+relay``
+    (until the sink counted every message and the queue is empty)."""
     n = opts.messages
 
     def body(
@@ -395,6 +402,72 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
             "accept": (accept, None if server.unverified else True, ""),
             "accept+relay": (total, ok, note_fn() if ok else f"sink got {got} of {n}"),
         }
+
+    return body
+
+
+# --------------------------------------------------------------------------- 6 DKIM signing
+
+
+class _SigningMqmta(Mqmta):
+    """mqmta with ``--dkim-keys``: a fresh RSA-2048 key each round for example.com, the domain of
+    smtp-source's ``From:`` header (``a@example.com``)."""
+
+    def __init__(self, label: str, **kw: object) -> None:
+        super().__init__(label, **kw)  # type: ignore[arg-type]
+        self.base_args = self.extra_args
+
+    def prepare(self, allow_install: bool) -> None:
+        super().prepare(allow_install)
+        self.require("--dkim-keys")
+        if not _has("openssl"):
+            raise Unavailable("openssl is needed to make the RSA key")
+
+    def start(self, reaper: Reaper, workdir: Path) -> Server:
+        key = workdir / "example.com.bench.pem"
+        r = run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                 "-out", str(key)], 60)
+        if r.returncode:
+            raise BenchError(f"openssl genpkey failed: {(r.stdout + r.stderr).strip()[-300:]}")
+        keys = workdir / "dkim-keys.toml"
+        keys.write_text(f'[[key]]\ndomain = "example.com"\nselector = "bench"\nfile = "{key.name}"\n')
+        self.extra_args = (*self.base_args, f"--dkim-keys={keys}")
+        return super().start(reaper, workdir)
+
+
+def _signatures(sink: Server) -> int:
+    try:
+        return (sink.workdir / "dump").read_bytes().count(b"\nDKIM-Signature: ")
+    except OSError:
+        return -1
+
+
+def scenario_dkim(opts: Options) -> ScenarioResult:
+    res = ScenarioResult(
+        "dkim",
+        f"6 dkim: {opts.messages} messages accepted and relayed, RSA-2048 signing vs none, seconds",
+        reference="mqmta+dkim",
+    )
+    workers = ("--delivery-processes=1",)
+    plain = _Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=workers), dump=True)
+    signing = _Relaying(_SigningMqmta("mqmta+dkim", delivery=True, smarthost="127.0.0.1:1",
+                                      extra_args=workers), dump=True)
+    sides = prepare_sides([plain, signing], opts, res)
+    if signing not in sides:
+        return not_available(res, res.unavailable.get(signing.name, "mqmta not available"))
+    relay = relay_measure(opts)
+
+    def body(side: Peer, server: Server, workdir: Path) -> dict[str, tuple[float, bool | None, str]]:
+        out = relay(side, server, workdir)
+        # Each message arrived signed (the RSA side) or not (the other): the sink's dump says.
+        sink: Server = server.extra["sink"]
+        want = opts.messages if side is signing else 0
+        wait_for(lambda: _signatures(sink) >= want, 10, 0.1)
+        found = _signatures(sink)
+        if found != want:
+            total, _, _ = out["accept+relay"]
+            out["accept+relay"] = (total, False, f"{found} of {opts.messages} messages signed, expected {want}")
+        return out
 
     round_robin(res, sides, opts, {"accept": "s", "accept+relay": "s"}, body)
     return res
@@ -679,4 +752,5 @@ SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "e2e": scenario_e2e,
     "memory": scenario_memory,
     "amqp": scenario_amqp,
+    "dkim": scenario_dkim,
 }
