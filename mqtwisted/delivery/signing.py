@@ -4,11 +4,11 @@
 its ``From:`` domain.
 
 The outbound client runs the step on the MIME the ``mq_smtp_out_data`` hook left, so the edits
-apply to a MIME a plugin replaced too, and every header edit is covered by the signature.  Signing is CPU-bound:
-it runs in a thread (Twisted's pool, or the runner a test injects), with one
-:class:`~mqtwisted.signing.Signer` per process so that the copies of a message for many recipients
-are signed once.  A message that cannot be signed is refused with a temporary ``451``: it is never
-sent unsigned.  See docs/architecture.rst for where this sits.
+apply to a MIME a plugin replaced too, and every header edit is covered by the signature.
+Signing is CPU-bound: it runs in a thread (Twisted's pool, or the runner a test injects), with
+one :class:`~mqtwisted.signing.Signer` per process so that the copies of a message for many
+recipients are signed once.  A message that cannot be signed is refused with a temporary ``451``:
+it is never sent unsigned.  See docs/architecture.rst for where this sits.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Signing:
         signs = dkim_property is not None or keys is not None
         if edits is None and not signs:
             return None
-        from_elsewhere = relayed(doc)
+        from_elsewhere = signs and relayed(doc)
 
         def prepare(mime: bytes) -> Deferred[bytes | Reply]:
             if edits is not None:
