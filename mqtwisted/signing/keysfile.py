@@ -44,6 +44,7 @@ from mqtwisted.signing.keys import (
 from mqtwisted.signing.signer import dkim_signature
 
 _KEY_TABLE = re.compile(r"^\s*\[\[\s*key\s*\]\]")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _PROBE = b"From: probe@example.org\r\nSubject: key check\r\n\r\nkey check\r\n"
 
 
@@ -86,7 +87,10 @@ class KeyTable:
 
 def from_domain(message: bytes) -> str | None:
     """The domain of the first address of the ``From:`` header, or None."""
-    headers, _ = dkim.rfc822_parse(message)
+    # Only the header section: parsing a body line by line costs more than the rest of choosing
+    # keys, once per recipient of every message.
+    end = _HEADER_END.search(message)
+    headers, _ = dkim.rfc822_parse(message[: end.end()] if end else message)
     for name, value in headers:
         if name.lower() == b"from":
             text = re.sub(r"\r?\n", "", value.decode("utf-8", "replace"))
