@@ -250,6 +250,7 @@ class MQOptions(usage.Options):
             # Checked here so that a bad file stops the start, and a SIGHUP keeps the running one.
             from mqtwisted.shaping import ShapingError, load_shaping
 
+            self["shaping"] = os.path.abspath(self["shaping"])
             try:
                 load_shaping(self["shaping"])
             except ShapingError as e:

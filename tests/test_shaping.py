@@ -341,3 +341,16 @@ def test_reconfigure_keeps_counters_and_suspensions():
     clock.advance(60)
     s.site("example.net", ["mx.example.net"])
     assert s.may_connect("", site) == 0 and s.may_connect("", site) == math.inf
+
+
+def test_a_bad_shaping_file_stops_the_options_naming_file_and_line(tmp_path):
+    from mqtwisted.options import ConfigError, MQOptions
+
+    path = tmp_path / "shaping.toml"
+    path.write_text('[default]\nconnection_limit = 2\n\n["example.net"]\nmax_message_rate = "fast"\n')
+    with pytest.raises(ConfigError, match=rf'--shaping: {path}:5: key "example.net".max_message_rate'):
+        MQOptions().parseOptions([f"--shaping={path}", f"--data-dir={tmp_path}"])
+    path.write_text('["example.net"]\nmax_message_rate = "60/min"\n')
+    options = MQOptions()
+    options.parseOptions([f"--shaping={path}", "--smtp-defaultips=127.0.0.2, 127.0.0.3", f"--data-dir={tmp_path}"])
+    assert options["smtp-defaultips"] == ["127.0.0.2", "127.0.0.3"]
