@@ -228,7 +228,7 @@ class Bounce:
 _RECORD_KEYS: tuple[tuple[str, str], ...] = (
     ("state", "state"), ("result", "result"), ("code", "code"), ("status", "status"),
     ("description", "description"), ("mta", "mta"), ("local_ip", "from"), ("remote_ip", "to"),
-    ("messages", "messages"), ("cipher", "cipher"), ("dsn", "dsn"),
+    ("messages", "messages"), ("cipher", "cipher"), ("dsn", "dsn"), ("classification", "classification"),
 )
 
 
@@ -250,6 +250,8 @@ class AttemptRecord:
     messages: int | None = None
     cipher: dict[str, Any] | None = None
     dsn: bool | None = None
+    #: what kind of failure an attempt that was not accepted is (mqtwisted.classify)
+    classification: str | None = None
     #: the record's JSON time as written (kept so that a record round-trips exactly)
     time_text: Any = attrs.field(default=None, eq=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
@@ -273,7 +275,7 @@ class AttemptRecord:
         elif self.time is not None:
             out["time"] = format_time(self.time)
         defaults = {"code": None, "status": None, "description": "", "mta": None, "local_ip": None,
-                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None}
+                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None, "classification": None}
         for field, name in _RECORD_KEYS:
             value = getattr(self, field)
             if field in defaults and value == defaults[field]:

@@ -145,6 +145,9 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("shaping", "", str,
      "traffic shaping file (TOML, KumoMTA's shaping.toml keys): limits per sending IP and destination, "
      "sending IPs, pools, warm-up, automation (README: Sending at scale)"),
+    ("bounce-rules", "", str,
+     "TOML file of bounce classification rules, tried before the ones mqmta ships "
+     "(mqtwisted/bounce_classes.toml, same form)"),
     ("smtp-defaultips", "", _ip_list,
      "local addresses to send from when a message names no ips or pool, comma separated (default: "
      "the shaping file's pool 'default', else the system's choice)"),
@@ -255,6 +258,14 @@ class MQOptions(usage.Options):
                 load_shaping(self["shaping"])
             except ShapingError as e:
                 raise ConfigError(f"--shaping: {e}") from None
+        if self["bounce-rules"]:
+            from mqtwisted.classify import RulesError, read_rules
+
+            self["bounce-rules"] = os.path.abspath(self["bounce-rules"])
+            try:
+                read_rules(self["bounce-rules"])
+            except RulesError as e:
+                raise ConfigError(f"--bounce-rules: {e}") from None
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])

@@ -51,6 +51,8 @@ class Attempt:
     #: the server's reply as it came, one ``"code text"`` per line (traffic shaping's rules
     #: match lines); empty when the attempt is not a server reply.  Not part of the record.
     reply: tuple[str, ...] = attrs.field(default=(), eq=False, repr=False)
+    #: what kind of failure this is (:mod:`mqtwisted.classify`); set by delivery when recorded
+    classification: str | None = attrs.field(default=None, eq=False)
 
     @property
     def accepted(self) -> bool:
@@ -70,6 +72,7 @@ class Attempt:
             self.time, self.state, self.result, self.code, self.status, self.description,
             self.mta, self.local_ip, self.remote_ip, self.messages, self.cipher,
             self.dsn if self.accepted else None,
+            classification=None if self.accepted else self.classification,
         )
 
     def record(self) -> dict[str, Any]:

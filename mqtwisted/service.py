@@ -45,6 +45,7 @@ RELOADABLE = (
     "plugin-directory", "threads", "plugin-timeout", "smarthost", "retry-interval",
     "max-delivertime", "max-attempts", "max-messages-per-connection",
     "max-connections-per-domain", "shutdown-timeout", "dkim-keys", "shaping", "smtp-defaultips",
+    "bounce-rules",
 )
 
 

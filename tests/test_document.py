@@ -27,7 +27,7 @@ from mqtwisted.results import Attempt
 KNOWN = {
     "envelope", "recipient", "mime", "dsn", "tags", "hostname", "received", "message-id", "connection",
     "local", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues", "smarthost", "security",
-    "headers", "keepmime", "results", "bounce",
+    "headers", "keepmime", "results", "bounce", "ips", "pool",
 }
 
 json_values = st.recursive(

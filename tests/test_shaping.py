@@ -20,7 +20,7 @@ from mqtwisted.shaping import (
 )
 from mqtwisted.shaping.automation import reply_lines
 from mqtwisted.shaping.rates import parse_duration
-from mqtwisted.shaping.toml_lines import key_lines, split_key
+from mqtwisted.toml_lines import key_lines, split_key
 
 BASE = Limits(connection_limit=10, max_deliveries_per_connection=100, idle_timeout=5.0)
 

@@ -55,6 +55,7 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("dkim_keys", "dkim-keys", _optional_text),
     ("shaping", "shaping", _optional_text),
     ("default_ips", "smtp-defaultips", _addresses),
+    ("bounce_rules", "bounce-rules", _optional_text),
 )
 
 
@@ -98,6 +99,8 @@ class DeliveryOptions:
     shaping: str | None = None
     #: local addresses for messages that name no ``ips`` or ``pool``
     default_ips: tuple[str, ...] = ()
+    #: the operator's bounce classification rules (:mod:`mqtwisted.classify`), or None
+    bounce_rules: str | None = None
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> DeliveryOptions:

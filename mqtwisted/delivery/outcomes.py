@@ -45,7 +45,7 @@ def expired(doc: OutgoingDocument, now: float, options: DeliveryOptions) -> bool
 
 
 def expiry(now: float) -> Attempt:
-    return Attempt("process", "timeout", description=EXPIRED, time=now, permanent=True)
+    return Attempt("process", "timeout", description=EXPIRED, time=now, permanent=True, classification="timeout")
 
 
 def after_attempt(doc: OutgoingDocument, attempt: Attempt, now: float, options: DeliveryOptions,

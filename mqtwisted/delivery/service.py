@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from mqtwisted import hooks as hook_names
+from mqtwisted.classify import Classifier, RulesError
 from mqtwisted.connection import HookRunner, NoHooks
 from mqtwisted.delivery import outcomes
 from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
@@ -82,6 +83,7 @@ class DeliveryService(service.Service):
         self.helo = self.options.helo or "localhost"
         config = load_shaping(self.options.shaping) if self.options.shaping else ShapingConfig()
         self.shaper = Shaper(config, self.options.base_limits(), clock=self.now, default_ips=self.options.default_ips)
+        self.classifier = Classifier.load(self.options.bounce_rules)
         #: (sending address, site) -> the destinations there, which share the shaper's counters
         self.sites: dict[tuple[str | None, str], set[Destination]] = {}
 
@@ -186,6 +188,10 @@ class DeliveryService(service.Service):
         except ShapingError as e:
             log.error("shaping file refused, the running one stays: {error}", error=str(e))
         self.shaper.reconfigure(config, self.options.base_limits(), self.options.default_ips)
+        try:
+            self.classifier = Classifier.load(self.options.bounce_rules)
+        except RulesError as e:
+            log.error("bounce rules refused, the running ones stay: {error}", error=str(e))
         if self.running:
             self.learn_sites()
 
@@ -294,13 +300,20 @@ class DeliveryService(service.Service):
 
     def attempted(self, job: Job, attempt: Attempt) -> None:
         """Record ``attempt`` on the job's document and settle its lease accordingly."""
+        self.classify(attempt)
         delivery_attempt(job.document.json, attempt)
         self._settle(job, outcomes.after_attempt(job.document, attempt, self.now(), self.options, self.helo))
 
     def _final(self, job: Job, attempt: Attempt) -> None:
+        self.classify(attempt)
         delivery_attempt(job.document.json, attempt)
         doc = job.document.with_attempt(attempt.as_record())
         self._settle(job, outcomes.final(doc, attempt, self.now(), self.options, self.helo))
+
+    def classify(self, attempt: Attempt) -> None:
+        if not attempt.accepted and attempt.classification is None:
+            attempt.classification = self.classifier.classify(
+                attempt.state, attempt.result, attempt.code, attempt.status, attempt.description)
 
     def _settle(self, job: Job, pubs: list[Publication]) -> None:
         d = defer.maybeDeferred(self.queue.settle, job.lease, pubs)

@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 
 from mqtwisted.shaping.rates import Rate, parse_duration
-from mqtwisted.shaping.toml_lines import Path, dotted, key_lines, locate
+from mqtwisted.toml_lines import Path, dotted, key_lines, locate
 
 
 class ShapingError(ValueError):
