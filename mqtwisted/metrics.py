@@ -49,6 +49,8 @@ class Metrics:
         self.sessions: dict[str, int] = {}
         #: delivery attempts by (state, result)
         self.attempts: dict[tuple[str, str], int] = {}
+        #: delivery attempts by (destination, sending address, class); "accepted" is a class here
+        self.classes: dict[tuple[str, str, str], int] = {}
         self._local = threading.local()
         self._threads: list[_ThreadHooks] = []
         self._lock = threading.Lock()
@@ -76,6 +78,18 @@ class Metrics:
         a = self.attempts
         a[key] = a.get(key, 0) + 1
 
+    def classified(self, destination: str, source: str, classification: str) -> None:
+        key = (destination, source, classification)
+        c = self.classes
+        c[key] = c.get(key, 0) + 1
+
+    def class_counts(self) -> dict[tuple[str, str, str], int]:
+        """Attempts by destination, sending address and class, with live worker processes'."""
+        total = dict(self.classes)
+        for snap in list(self.workers.values()):
+            _add_classes(total, snap)
+        return total
+
     def attempt_counts(self) -> dict[tuple[str, str], int]:
         """Delivery attempts of this process and of its live worker processes."""
         total = dict(self.attempts)
@@ -89,6 +103,7 @@ class Metrics:
         """This process's counters as JSON-able data, for the parent's :meth:`worker_reported`."""
         return {
             "attempts": [[s, r, n] for (s, r), n in self.attempts.items()],
+            "classes": [[d, s, c, n] for (d, s, c), n in self.classes.items()],
             "hooks": [[p, h, row] for (p, h), row in self.hooks().items()],
             "gauges": gauges,
         }
@@ -102,6 +117,7 @@ class Metrics:
         if snap is None:
             return
         _add_attempts(self.attempts, snap)
+        _add_classes(self.classes, snap)
         for plugin, hook, row in snap.get("hooks", ()):
             _add_row(self._ended.table, (plugin, hook), row)
 
@@ -173,6 +189,12 @@ METRICS = Metrics()
 def _add_attempts(total: dict[tuple[str, str], int], snapshot: dict[str, Any]) -> None:
     for state, result, n in snapshot.get("attempts", ()):
         total[(state, result)] = total.get((state, result), 0) + n
+
+
+def _add_classes(total: dict[tuple[str, str, str], int], snapshot: dict[str, Any]) -> None:
+    for destination, source, classification, n in snapshot.get("classes", ()):
+        key = (destination, source, classification)
+        total[key] = total.get(key, 0) + n
 
 
 def _add_row(total: dict[tuple[str, str], list[float]], key: tuple[str, str], row: list[float]) -> None:
@@ -303,6 +325,15 @@ class MTACollector:
         for (state, result), n in sorted(m.attempt_counts().items()):
             attempts.add_metric([state, result], n)
         yield attempts
+        classes = CounterMetricFamily(
+            "mqmta_delivery_attempts_by_class",
+            "delivery attempts by destination, sending address ('' when unbound) and class ('accepted', or the "
+            "bounce class of mqtwisted/bounce_classes.toml)",
+            labels=["destination", "source", "class"],
+        )
+        for (destination, source, classification), n in sorted(m.class_counts().items()):
+            classes.add_metric([destination, source, classification], n)
+        yield classes
         delivery = status["delivery"]
         yield GaugeMetricFamily(
             "mqmta_delivery_connections", "outbound connections open or being set up", value=delivery["connections"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mqtwisted.classify import CLASSES, Classifier, RulesError, parse_rules, read_rules
+from mqtwisted.metrics import METRICS
 from mqtwisted.queue import Publication
 from tests.deliveryhelpers import doc, make
 from tests.smtppeers import ScriptedFactory
@@ -75,6 +76,7 @@ def test_an_unreadable_rules_file_is_named(tmp_path):
 
 
 def test_delivery_records_the_class_of_every_attempt_not_accepted():
+    before = METRICS.class_counts()
     servers = {"10.0.0.1": ScriptedFactory(replies={"RCPT": ["452 4.2.2 mailbox over quota", "550 5.1.1 no such user"]})}
     svc, queue, net, reactor = make(servers, max_connections_per_domain=1, retry_interval=(60,))
     svc.startService()
@@ -91,6 +93,26 @@ def test_delivery_records_the_class_of_every_attempt_not_accepted():
     net.run()
     nxdomain = [d for d in queue.docs("failure") if d["recipient"] == "x@nowhere.example"]
     assert nxdomain[0]["results"][0]["classification"] == "bad-domain" and reactor.seconds() == publish_time
+    # /metrics counts attempts by destination, sending address and class.
+    after = METRICS.class_counts()
+    counted = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+    assert counted == {
+        ("example.com", "", "mailbox-full"): 1, ("example.com", "", "invalid-recipient"): 1,
+        ("example.com", "", "accepted"): 1, ("nowhere.example", "", "bad-domain"): 1,
+    }
+
+
+def test_class_counts_add_up_across_worker_processes():
+    from mqtwisted.metrics import Metrics
+
+    worker, parent = Metrics(), Metrics()
+    worker.classified("example.com", "127.0.0.2", "rate-limited")
+    worker.classified("example.com", "127.0.0.2", "rate-limited")
+    parent.classified("example.com", "127.0.0.2", "rate-limited")
+    parent.worker_reported("w1", worker.snapshot({}))
+    assert parent.class_counts() == {("example.com", "127.0.0.2", "rate-limited"): 3}
+    parent.worker_ended("w1")  # an ended worker's counts stay
+    assert parent.class_counts() == {("example.com", "127.0.0.2", "rate-limited"): 3}
 
 
 def test_an_expired_message_is_classified_as_a_timeout():

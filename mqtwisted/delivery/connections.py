@@ -40,6 +40,9 @@ class Job:
 
     lease: Lease
     document: OutgoingDocument
+    #: where it goes and the address it is sent from, as /metrics labels them
+    destination: str = ""
+    source: str = ""
 
 
 @attrs.define(frozen=True)

@@ -31,6 +31,7 @@ from mqtwisted.delivery.signing import Signing, ThreadRunner, load_keys
 from mqtwisted.dns import MXResolver
 from mqtwisted.document import DocumentError, OutgoingDocument
 from mqtwisted.jsonvalues import parse_hostport
+from mqtwisted.metrics import METRICS
 from mqtwisted.oplog import delivery_attempt
 from mqtwisted.queue import Lease, Publication, Queue
 from mqtwisted.reactors import LazyReactor
@@ -280,6 +281,7 @@ class DeliveryService(service.Service):
             self.attempted(job, Attempt("process", "error", 451, "4.3.5", str(e), time=now, permanent=False))
             return
         key = destination_key(doc, self.options, source)
+        job.destination, job.source = key.host, source.address or ""
         dest = self.destinations.get(key)
         if dest is None:
             dest = self.destinations[key] = Destination(self, key)
@@ -300,20 +302,23 @@ class DeliveryService(service.Service):
 
     def attempted(self, job: Job, attempt: Attempt) -> None:
         """Record ``attempt`` on the job's document and settle its lease accordingly."""
-        self.classify(attempt)
+        self.classify(job, attempt)
         delivery_attempt(job.document.json, attempt)
         self._settle(job, outcomes.after_attempt(job.document, attempt, self.now(), self.options, self.helo))
 
     def _final(self, job: Job, attempt: Attempt) -> None:
-        self.classify(attempt)
+        self.classify(job, attempt)
         delivery_attempt(job.document.json, attempt)
         doc = job.document.with_attempt(attempt.as_record())
         self._settle(job, outcomes.final(doc, attempt, self.now(), self.options, self.helo))
 
-    def classify(self, attempt: Attempt) -> None:
+    def classify(self, job: Job, attempt: Attempt) -> None:
+        """Give ``attempt`` its bounce class (unless accepted) and count it by destination,
+        sending address and class."""
         if not attempt.accepted and attempt.classification is None:
             attempt.classification = self.classifier.classify(
                 attempt.state, attempt.result, attempt.code, attempt.status, attempt.description)
+        METRICS.classified(job.destination, job.source, attempt.classification or "accepted")
 
     def _settle(self, job: Job, pubs: list[Publication]) -> None:
         d = defer.maybeDeferred(self.queue.settle, job.lease, pubs)
