@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from mqtwisted.delivery import signing as delivery_signing
 from mqtwisted.options import ConfigError
 from mqtwisted.queue import Publication
 from mqtwisted.signing import ED25519, RSA, KeyPair, generate_key_pair
@@ -100,7 +102,16 @@ async def results(mta: Any, queue: str) -> list[dict[str, Any]]:
 
 @pytest_twisted.ensureDeferred
 async def test_mail_is_signed_rsa_and_ed25519_once_for_many_recipients(tmp_path: Path, pairs: Any,
-                                                                       peers: Peers) -> None:
+                                                                       peers: Peers,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    original = delivery_signing.sign
+
+    def sign(*args: Any) -> bytes:
+        threads.append(threading.current_thread().name)
+        return original(*args)
+
+    monkeypatch.setattr(delivery_signing, "sign", sign)
     mta = await start_mta(str(tmp_path / "mta"), dkim_keys=keys_file(tmp_path / "keys", pairs),
                           **peers.options)
     try:
@@ -115,6 +126,8 @@ async def test_mail_is_signed_rsa_and_ed25519_once_for_many_recipients(tmp_path:
             assert await peers.verify(body.replace(b"Hello Bob.", b"Hello Eve.")) == [False, False]
         # One signing for the five copies: two signatures (RSA, Ed25519), not ten.
         assert signer_of(mta).signatures_made == 2
+        # Never on the reactor's thread.
+        assert len(threads) == 5 and threading.main_thread().name not in threads
         assert ("rsa1._domainkey.example.org", 16) in peers.zone.resolver.queries
         success = await results(mta, "success")
         assert len(success) == 5 and all(d["results"][0]["result"] == "accepted" for d in success)
