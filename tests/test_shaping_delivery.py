@@ -143,3 +143,22 @@ def test_reload_with_a_bad_file_keeps_the_running_one(tmp_path):
     (tmp_path / "shaping.toml").write_text('["example.com"]\nconnection_limit = 3\n')
     svc.reconfigure(options)
     assert svc.shaper.config.domains["example.com"].limits.connection_limit == 3
+
+
+def test_an_idle_connection_of_another_domain_at_the_site_gives_up_its_slot(tmp_path):
+    path = shaping_file(tmp_path, '["example.com"]\nconnection_limit = 1\n')
+    table = {
+        "example.com": [("mx1.provider.test", ["10.0.0.1"])],
+        "other.org": [("mx1.provider.test", ["10.0.0.1"])],
+    }
+    server = ScriptedFactory()
+    svc, queue, net, reactor = make({"10.0.0.1": server}, table, shaping=path, max_idle_time=60)
+    svc.startService()
+    publish(queue, doc("a@example.com"))
+    net.run()
+    assert len(server.messages) == 1 and server.sessions[0].commands[-1] != b"QUIT"  # parked
+    publish(queue, doc("b@other.org"))
+    net.run()
+    # other.org did not wait the minute example.com's connection may stay idle.
+    assert server.sessions[0].commands[-1] == b"QUIT"
+    assert len(server.messages) == 2 and server.connections == 2 and reactor.seconds() == 0

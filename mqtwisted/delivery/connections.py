@@ -113,9 +113,13 @@ class Destination:
         # up will take, as far as the shaper allows.
         while self.pending and len(self.pending) > self.starting and not service.stopping:
             wait = shaper.may_connect(self.source, site)
+            if wait == math.inf:
+                # At the connection limit: a close pumps again.  A connection parked idle for
+                # another domain at this site is of no use here; closing it frees its slot.
+                service.close_idle_at(self.source, site, self)
+                return
             if wait:
-                if wait != math.inf:  # inf: at the connection limit, a close pumps again
-                    self.wake_in(wait)
+                self.wake_in(wait)
                 return
             runner = Runner(self)
             self.runners.add(runner)

@@ -226,6 +226,14 @@ class DeliveryService(service.Service):
             if dest is not done:
                 dest.pump()
 
+    def close_idle_at(self, source: str | None, site: str, waiting: Destination) -> None:
+        """``waiting`` needs a connection slot at ``site``: end the longest-parked connection
+        of another destination there (its close pumps ``waiting``)."""
+        for dest in self.sites.get((source, site), ()):
+            if dest is not waiting and dest.idle:
+                dest.idle[0].quit_idle()
+                return
+
     def learn_sites(self) -> None:
         """Tell the shaper the MX hosts of the destinations known and of every domain in the
         shaping file, so a domain sharing a configured domain's MX hosts gets its limits from
