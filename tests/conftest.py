@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from twisted.internet import defer, reactor, task, threads
+from twisted.logger import globalLogPublisher
 
 from tests.trialcases import pytest_pycollect_makeitem  # noqa: F401  (trial TestCases run in trial)
 
@@ -158,3 +159,12 @@ def smtp_sink() -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict]]:
+    """Every log event emitted while the test runs, in order."""
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)

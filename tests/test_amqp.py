@@ -9,7 +9,6 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
-from twisted.logger import globalLogPublisher
 
 from mqtwisted.queue import Body, Publication, QueueUnavailable, mime_bytes
 from mqtwisted.queue.amqp import AmqpQueue, decode_document, delay_bucket, encode_document
@@ -337,14 +336,6 @@ def test_two_nodes_share_the_outbox_and_take_over_unsettled(amqp_prefix, own):
     assert everything == list(range(200))  # each exactly once, the held ones by node 0
     assert {lease.document["n"] for lease in held} <= set(handled[0])
     yield nodes[0].stop()
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def connect_failures(events: list[dict]) -> int:

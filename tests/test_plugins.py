@@ -9,7 +9,6 @@ import time
 import pytest
 import pytest_twisted
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
 from twisted.python import threadable
 
 from mqtwisted import api
@@ -25,14 +24,6 @@ def make(tmp_path):
     make, cleanup = make_runner_factory(tmp_path)
     yield make
     cleanup()
-
-
-@pytest.fixture
-def logged():
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    yield events
-    globalLogPublisher.removeObserver(events.append)
 
 
 def texts(events: list[dict]) -> str:
