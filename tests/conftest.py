@@ -24,10 +24,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from twisted.internet import defer, reactor, task, threads
 from twisted.logger import globalLogPublisher
 
 from tests.trialcases import pytest_pycollect_makeitem  # noqa: F401  (trial TestCases run in trial)
+
+# Hypothesis's timing checks measure the machine, not the code: with three test processes on two
+# cores a generator can be slow for reasons of its own, so only the correctness checks stay on.
+settings.register_profile("mqmta", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("mqmta")
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: test\r\n\r\nHello.\r\n"
 
