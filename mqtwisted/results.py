@@ -80,17 +80,23 @@ class Attempt:
         return self.as_record().to_json()
 
 
+def reply_lines(code: int, text: str | bytes) -> tuple[str, ...]:
+    """``"code text"`` for each line of a reply whose lines (code stripped) are ``text``: the form
+    automation rules are matched against."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return tuple(f"{code} {line}".rstrip() for line in text.splitlines() or [""])
+
+
 def from_reply(state: str, code: int, text: str | bytes, **kw: Any) -> Attempt:
     """An attempt from an SMTP reply (multi-line replies joined with spaces)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    raw = text.splitlines() or [""]
-    lines = [split_enhanced(line) for line in raw]
+    lines = [split_enhanced(line) for line in text.splitlines() or [""]]
     status = lines[0][0]
     description = " ".join(t for _, t in lines).strip()
     result = "accepted" if 200 <= code < 300 and state == "message" else "error"
-    reply = tuple(f"{code} {line}".rstrip() for line in raw)
-    return Attempt(state, result, code, status, description, reply=reply, **kw)
+    return Attempt(state, result, code, status, description, reply=reply_lines(code, text), **kw)
 
 
 def retry_interval(attempts: int, schedule: Sequence[int]) -> int:

@@ -9,6 +9,7 @@ import textwrap
 import pytest
 from twisted.internet.task import Clock
 
+from mqtwisted.results import reply_lines
 from mqtwisted.shaping import (
     Limits,
     Rate,
@@ -18,7 +19,6 @@ from mqtwisted.shaping import (
     load_shaping,
     parse_shaping,
 )
-from mqtwisted.shaping.automation import reply_lines
 from mqtwisted.shaping.rates import parse_duration
 from mqtwisted.toml_lines import key_lines, split_key
 
@@ -227,7 +227,7 @@ def test_suspend_matches_any_line_of_a_multiline_reply_and_lasts_its_duration():
     s, clock = shaper(EXAMPLE)
     site = s.site("example.net", ["mx.example.net"])
     lines = reply_lines(421, b"4.7.0 Service not available\n4.7.0 Too many messages, rate limited")
-    assert lines == ["421 4.7.0 Service not available", "421 4.7.0 Too many messages, rate limited"]
+    assert lines == ("421 4.7.0 Service not available", "421 4.7.0 Too many messages, rate limited")
     (fired,) = s.observe_reply("127.0.0.2", site, lines)
     assert fired.action == "suspend" and fired.line.endswith("rate limited")
     assert s.may_send("127.0.0.2", site) == pytest.approx(60)
@@ -354,3 +354,11 @@ def test_a_bad_shaping_file_stops_the_options_naming_file_and_line(tmp_path):
     options = MQOptions()
     options.parseOptions([f"--shaping={path}", "--smtp-defaultips=127.0.0.2, 127.0.0.3", f"--data-dir={tmp_path}"])
     assert options["smtp-defaultips"] == ["127.0.0.2", "127.0.0.3"]
+
+
+def test_limits_asked_before_a_site_is_known_as_a_configured_domain_change_when_it_is():
+    s, _ = shaper(EXAMPLE)
+    site = "mx:mx.example.net"
+    assert s.limits("", site).connection_limit == 10  # merged and kept: [default] only
+    assert s.site("example.net", ["mx.example.net"]) == site
+    assert s.limits("", site).connection_limit == 2  # now example.net's

@@ -9,14 +9,12 @@ from collections.abc import Iterable, Sequence
 from mqtwisted.shaping.config import Rule
 
 
-def reply_lines(code: int | None, text: str | bytes) -> list[str]:
-    """``"code text"`` for each line of a reply whose lines (code stripped) are ``text``."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    prefix = "" if code is None else f"{code} "
-    return [prefix + line for line in (text.splitlines() or [""])]
-
-
-def matching(rules: Iterable[Rule], lines: Sequence[str]) -> list[Rule]:
-    """The rules that match some line of the reply, in order."""
-    return [rule for rule in rules if any(rule.regex.search(line) for line in lines)]
+def matching(rules: Iterable[Rule], lines: Sequence[str]) -> list[tuple[Rule, str]]:
+    """The rules that match some line of the reply, in order, each with its first matching line
+    (lines as :func:`mqtwisted.results.reply_lines` writes them)."""
+    found = []
+    for rule in rules:
+        line = next((line for line in lines if rule.regex.search(line)), None)
+        if line is not None:
+            found.append((rule, line))
+    return found

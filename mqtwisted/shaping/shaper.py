@@ -64,6 +64,8 @@ class Shaper:
         self.base = base
         self.chooser = SourceChooser(config.pools, config.ehlo, default_ips)
         self.site_domains = {}
+        #: (source, site) -> the limits the file and options give it (set_config overrides apart)
+        self.configured: dict[tuple[str, str], Limits] = {}
 
     # -- destinations ----------------------------------------------------------------------------
 
@@ -79,8 +81,9 @@ class Shaper:
         if not mx_hosts or not self.rollup(domain):
             return domain
         site = "mx:" + ",".join(sorted({h.lower().rstrip(".") for h in mx_hosts}))
-        if domain in self.config.domains:
+        if domain in self.config.domains and self.site_domains.get(site) != domain:
             self.site_domains[site] = domain
+            self.configured.clear()  # the site's limits are now that domain's
         return site
 
     def configured_domains(self) -> list[str]:
@@ -94,15 +97,22 @@ class Shaper:
     def limits(self, source: str | None, site: str) -> Limits:
         """Every limit that applies to ``source`` at ``site`` (each one set)."""
         src = source or ""
-        default, own = self.config.default, self.destination(site)
-        levels = [default.limits, default.sources.get(src, Limits())]
-        if own is not None:
-            levels += [own.limits, own.sources.get(src, Limits())]
-        limits = self.base
-        for level in levels:
-            limits = level.over(limits)
+        limits = self.configured.get((src, site))
+        if limits is None:
+            # Asked twice per message: the file's levels are merged once per (source, site) and
+            # kept until the file, the options or the site's domain change.
+            default, own = self.config.default, self.destination(site)
+            levels = [default.limits, default.sources.get(src, Limits())]
+            if own is not None:
+                levels += [own.limits, own.sources.get(src, Limits())]
+            limits = self.base
+            for level in levels:
+                limits = level.over(limits)
+            self.configured[(src, site)] = limits
+        overrides = self.overrides.get((src, site))
+        if not overrides:
+            return limits
         now = self.clock()
-        overrides = self.overrides.get((src, site), {})
         for name, (value, until) in list(overrides.items()):
             if until <= now:
                 del overrides[name]
@@ -191,8 +201,7 @@ class Shaper:
         key = (source or "", site)
         now = self.clock()
         fired = []
-        for rule in matching(rules, lines):
-            line = next(line for line in lines if rule.regex.search(line))
+        for rule, line in matching(rules, lines):
             fired.append(Fired(rule, line))
             log.info("automation {where}: {action} for {source} at {site} ({line})",
                      where=rule.where, action=rule.action, source=key[0] or "any", site=site, line=line)
