@@ -348,8 +348,9 @@ class Postfix(Peer):
 
 
 def _twistd() -> list[str]:
-    exe = shutil.which("twistd")
-    return [exe] if exe else [sys.executable, "-m", "twisted"]
+    # twistd of this interpreter: one first on PATH may belong to another Python, and
+    # ``python -m twisted`` is ``twist``, which takes none of twistd's options (-n, --pidfile).
+    return [sys.executable, "-c", "import sys; sys.argv[0] = 'twistd'; from twisted.scripts.twistd import run; run()"]
 
 
 def mqmta_env() -> dict[str, str]:
