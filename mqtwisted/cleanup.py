@@ -44,6 +44,7 @@ class Cleanup:
         inbox: str = "outbox",
         local: str = "local",
         extract: str = "trusted",
+        refused: str = "refused",
     ) -> None:
         self.queue = queue
         self.relay = relay
@@ -52,6 +53,7 @@ class Cleanup:
         self.inbox = inbox
         self.local = local
         self.extract = extract
+        self.refused = refused
 
     def _extracts(self, conn: Connection) -> bool:
         if self.extract == "always":
@@ -105,12 +107,16 @@ class Cleanup:
             for r in envelope.recipients
         ]
         locals_ = [r.local for r in envelope.recipients]
+        held = envelope.quarantine is not None
+        if held:
+            for handle in handles:
+                handle.document["quarantine"] = envelope.quarantine
         if not self.hooks.defines(hook_names.IN_MESSAGE):
-            return self._publish(handles, locals_, body)
-        return defer.ensureDeferred(self._with_hooks(conn, handles, locals_, body))
+            return self._publish(handles, locals_, body, held=held)
+        return defer.ensureDeferred(self._with_hooks(conn, handles, locals_, body, held))
 
     async def _with_hooks(
-        self, conn: Connection, handles: list[MessageHandle], locals_: list[bool], body: Body
+        self, conn: Connection, handles: list[MessageHandle], locals_: list[bool], body: Body, held: bool
     ) -> Any:
         original = mime_text(body.data) if body.data is not None else None
         for handle, is_local in zip(handles, locals_, strict=True):
@@ -122,7 +128,7 @@ class Cleanup:
             reply = await self.hooks.run(hook_names.IN_MESSAGE, conn, handle)
             if reply is not None and reply.refuses:
                 return reply
-        return await self._publish(handles, locals_, body, original)
+        return await self._publish(handles, locals_, body, original, held)
 
     def _publish(
         self,
@@ -130,7 +136,9 @@ class Cleanup:
         locals_: list[bool],
         body: Body,
         original: str | None = None,
+        held: bool = False,
     ) -> defer.Deferred:
+        """``held``: a milter quarantined the message; every copy goes to the ``refused`` queue."""
         pubs = []
         for handle, is_local in zip(handles, locals_, strict=True):
             local = handle.document.pop("local", is_local)
@@ -141,7 +149,8 @@ class Cleanup:
                     del doc["mime"]  # unchanged by the hooks: keep sharing the one stored body
                 else:
                     own_body = None  # a hook replaced it: this recipient's JSON carries its own
-            pubs.append(Publication(self.local if local else self.inbox, doc, own_body))
+            queue = self.refused if held else self.local if local else self.inbox
+            pubs.append(Publication(queue, doc, own_body))
         d = self.queue.publish(pubs)
         d.addErrback(self._unavailable)
         return d

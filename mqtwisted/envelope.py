@@ -29,6 +29,8 @@ class Envelope:
     params: dict[str, str | None]
     recipients: list[Recipient] = attrs.field(factory=list)
     received: float = 0.0
+    #: why a milter quarantined the message: it is queued in the ``refused`` queue, not delivered
+    quarantine: str | None = None
 
 
 @attrs.define(eq=False)

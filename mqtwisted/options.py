@@ -78,6 +78,12 @@ def _ip_list(value: str) -> list[str]:
     return [str(ipaddress.ip_address(v)) for v in _csv(value)]
 
 
+def _milters(value: str) -> list[str]:
+    from mqtwisted.milter.client import parse_specs
+
+    return parse_specs(value)
+
+
 def _intervals(value: str) -> list[float]:
     out = [float(v) for v in _csv(value)]
     if not out or any(v < 0 for v in out):
@@ -116,9 +122,16 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("failure", "failure", str, "queue for the results of messages that failed for good"),
     ("retry", "retry", str, "queue for a copy of each temporary failure (the message waits in the outbox)"),
     ("dsn", "dsn", str, "queue for delivery status notifications (bounces) that mqmta writes"),
+    ("refused", "refused", str, "queue for messages a milter quarantined (with the reason in 'quarantine')"),
     ("plugin-directory", "", str, "directory of plugins (*.py modules and packages)"),
     ("threads", "0", _positive_int, "plugin worker threads (0: number of CPUs)"),
     ("plugin-timeout", "30", _seconds, "seconds a plugin may keep control"),
+    ("milters", "", _milters,
+     "milters every inbound session asks, in order, after the plugins: inet:HOST:PORT or unix:/PATH, comma separated"),
+    ("milters-out", "", _milters, "milters each message passes before delivery (e.g. OpenDKIM signing), same form"),
+    ("milter-timeout", "30", _seconds, "seconds a milter may take to connect and to answer each command"),
+    ("milter-default-action", "tempfail", _choice("tempfail", "accept", "reject"),
+     "what a milter that is down, slow or speaks nonsense costs: tempfail (451), reject (550) or accept"),
     ("delivery", "on", _on_off, "deliver the outbox (off: this node only receives)"),
     ("delivery-processes", "0", _positive_int,
      "worker processes that deliver (0: the MTA process delivers; spool: at most 1)"),

@@ -32,6 +32,9 @@ def reply_bytes(code: int, lines: list[str], enhanced: str | None = None) -> byt
     """A (multi-line) SMTP reply as sent: ``250-first``, ..., ``250 last``, each line with the
     enhanced status code when there is one (RFC 2034 §4)."""
     prefix = f"{enhanced} " if enhanced else ""
+    # A line break inside a text (a milter's multi-line reply, a plugin's text) makes more lines,
+    # never a bare line end on the wire.
+    lines = [part for line in lines for part in (line.splitlines() or [""])]
     out = []
     for i, line in enumerate(lines):
         sep = " " if i == len(lines) - 1 else "-"

@@ -322,10 +322,12 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
         inbox=options["inbox"],
         local=options["local"],
         extract=options["smtp-extract"],
+        refused=options["refused"],
     )
     tls = server_tls(options)
     auth = load_checker(options["smtp-auth"]) if options["smtp-auth"] else None
-    factory = SMTPFactory(_server_config(options), cleanup, relay, hooks=hooks, auth=auth, tls=tls)
+    factory = SMTPFactory(_server_config(options), cleanup, relay, hooks=hooks, auth=auth, tls=tls,
+                          filters=_milters(options))
     top.factory, top.cleanup, top.tls = factory, cleanup, tls
     for port in options["smtp-port"]:
         # A deep backlog: bursts of connections wait in the kernel instead of being refused.
@@ -339,6 +341,16 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
 
         WebService(top, options["www-port"], options["www-ip"]).setServiceParent(top)
     return top
+
+
+def _milters(options: Any) -> Any:
+    """The ``--milters`` chain (None without milters: the server then asks none)."""
+    if not options["milters"]:
+        return None
+    from mqtwisted.milter.chain import MilterChain
+
+    return MilterChain(options["milters"], options["milter-timeout"], options["milter-default-action"],
+                       options["hostname"])
 
 
 def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> list[service.Service]:

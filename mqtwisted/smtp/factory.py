@@ -10,6 +10,7 @@ from typing import Any
 from twisted.mail import smtp
 
 from mqtwisted.connection import HookRunner, NoHooks, Reply
+from mqtwisted.filtering import Filters, NoFilters
 from mqtwisted.smtp.config import Accept, Authenticator, ServerConfig
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.server import SMTPServer
@@ -28,6 +29,7 @@ class SMTPFactory(smtp.SMTPFactory):
         hooks: HookRunner | None = None,
         auth: Authenticator | None = None,
         tls: Any = None,
+        filters: Filters | None = None,
     ) -> None:
         smtp.SMTPFactory.__init__(self)
         self.config = config
@@ -35,6 +37,7 @@ class SMTPFactory(smtp.SMTPFactory):
         self.relay = relay
         self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
         self.auth = auth
+        self.filters: Filters = filters if filters is not None else NoFilters()
         self.tls = tls
         self.sessions: set[SMTPServer] = set()
         self.per_ip: dict[str, int] = {}

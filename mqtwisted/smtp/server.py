@@ -31,10 +31,11 @@ from zope.interface import implementer
 from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, HookRunner, Reply
 from mqtwisted.envelope import Envelope, Recipient
+from mqtwisted.filtering import Filtered, Filters, FilterSession
 from mqtwisted.metrics import METRICS
 from mqtwisted.oplog import session_ended
 from mqtwisted.replies import LOCAL_ERROR, reply_bytes
-from mqtwisted.smtp import commands, sasl
+from mqtwisted.smtp import commands
 from mqtwisted.smtp.body import BodyReader
 from mqtwisted.smtp.config import (
     AUTH_LINE,
@@ -47,6 +48,7 @@ from mqtwisted.smtp.config import (
     ServerConfig,
 )
 from mqtwisted.smtp.policy import RelayPolicy
+from mqtwisted.smtp.serverauth import AuthCommands
 from mqtwisted.smtp.session import CONNECT, END_OF_DATA, Session, Transition
 from mqtwisted.smtp.wire import write_now
 
@@ -60,6 +62,7 @@ class SessionHost(Protocol):
     config: ServerConfig
     relay: RelayPolicy
     hooks: HookRunner
+    filters: Filters
     accept: Accept
     auth: Authenticator | None
 
@@ -74,7 +77,7 @@ class SessionHost(Protocol):
 
 
 @implementer(interfaces.IHandshakeListener)
-class SMTPServer(smtp.ESMTP):
+class SMTPServer(AuthCommands, smtp.ESMTP):
     """One inbound SMTP session."""
 
     factory: SessionHost
@@ -90,9 +93,11 @@ class SMTPServer(smtp.ESMTP):
         self._errors = 0
         self._reader: BodyReader | None = None
         self._unreset = 0
-        self._auth: sasl.AuthExchange | None = None
+        self._auth = None
         self._envelope: Envelope | None = None
         self.conn = Connection()
+        #: the milters of this session (after the plugins at each step), None without --milters
+        self.filter: FilterSession | None = None
         self.session = Session()
         # For the one log line per session (mqtwisted.oplog) and /metrics.
         self.outcome = "lost"
@@ -129,11 +134,12 @@ class SMTPServer(smtp.ESMTP):
             self._send(refusal)
             self._close()
             return
+        self.filter = self.factory.filters.open(self.conn)
         self.factory.when_ready(self._connected)
 
     def _connected(self) -> None:
         if not self._closing:  # the client may have left while the greeting was held
-            self._run(CONNECT, self._greet)
+            self._run(CONNECT, self._filtered(self.filter and self.filter.connect, self._greet))
 
     def _greet(self, reply: Reply | None) -> None:
         if reply is not None and reply.refuses:
@@ -171,6 +177,8 @@ class SMTPServer(smtp.ESMTP):
             self._reader.discard()
             self._reader = None
         self.factory.release(self)
+        if self.filter is not None:
+            self.filter.close()
         hooks = self.factory.hooks
         if hooks.defines(hook_names.IN_CLOSE):
             hooks.run(hook_names.IN_CLOSE, self.conn)
@@ -339,6 +347,21 @@ class SMTPServer(smtp.ESMTP):
         self.conn.response = None
         self._wait(hooks.run(transition.hook, self.conn, *args), then)
 
+    def _filtered(self, step: Callable[[], defer.Deferred] | None,
+                  then: Callable[[Reply | None], None]) -> Callable[[Reply | None], None]:
+        """``then``, given the milters' verdict on a step the plugins allowed (``step`` asks them;
+        None: no milters).  A refusal from either side is the verdict; else the plugins' reply."""
+        if step is None:
+            return then
+
+        def after_plugins(reply: Reply | None) -> None:
+            if reply is not None and reply.refuses:
+                then(reply)
+            else:
+                self._wait(step(), lambda verdict: then(verdict or reply))
+
+        return after_plugins
+
     def _wait(self, d: defer.Deferred, then: Callable[[Any], None]) -> None:
         self._waiting = True
 
@@ -390,6 +413,13 @@ class SMTPServer(smtp.ESMTP):
         if not arg or " " in arg or len(arg) > 255:
             self._error(Reply(501, "Syntax: EHLO hostname", "5.5.4"))
             return
+        helo = self.filter and (lambda: self.filter.helo(arg))  # type: ignore[union-attr]
+        self._filtered(helo, lambda reply: self._helo_done(arg, t, esmtp, reply))(None)
+
+    def _helo_done(self, arg: str, t: Transition, esmtp: bool, reply: Reply | None) -> None:
+        if reply is not None and reply.refuses:
+            self._error(reply)
+            return
         self._reset_transaction()
         self.conn.helo = arg
         self.session.advance(t)
@@ -437,50 +467,6 @@ class SMTPServer(smtp.ESMTP):
         self.transport.startTLS(self.ctx)
         # The secure hook runs from handshakeCompleted, once the handshake is really done.
 
-    # -- AUTH (RFC 4954), PLAIN and LOGIN --------------------------------------------------------
-
-    def smtp_AUTH(self, arg: str, t: Transition) -> None:
-        started = sasl.start(arg, t)
-        if isinstance(started, Reply):
-            self._error(started)
-            return
-        self._auth, initial = started
-        if initial:
-            self._auth_step(initial)
-        else:
-            self._send(Reply(334, sasl.FIRST_PROMPT[self._auth.mech]))
-
-    def _auth_step(self, line: bytes) -> None:
-        exchange = self._auth
-        assert exchange is not None
-        prompt = sasl.respond(exchange, line)
-        if isinstance(prompt, Reply):
-            self._auth = None
-            self._error(prompt)
-        elif prompt is not None:
-            self._send(Reply(334, prompt))
-        else:
-            self._auth = None
-            self._check_login(exchange)
-
-    def _check_login(self, exchange: sasl.AuthExchange) -> None:
-        login, password = exchange.login, exchange.password
-        checker = self.factory.auth
-        self.conn.authenticated = bool(checker is not None and checker(login, password))
-
-        def verdict(reply: Reply | None) -> None:
-            if reply is not None and reply.refuses:
-                self.conn.authenticated = False
-                self._error(reply)
-            elif self.conn.authenticated:
-                self.conn.user = login
-                self.session.advance(exchange.transition)
-                self._send(reply or Reply(235, "Authentication successful", "2.7.0"))
-            else:
-                self._error(Reply(535, "Authentication credentials invalid", "5.7.8"))
-
-        self._run(exchange.transition, verdict, login, password)
-
     # -- the transaction -------------------------------------------------------------------------
 
     def smtp_MAIL(self, arg: str, t: Transition) -> None:
@@ -504,7 +490,8 @@ class SMTPServer(smtp.ESMTP):
             self.session.advance(t)
             self._send(reply or Reply(250, "Sender OK", "2.1.0"))
 
-        self._run(t, verdict, path.address)
+        mail = self.filter and (lambda: self.filter.mail(path.address, path.params))  # type: ignore[union-attr]
+        self._run(t, self._filtered(mail, verdict), path.address)
 
     def smtp_RCPT(self, arg: str, t: Transition) -> None:
         envelope = self._envelope
@@ -529,15 +516,18 @@ class SMTPServer(smtp.ESMTP):
             self._error(refusal)
             return
 
+        recipient = Recipient(path.address, path.params, local)
+
         def verdict(reply: Reply | None) -> None:
             if reply is not None and reply.refuses:
                 self._error(reply)
                 return
-            envelope.recipients.append(Recipient(path.address, path.params, local))
+            envelope.recipients.append(recipient)
             self.session.advance(t)
             self._send(reply or Reply(250, "Recipient OK", "2.1.5"))
 
-        self._run(t, verdict, path.address)
+        rcpt = self.filter and (lambda: self.filter.rcpt(recipient))  # type: ignore[union-attr]
+        self._run(t, self._filtered(rcpt, verdict), path.address)
 
     def smtp_DATA(self, arg: str, t: Transition) -> None:
         if arg:
@@ -572,13 +562,26 @@ class SMTPServer(smtp.ESMTP):
         body = reader.body()
         mime = body.read() if self.factory.hooks.defines(END_OF_DATA.hook or "") else None
 
+        def refuse(reply: Reply) -> None:
+            reader.discard()
+            self._message_done(reply.code)
+            self._error(reply)
+
         def verdict(reply: Reply | None) -> None:
             if reply is not None and reply.refuses:
-                reader.discard()
-                self._message_done(reply.code)
-                self._error(reply)
-                return
-            self._wait(self.factory.accept(self.conn, envelope, body), queued)
+                refuse(reply)
+            elif self.filter is None:
+                self._wait(self.factory.accept(self.conn, envelope, body), queued)
+            else:
+                self._wait(self.filter.message(envelope, body, self.factory.relay.is_local), filtered)
+
+        def filtered(result: Reply | Filtered) -> None:
+            if isinstance(result, Reply):
+                refuse(result)
+            elif result.discard:
+                queued([])  # a milter's discard: the client hears 250, nothing is kept
+            else:
+                self._wait(self.factory.accept(self.conn, result.envelope, result.body), queued)
 
         def queued(reply: Reply | list[str] | Any) -> None:
             reader.discard()
