@@ -280,3 +280,54 @@ async def test_a_broken_milter_costs_only_the_default_action_and_the_mta_serves_
     replies = await in_thread(send, mta2.port)
     assert [code for code, _ in replies] == [250, 250, 250, 250]
     assert len(await mta2.documents()) == 1
+
+
+ORDER_PLUGIN = """
+def mq_smtp_in_rcptto(ctx, conn, address):
+    CALLS.append(("plugin rcpt", address))
+    if address.startswith("plugin-no"):
+        mq.MQ_setResponse(conn, 550, "plugin says no", "5.7.1")
+    return False
+
+def mq_smtp_in_data(ctx, conn, mime):
+    CALLS.append(("plugin data", b"X-Milter" in mime))
+    return False
+
+def mq_smtp_in_message(ctx, conn, message):
+    CALLS.append(("plugin message", b"X-Milter: seen" in mq.MQ_mime(message), mq.MQ_recipient(message)))
+    return False
+"""
+
+
+@pytest_twisted.ensureDeferred
+async def test_milters_run_after_the_plugins_at_each_step_and_before_mq_smtp_in_message(tmp_path, milters, mtas):
+    """docs/plugins.rst, "Milters and plugins": a command a plugin refused never reaches the milters;
+    mq_smtp_in_data sees the MIME as received, mq_smtp_in_message the milters' changes."""
+    import sys
+
+    from tests.test_plugins_support import write_plugins
+
+    order: list = []
+
+    def script(cmd, args):
+        if cmd == "R":
+            order.append(("milter rcpt", args[0]))
+            if args[0] == "<milter-no@example.com>":
+                return REJECT
+        if cmd == "E":
+            order.append(("milter end of message",))
+            return [add_header("X-Milter", "seen"), pkt(b"c")]
+        return None
+
+    milter = milters(script)
+    plugins = write_plugins(tmp_path / "plugins", {"order.py": ORDER_PLUGIN})
+    mta = await mtas(tmp_path, milter, plugin_directory=str(plugins))
+    calls = sys.modules["mqtwisted_plugin_order"].CALLS
+    replies = await in_thread(send, mta.port, ("plugin-no@example.com", "milter-no@example.com", "b@example.com"))
+    assert [code for code, _ in replies] == [250, 250, 550, 550, 250, 250]
+    assert replies[2][1] == b"5.7.1 plugin says no" and replies[3][1] == b"5.7.1 Command rejected"
+    assert [c for c in calls if c[0].startswith("plugin")] == [
+        ("plugin rcpt", "plugin-no@example.com"), ("plugin rcpt", "milter-no@example.com"),
+        ("plugin rcpt", "b@example.com"), ("plugin data", False), ("plugin message", True, "b@example.com")]
+    assert order == [("milter rcpt", "<milter-no@example.com>"), ("milter rcpt", "<b@example.com>"),
+                     ("milter end of message",)]

@@ -14,6 +14,7 @@ import attrs
 
 from mqtwisted import options as mta_options
 from mqtwisted.jsonvalues import parse_intervals
+from mqtwisted.milter.client import parse_specs
 from mqtwisted.results import DEFAULT_MAX_DELIVERTIME, DEFAULT_RETRY_INTERVALS
 from mqtwisted.shaping import Limits
 
@@ -30,6 +31,10 @@ def _addresses(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = mta_options.default("smtp-defaultips") if not value.strip() else value.split(",")
     return tuple(str(v).strip() for v in value if str(v).strip())
+
+
+def _milter_list(value: Any) -> tuple[str, ...]:
+    return tuple(parse_specs(value) if isinstance(value, str) else value)
 
 
 def _schedule(value: Any) -> tuple[int, ...]:
@@ -56,6 +61,9 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("shaping", "shaping", _optional_text),
     ("default_ips", "smtp-defaultips", _addresses),
     ("bounce_rules", "bounce-rules", _optional_text),
+    ("milters_out", "milters-out", _milter_list),
+    ("milter_timeout", "milter-timeout", float),
+    ("milter_default_action", "milter-default-action", str),
 )
 
 
@@ -101,6 +109,10 @@ class DeliveryOptions:
     default_ips: tuple[str, ...] = ()
     #: the operator's bounce classification rules (:mod:`mqtwisted.classify`), or None
     bounce_rules: str | None = None
+    #: ``--milters-out``: milters each message passes before it is sent
+    milters_out: tuple[str, ...] = ()
+    milter_timeout: float = 30.0
+    milter_default_action: str = "tempfail"
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> DeliveryOptions:

@@ -32,6 +32,7 @@ from mqtwisted.dns import MXResolver
 from mqtwisted.document import DocumentError, OutgoingDocument
 from mqtwisted.jsonvalues import parse_hostport
 from mqtwisted.metrics import METRICS
+from mqtwisted.milter.outbound import OutboundMilters
 from mqtwisted.oplog import delivery_attempt
 from mqtwisted.queue import Lease, Publication, Queue
 from mqtwisted.reactors import LazyReactor
@@ -71,8 +72,12 @@ class DeliveryService(service.Service):
 
     def _init_runtime(self, reactor: Any = None, resolver: Any = None, rng: Any = None,
                       run_in_thread: ThreadRunner | None = None) -> None:
+        milters = None
+        if self.options.milters_out:
+            milters = OutboundMilters(list(self.options.milters_out), self.options.milter_timeout,
+                                      self.options.milter_default_action, self.options.helo or "localhost", reactor)
         self.signing = Signing(Signer(self.options.helo or "localhost"), run_in_thread or self.in_thread,
-                               load_keys(self.options.dkim_keys))
+                               load_keys(self.options.dkim_keys), milters)
         self._reactor = reactor
         self._resolver = resolver
         self._rng = rng

@@ -1,7 +1,7 @@
 """Delivery's last step before MAIL FROM, each outgoing message's ``prepare`` step
-(:data:`mqtwisted.smtp.client.PrepareStep`): MailerQ's ``headers`` edits, then the DKIM signatures
-(and ARC seal) of its ``dkim`` property or, without one, of the ``--dkim-keys`` file's keys for
-its ``From:`` domain.
+(:data:`mqtwisted.smtp.client.PrepareStep`): MailerQ's ``headers`` edits, then the milters of
+``--milters-out`` (:mod:`mqtwisted.milter.outbound`), then the DKIM signatures (and ARC seal) of
+its ``dkim`` property or, without one, of the ``--dkim-keys`` file's keys for its ``From:`` domain.
 
 The outbound client runs the step on the MIME the ``mq_smtp_out_data`` hook left, so the edits
 apply to a MIME a plugin replaced too, and every header edit is covered by the signature.
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from mqtwisted.connection import Reply
 from mqtwisted.delivery.headers import edit_headers
 from mqtwisted.document import IncomingDocument, OutgoingDocument, usable
+from mqtwisted.milter.outbound import OutboundMilters
 from mqtwisted.signing import KeyTable, Signer, SigningError, load_keys_file, signing_requests
 from mqtwisted.smtp.client import PrepareStep
 
@@ -75,23 +76,29 @@ class Signing:
     signer: Signer
     run_in_thread: ThreadRunner
     keys: KeyTable | None = None
+    milters: OutboundMilters | None = None
 
     def step(self, doc: OutgoingDocument) -> PrepareStep | None:
         """The prepare step of ``doc`` (checked, its ``dkim`` property too), or None when it has
-        no header edits and nothing can sign it."""
-        edits, dkim_property, keys = doc.headers, doc.dkim, self.keys
+        no header edits, no milter sees it and nothing can sign it."""
+        edits, dkim_property, keys, milters = doc.headers, doc.dkim, self.keys, self.milters
         signs = dkim_property is not None or keys is not None
-        if edits is None and not signs:
+        if edits is None and not signs and milters is None:
             return None
         from_elsewhere = signs and relayed(doc)
 
-        def prepare(mime: bytes) -> Deferred[bytes | Reply]:
-            if edits is not None:
-                mime = edit_headers(mime, edits)
-            if not signs:
+        def signed(mime: bytes | Reply) -> Deferred[bytes | Reply]:
+            if not signs or isinstance(mime, Reply):
                 return succeed(mime)
             d = self.run_in_thread(sign, self.signer, mime, dkim_property, keys, from_elsewhere)
             d.addErrback(refusal)
             return d
+
+        def prepare(mime: bytes) -> Deferred[bytes | Reply]:
+            if edits is not None:
+                mime = edit_headers(mime, edits)
+            if milters is None:
+                return signed(mime)
+            return milters.run(mime, doc.sender, doc.recipient or "").addCallback(signed)
 
         return prepare

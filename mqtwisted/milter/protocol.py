@@ -76,8 +76,8 @@ class Step(enum.IntFlag):
 
 #: Everything we offer: every action, and every step but RCPT_REJ (a refused recipient is never
 #: shown to a milter) and the unknown-command ones (we never send SMFIC_UNKNOWN).
-OFFERED_ACTIONS = Action(0x1FF)
-OFFERED_STEPS = Step(0x1FFFFF) & ~Step.RCPT_REJ
+OFFERED_ACTIONS = 0x1FF
+OFFERED_STEPS = 0x1FFFFF & ~Step.RCPT_REJ.value
 
 #: The steps whose reply the milter may waive (SMFIP_NR_*), by command.
 NO_REPLY = {CONNECT: Step.NR_CONN, HELO: Step.NR_HELO, MAIL: Step.NR_MAIL, RCPT: Step.NR_RCPT,
@@ -371,10 +371,11 @@ def decode_optneg(cmd: bytes, data: bytes) -> OptNeg:
     version, actions, steps = struct.unpack(">III", data[:12])
     if version < 2 or version > VERSION:
         raise MilterProtocolError(f"option negotiation: milter speaks version {version}, we speak 2..{VERSION}")
-    if actions & ~OFFERED_ACTIONS or steps & ~OFFERED_STEPS:
-        raise MilterProtocolError(
-            f"option negotiation: milter asks for actions {actions:#x} / steps {steps:#x} beyond what we offered"
-        )
+    if actions & ~OFFERED_ACTIONS:
+        raise MilterProtocolError(f"option negotiation: milter asks for actions {actions:#x} beyond what we offered")
+    # Steps we did not offer are only wishes (send rejected recipients, unknown commands): they are
+    # not granted, and the milter is not refused for having them.
+    steps &= OFFERED_STEPS
     macros: dict[bytes, tuple[str, ...]] = {}
     rest = data[12:]
     while rest:
