@@ -162,3 +162,36 @@ def test_an_idle_connection_of_another_domain_at_the_site_gives_up_its_slot(tmp_
     # other.org did not wait the minute example.com's connection may stay idle.
     assert server.sessions[0].commands[-1] == b"QUIT"
     assert len(server.messages) == 2 and server.connections == 2 and reactor.seconds() == 0
+
+
+def test_warmup_through_delivery_sends_each_day_what_the_schedule_allows(tmp_path):
+    """Simulated days on the test's clock: each day the warming IP sends its day's allowance and
+    the rest waits, without an attempt, for the next UTC day; a day without mail does not count;
+    an IP that is not warming is not held."""
+    path = shaping_file(tmp_path, '[warmup."127.0.0.3"]\nschedule = ["2/day", "4/day", "6/day"]\n')
+    server = ScriptedFactory()
+    svc, queue, net, reactor = make({"10.0.0.1": server}, shaping=path)
+    reactor.advance(20 * 86400 + 3600)  # some day, 01:00 UTC
+    svc.startService()
+
+    def one_day() -> int:
+        """Deliver what the day allows, then go to the same hour of the next day."""
+        before = len(server.messages)
+        net.run()
+        sent = len(server.messages) - before
+        reactor.advance(86400)
+        return sent
+
+    publish(queue, *[doc(f"u{i}@example.com", ips=["127.0.0.3"]) for i in range(3)])
+    assert one_day() == 2
+    assert one_day() == 1  # the one left, on the second day of sending (allowance 4)
+    assert one_day() == 0  # nothing to send: this day does not count
+    publish(queue, *[doc(f"v{i}@example.com", ips=["127.0.0.3"]) for i in range(20)])
+    publish(queue, *[doc(f"w{i}@example.com", ips=["127.0.0.2"]) for i in range(5)])
+    assert one_day() == 6 + 5  # the third sending day: 6; the other IP all of its 5
+    assert one_day() == 6  # the last entry repeats
+    assert one_day() == 6
+    assert one_day() == 2
+    # Held messages waited in the queue's lease: never attempted, never retried.
+    assert queue.docs("retry") == [] and len(queue.docs("success")) == 28
+    assert all(len(d["results"]) == 1 for d in queue.docs("success"))

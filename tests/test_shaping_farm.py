@@ -1,130 +1,135 @@
-"""Shaping over real loopback sockets: mqmta's delivery against a farm of receivers that enforce
-limits of their own (tests/receiverfarm.py), MX records from a twisted.names zone, sending
-addresses bound on loopback.  With a shaping file that matches the receivers' limits, every
-message is delivered and no receiver sees its limit broken; the one that answers ``421 4.7.0
-rate limited`` suspends its destination for the rule's duration; messages with ``ips`` or a
-``pool`` arrive from those addresses with their EHLO names."""
+"""Shaping over real sockets, end to end: smtp-source sends the farm's load by SMTP into an
+in-process mqmta, which delivers it by the MX records of a twisted.names zone to the receiver farm
+of bench/farm.py (loopback addresses 127.0.1.x, each receiver enforcing and recording limits of its
+own), with the shaping file that fits the farm.
+
+Every message is delivered exactly once (those to the host that is down are retried, then bounced),
+no receiver sees a limit it was configured with broken, the 421 of ``suspend`` holds that
+destination for the rule's second, greylisted and randomly refused messages come back on the retry
+schedule, and messages with ``ips`` or a ``pool`` arrive from those addresses with their EHLO
+names.  ``MQMTA_FARM_MESSAGES`` sets the load (1,000 in the suite; the bench's ``farm`` scenario
+sends 5,000 through a twistd mqmta).
+"""
 
 from __future__ import annotations
 
-import textwrap
+import os
 from collections import Counter
 
 import pytest
 import pytest_twisted
+from twisted.internet import threads
 
-from mqtwisted.delivery import DeliveryOptions, DeliveryService
-from mqtwisted.queue import Publication
-from tests.conftest import wait_until
-from tests.deliveryhelpers import doc
+from bench.farm import (
+    SHAPING,
+    Farm,
+    inject,
+    limit_violations,
+    plan,
+    zone_records,
+)
+from mqtwisted.testing import start_mta
+from tests.conftest import need, wait_until
 from tests.dnszone import DNSZone
-from tests.memqueue import MemoryQueue
-from tests.receiverfarm import Receiver, listen_farm
 
 pytestmark = pytest.mark.slow
 
-SHAPING = r"""
-[default]
-connection_limit = 4
-idle_timeout = "2s"
+N = int(os.environ.get("MQMTA_FARM_MESSAGES", "1000"))
 
-["conc.test"]                  # conc2.test has the same MX host: the two share this limit
-connection_limit = 2
 
-["limit.test"]
-max_deliveries_per_connection = 20
-
-["count.test"]
-max_message_rate = "20/s"
-
-["suspend.test"]
-connection_limit = 1
-[["suspend.test".automation]]
-regex = '^421 4\.7\.0 .*rate limited'
-action = "suspend"
-duration = "1s"
-
-[sources."127.0.0.2"]
-ehlo_domain = "mta2.farm.test"
-[sources."127.0.0.3"]
-ehlo_domain = "mta3.farm.test"
-[sources."127.0.0.4"]
-ehlo_domain = "mta4.farm.test"
-[pools.bulk]
-sources = ["127.0.0.3:3", "127.0.0.4"]
-"""
+def by_domain(docs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for d in docs:
+        out.setdefault(d["recipient"].rpartition("@")[2], []).append(d)
+    return out
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_farm_of_limited_receivers_sees_no_violation(tmp_path) -> None:
-    farm = {
-        "127.0.1.1": Receiver("mx.conc.farm", max_connections=2),
-        "127.0.1.2": Receiver("mx.limit.farm", messages_per_connection=20),
-        "127.0.1.3": Receiver("mx.count.farm", per_second=25),
-        "127.0.1.4": Receiver("mx.suspend.farm", messages_per_connection=20),
-        "127.0.1.5": Receiver("mx.src.farm"),
-    }
-    conc, limit, count, suspend, src = farm.values()
-    port, listening = listen_farm(farm)
-    zone = DNSZone({
-        "conc.test": [("MX", 10, "mx.conc.farm")],
-        "conc2.test": [("MX", 10, "mx.conc.farm")],
-        "limit.test": [("MX", 10, "mx.limit.farm")],
-        "count.test": [("MX", 10, "mx.count.farm")],
-        "suspend.test": [("MX", 10, "mx.suspend.farm")],
-        "src.test": [("MX", 10, "mx.src.farm")],
-        **{f"mx.{name}.farm": [("A", address)] for name, address in
-           zip(("conc", "limit", "count", "suspend", "src"), farm, strict=True)},
-    })
+async def test_the_farm_gets_everything_with_no_limit_broken(tmp_path) -> None:
+    source = need("smtp-source")
+    farm = Farm()
+    port = farm.start()
+    zone = DNSZone(zone_records())
     zone.start()
     shaping = tmp_path / "shaping.toml"
-    shaping.write_text(textwrap.dedent(SHAPING))
-    from twisted.internet import reactor
-
-    queue = MemoryQueue(reactor)
-    svc = DeliveryService(queue, None, DeliveryOptions(
-        helo="mqmta.test", dns_server=f"127.0.0.1:{zone.port}", port=port, security="none",
-        shaping=str(shaping), retry_interval=(1,), ipv6=False,
-    ))
-    svc.startService()
+    shaping.write_text(SHAPING)
+    batches = plan(N)
+    expected: dict[str, set[str]] = {}
+    for b in batches:
+        expected.setdefault(b.domain, set()).update(b.recipients())
+    down = len(expected["down.test"])
+    mta = await start_mta(str(tmp_path / "mta"), delivery="on", dns_server=f"127.0.0.1:{zone.port}",
+                          delivery_port=str(port), shaping=str(shaping), retry_interval="1",
+                          smtp_connections_per_ip="0")
     try:
-        # The configured domains' MX hosts are looked up at start: conc2.test shares conc.test's.
-        await wait_until(lambda: len(svc.shaper.site_domains) == 4, 10, "configured domains resolved")
-        docs = (
-            [doc(f"u{i}@conc.test") for i in range(60)] + [doc(f"u{i}@conc2.test") for i in range(40)]
-            + [doc(f"u{i}@limit.test") for i in range(100)] + [doc(f"u{i}@count.test") for i in range(60)]
-            + [doc(f"u{i}@suspend.test") for i in range(30)]
-            + [doc(f"ip{i}@src.test", ips=["127.0.0.2"]) for i in range(8)]
-            + [doc(f"pool{i}@src.test", pool="bulk") for i in range(16)]
-        )
-        await queue.publish([Publication("outbox", d) for d in docs])
-        await wait_until(lambda: len(queue.docs("success")) == len(docs), 20, "every message delivered", step=0.05)
+        await threads.deferToThread(inject, mta.port, batches, str(tmp_path), source)
 
-        assert queue.docs("failure") == []
-        for receiver in (conc, limit, count, src):
-            assert receiver.violations() == {"refused": 0, "rate limited": 0, "too fast": 0}, receiver.name
-        assert conc.max_open == 2 and len(conc.messages) == 100
-        assert len(limit.messages) == 100 and len(limit.connections) >= 5
-        # 20/s, evenly: 60 messages take 59 intervals of 50 ms, whatever the connections.
-        assert count.mail_times[-1] - count.mail_times[0] >= 59 / 20 - 0.05
+        async def settled() -> bool:
+            stats = await mta.queue.stats()
+            return stats.get("success", 0) == N - down and stats.get("failure", 0) == down and not stats.get("outbox")
 
-        # suspend.test: the 21st message on the connection got the 421; nothing was sent there
-        # for the rule's second; then the rest and the retried one went.
-        (refused_at,) = suspend.rate_limited
-        after = [t for t in suspend.connections if t > refused_at]
-        assert after and min(after) - refused_at >= 1.0 - 0.05
-        assert len(suspend.messages) == 30 and len(suspend.connections) == 2
-        retried = [d for d in queue.docs("success") if d["recipient"].endswith("@suspend.test") and len(d["results"]) == 2]
-        assert len(retried) == 1 and retried[0]["results"][0]["code"] == 421
+        await wait_until(settled, 120, "every message delivered or bounced", step=0.2)
+        stats = farm.stats()
+        # No limit the sender was told about was broken anywhere.
+        assert limit_violations(stats) == 0, stats
+        success = by_domain(await mta.documents("success", N + 1))
+        failure = by_domain(await mta.documents("failure", N + 1))
 
-        by_source = Counter((peer, ehlo) for peer, ehlo, rcpt in src.messages)
-        assert by_source == {
-            ("127.0.0.2", "mta2.farm.test"): 8, ("127.0.0.3", "mta3.farm.test"): 12, ("127.0.0.4", "mta4.farm.test"): 4,
-        }
-        assert {peer for peer, _, rcpt in src.messages if rcpt.startswith("ip")} == {"127.0.0.2"}
+        # Each recipient accepted once, by the receiver its MX names, and nowhere else.
+        for spec_name, domains in (("conc", ("conc.test", "conc2.test")), ("limit", ("limit.test",)),
+                                   ("count", ("count.test",)), ("suspend", ("suspend.test",)),
+                                   ("grey", ("grey.test",)), ("random", ("random.test",)), ("src", ("src.test",))):
+            want = set().union(*(expected[d] for d in domains))
+            assert set(farm[spec_name].accepted) == want, spec_name
+            assert farm[spec_name].duplicates == 0, spec_name
+            assert sum(len(success[d]) for d in domains) == len(want)
+        assert set(failure) == {"down.test"}
+
+        conc, limit, count, suspend = farm["conc"], farm["limit"], farm["count"], farm["suspend"]
+        assert conc.max_open == 2
+        assert limit.rate_limited == [] and len(limit.connections) >= len(limit.accepted) / 20
+        # 45/s, evenly: the messages take their intervals of 1/45 s, however many connections.
+        assert count.max_per_second <= 50
+        assert count.mail_times[-1] - count.mail_times[0] >= (len(count.mail_times) - 1) / 45 - 0.05
+
+        # suspend.test: each 421 held the destination for the rule's second (no connection, no
+        # message), then delivery went on, the message that got the 421 on its retry.
+        assert suspend.rate_limited
+        for refused_at in suspend.rate_limited:
+            quiet = [t for t in suspend.connections + suspend.mail_times if refused_at < t < refused_at + 1.0 - 0.05]
+            assert quiet == [], refused_at
+        assert max(suspend.mail_times) > suspend.rate_limited[-1] + 1.0 - 0.05
+        retried = [d for d in success["suspend.test"] if len(d["results"]) > 1]
+        assert len(retried) == len(suspend.rate_limited)
+        assert {d["results"][0]["code"] for d in retried} == {421}
+
+        # Greylisting: every recipient's first attempt refused, its retry accepted.
+        grey = success["grey.test"]
+        assert len(farm["grey"].greylisted) == len(grey)
+        assert {(len(d["results"]), d["results"][0]["code"], d["results"][0]["classification"]) for d in grey} == {
+            (2, 451, "greylisted")}
+        # The random 4xx: one more attempt for each, about a tenth of the messages.
+        transient = farm["random"].transient
+        assert sum(len(d["results"]) - 1 for d in success["random.test"]) == transient
+        assert 0.04 * len(success["random.test"]) < transient < 0.2 * len(success["random.test"])
+
+        # The host that is down: three attempts each, then a bounce to the sender.
+        for d in failure["down.test"]:
+            assert [r["state"] for r in d["results"]][:3] == ["connect"] * 3, d["results"]
+        assert (await mta.queue.stats()).get("dsn") == down
+
+        # Sending addresses: ips and pool messages from theirs, with their EHLO names; the rest
+        # from the system's choice with the MTA's name.
+        src = farm["src"].accepted
+        ips = [r for b in batches if "X-MQ-Ips" in dict(b.headers) for r in b.recipients()]
+        pooled = [r for b in batches if "X-MQ-Pool" in dict(b.headers) for r in b.recipients()]
+        assert {src[r] for r in ips} == {("127.0.0.2", "mta2.farm.test")}
+        by_source = Counter(src[r] for r in pooled)
+        assert set(by_source) == {("127.0.0.3", "mta3.farm.test"), ("127.0.0.4", "mta4.farm.test")}
+        assert abs(by_source[("127.0.0.3", "mta3.farm.test")] - len(pooled) * 3 / 4) <= 1
+        for name in ("conc", "limit", "count", "suspend", "grey", "random"):
+            assert set(farm[name].accepted.values()) == {("127.0.0.1", "mx.test")}, name
     finally:
-        await svc.stopService()
-        svc.resolver.close()
-        for p in listening:
-            await p.stopListening()
+        await mta.stop()
+        await farm.stop()
         await zone.stop()
