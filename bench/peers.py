@@ -247,10 +247,12 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
-def write_postfix_config(conf: Path, root: Path, listen: str, hostname: str, routing: str) -> None:
+def write_postfix_config(conf: Path, root: Path, listen: str, hostname: str, routing: str,
+                         services: str = "") -> None:
     """main.cf and master.cf of a private Postfix instance in ``conf``, with its queue and data
     directories (and its log, ``maillog``) under ``root``, listening on ``listen`` only and
-    relaying for 127.0.0.0/8; ``routing`` adds the main.cf lines that say where mail goes.
+    relaying for 127.0.0.0/8; ``routing`` adds the main.cf lines that say where mail goes, and
+    ``services`` master.cf lines (transports of its own).
     The bench and the interop tests (tests/test_interop_postfix.py) both start Postfix this way."""
     (conf / "main.cf").write_text(
         f"""\
@@ -273,7 +275,7 @@ maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 {routing}"""
     )
-    (conf / "master.cf").write_text(_MASTER_CF.format(listen=listen))
+    (conf / "master.cf").write_text(_MASTER_CF.format(listen=listen) + services)
 
 
 class Postfix(Peer):
@@ -301,18 +303,8 @@ class Postfix(Peer):
         (workdir / "data").mkdir()
         shutil.chown(workdir / "data", "postfix", "postfix")
         maillog = workdir / "maillog"
-        if self.relay_port is None:
-            # relay_domains routes example.com through relay_transport, not default_transport.
-            transport = "default_transport = discard\nrelay_transport = discard\n"
-        else:
-            transport = (
-                "default_transport = smtp\nrelay_transport = relay\n"
-                f"relayhost = [{LOOPBACK}]:{self.relay_port}\nsmtp_host_lookup = native\n"
-            )
-        write_postfix_config(
-            conf, workdir, f"{LOOPBACK}:{port}", "postfix.bench.invalid",
-            f"relay_domains = example.com\nmessage_size_limit = 0\n{transport}",
-        )
+        routing, services = self.routing(conf)
+        write_postfix_config(conf, workdir, f"{LOOPBACK}:{port}", "postfix.bench.invalid", routing, services)
         r = run(["postfix", "-c", conf, "start"], 120)
         if r.returncode:
             raise BenchError(f"postfix start failed: {(r.stdout + r.stderr)[-800:]}")
@@ -328,6 +320,19 @@ class Postfix(Peer):
             return text.count("status=sent")
 
         return Server(self.name, port, pid, workdir, counter=counter, extra={"conf": conf})
+
+    def routing(self, conf: Path) -> tuple[str, str]:
+        """The main.cf lines that say where mail goes, and master.cf lines to add (a subclass may
+        write more files into ``conf``)."""
+        if self.relay_port is None:
+            # relay_domains routes example.com through relay_transport, not default_transport.
+            transport = "default_transport = discard\nrelay_transport = discard\n"
+        else:
+            transport = (
+                "default_transport = smtp\nrelay_transport = relay\n"
+                f"relayhost = [{LOOPBACK}]:{self.relay_port}\nsmtp_host_lookup = native\n"
+            )
+        return f"relay_domains = example.com\nmessage_size_limit = 0\n{transport}", ""
 
     @staticmethod
     def _stop(conf: Path, workdir: Path) -> None:

@@ -1,4 +1,5 @@
-"""The six scenarios. Each records into a :class:`Results`, and never raises for one side.
+"""The scenarios (7 and 8, traffic shaping, are in :mod:`bench.farm_scenarios`). Each records
+into a :class:`Results`, and never raises for one side.
 
 Every round starts each side fresh (new scratch dir, new process), runs the same
 bounded load, checks the side's own count of accepted messages, and stops it. The
@@ -765,6 +766,18 @@ def scenario_amqp(opts: Options) -> ScenarioResult:
     return accept_2000(res, sides, opts)
 
 
+def scenario_farm(opts: Options) -> ScenarioResult:
+    from bench.farm_scenarios import scenario_farm as farm  # it builds on this module
+
+    return farm(opts)
+
+
+def scenario_e2e_shaping(opts: Options) -> ScenarioResult:
+    from bench.farm_scenarios import scenario_e2e_shaping as e2e_shaping
+
+    return e2e_shaping(opts)
+
+
 SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "inbound": scenario_inbound,
     "plugins": scenario_plugins,
@@ -772,4 +785,6 @@ SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "memory": scenario_memory,
     "amqp": scenario_amqp,
     "dkim": scenario_dkim,
+    "farm": scenario_farm,
+    "e2e-shaping": scenario_e2e_shaping,
 }
