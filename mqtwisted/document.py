@@ -229,6 +229,7 @@ _RECORD_KEYS: tuple[tuple[str, str], ...] = (
     ("state", "state"), ("result", "result"), ("code", "code"), ("status", "status"),
     ("description", "description"), ("mta", "mta"), ("local_ip", "from"), ("remote_ip", "to"),
     ("messages", "messages"), ("cipher", "cipher"), ("dsn", "dsn"), ("classification", "classification"),
+    ("tls_policy", "tls_policy"),
 )
 
 
@@ -252,6 +253,8 @@ class AttemptRecord:
     dsn: bool | None = None
     #: what kind of failure an attempt that was not accepted is (mqtwisted.classify)
     classification: str | None = None
+    #: the TLS policy that applied to the attempt (mqtwisted.tlspolicy)
+    tls_policy: str | None = None
     #: the record's JSON time as written (kept so that a record round-trips exactly)
     time_text: Any = attrs.field(default=None, eq=False)
     extra: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
@@ -275,7 +278,7 @@ class AttemptRecord:
         elif self.time is not None:
             out["time"] = format_time(self.time)
         defaults = {"code": None, "status": None, "description": "", "mta": None, "local_ip": None,
-                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None, "classification": None}
+                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None, "classification": None, "tls_policy": None}
         for field, name in _RECORD_KEYS:
             value = getattr(self, field)
             if field in defaults and value == defaults[field]:

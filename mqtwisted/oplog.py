@@ -65,12 +65,20 @@ def delivery_attempt(document: dict[str, Any], attempt: Any) -> None:
     """One line per delivery attempt at one message, and its count by state and result."""
     METRICS.attempt(attempt.state, attempt.result)
     recipient, envelope = document.get("recipient"), document.get("envelope") or ""
+    cipher = attempt.cipher or {}
+    tls = attempt.tls_policy
+    if tls is not None and cipher:
+        tls = f"{tls} {cipher.get('version')} {cipher.get('name')}"
     delivery_log.info(
         "{line}",
         line=(
             f"delivery to {recipient} from <{envelope}> via {attempt.mta} [{attempt.remote_ip}]: "
             f"{attempt.state} {attempt.result} {attempt.code} {attempt.status} {attempt.description}"
+            + (f" (tls={tls})" if tls is not None else "")
         ),
+        tls_policy=attempt.tls_policy,
+        tls_version=cipher.get("version"),
+        tls_cipher=cipher.get("name"),
         recipient=recipient,
         envelope=envelope,
         mta=attempt.mta,

@@ -152,7 +152,13 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("connect-timeout", "30", _seconds, "seconds an outbound TCP connection may take to be established"),
     ("smtp-client-security", "opportunistic", _choice(*SECURITY_LEVELS),
      "outbound TLS: none, optional, opportunistic, required or verified (a message's security wins)"),
-    ("smtp-client-ca", "", str, "PEM file of the CAs that verified outbound TLS trusts (default: the system's)"),
+    ("tls-ca", "", str,
+     "PEM bundle of the CAs that verify receivers' certificates (verified, MTA-STS) and MTA-STS policy "
+     "hosts (default: the system's)"),
+    ("smtp-client-ca", "", str, "the old name of tls-ca"),
+    ("mta-sts", "on", _on_off, "follow receiving domains' MTA-STS policies (RFC 8461), on/off"),
+    ("mta-sts-port", "443", _positive_int, "HTTPS port of MTA-STS policy hosts (443; a test network may use another)"),
+    ("dane", "on", _on_off, "follow TLSA records that the resolver authenticated (DANE, RFC 7672), on/off"),
     ("dkim-keys", "", str,
      "TOML file of DKIM keys by sender domain ([[key]] tables; default: none, only a message's dkim property signs)"),
     ("shaping", "", str,
@@ -282,6 +288,7 @@ class MQOptions(usage.Options):
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])
+        self._tls_ca()
         if self["dkim-keys"]:
             # Read again by delivery worker processes and on SIGHUP, whatever their directory.
             self["dkim-keys"] = os.path.abspath(self["dkim-keys"])
@@ -296,3 +303,21 @@ class MQOptions(usage.Options):
                 parent.get("nodaemon") and logfile in (None, "", "-")
                 and not parent.get("syslog") and not parent.get("logger")
             )
+
+    def _tls_ca(self) -> None:
+        """``smtp-client-ca`` is the old name of ``tls-ca``; the bundle is read now, so that a bad
+        one stops the start."""
+        old, new = self["smtp-client-ca"], self["tls-ca"]
+        if old and new and os.path.abspath(old) != os.path.abspath(new):
+            raise ConfigError("--smtp-client-ca is the old name of --tls-ca: give one of them")
+        if not new and old:
+            new = old
+        if new:
+            from mqtwisted.tlspolicy import TrustError, load_bundle
+
+            new = os.path.abspath(new)
+            try:
+                load_bundle(new)
+            except TrustError as e:
+                raise ConfigError(f"--tls-ca: {e}") from None
+        self["tls-ca"] = self["smtp-client-ca"] = new

@@ -46,6 +46,9 @@ class Attempt:
     messages: int | None = None
     cipher: dict[str, Any] | None = None
     dsn: bool | None = None
+    #: the TLS policy that applied (mqtwisted.tlspolicy: none, opportunistic, required, verified,
+    #: mta-sts, mta-sts-testing, dane)
+    tls_policy: str | None = None
     #: decided by the sender when the code alone cannot say (DNS, TLS policy, hooks)
     permanent: bool | None = None
     #: the server's reply as it came, one ``"code text"`` per line (traffic shaping's rules
@@ -72,7 +75,7 @@ class Attempt:
             self.time, self.state, self.result, self.code, self.status, self.description,
             self.mta, self.local_ip, self.remote_ip, self.messages, self.cipher,
             self.dsn if self.accepted else None,
-            classification=None if self.accepted else self.classification,
+            classification=None if self.accepted else self.classification, tls_policy=self.tls_policy,
         )
 
     def record(self) -> dict[str, Any]:

@@ -4,8 +4,10 @@ await zone.stop()``.
 
 Records: ``{"example.com": [("MX", 10, "mx1.example.com"), ("A", "127.0.0.1"), ("AAAA", "::1")]}``;
 ``("TXT", "v=DKIM1; ...")`` is served as strings of at most 255 bytes, as a long key needs.
+``("TLSA", usage, selector, matching_type, "hex data")`` is a TLSA record (RFC 6698).
 Names in ``servfail`` answer SERVFAIL; names in ``silent`` never answer (client timeouts); any
-other unknown name is NXDOMAIN.
+other unknown name is NXDOMAIN.  Answers for names in ``authentic`` carry the AD bit, as a
+validating resolver's would (``DNSZone.ad_asked`` records whether each query asked for it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from twisted.internet.error import CannotListenError
 from twisted.names import dns, error, server
 from twisted.names.common import ResolverBase
 
-_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "CNAME": dns.CNAME, "TXT": dns.TXT}
+_TYPES = {"A": dns.A, "AAAA": dns.AAAA, "MX": dns.MX, "CNAME": dns.CNAME, "TXT": dns.TXT, "TLSA": 52}
 
 
 def _payload(kind: str, args: tuple) -> Any:
@@ -32,6 +34,9 @@ def _payload(kind: str, args: tuple) -> Any:
     if kind == "TXT":
         data = args[0].encode()
         return dns.Record_TXT(*[data[i : i + 255] for i in range(0, len(data), 255)], ttl=60)
+    if kind == "TLSA":
+        usage, selector, mtype, data = args
+        return dns.UnknownRecord(bytes([usage, selector, mtype]) + bytes.fromhex(data), ttl=60)
     raise ValueError(kind)
 
 
@@ -63,15 +68,36 @@ class ZoneResolver(ResolverBase):
         return defer.succeed((answers, [], []))
 
 
+class _Validating(server.DNSServerFactory):
+    """Sets the AD bit on answers for the zone's ``authentic`` names, through the public
+    ``handleQuery``/``sendReply`` of twisted.names' server."""
+
+    def __init__(self, zone: DNSZone) -> None:
+        super().__init__(authorities=[zone.resolver])
+        self.zone = zone
+
+    def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
+        self.zone.ad_asked.append(bool(message.authenticData))
+        super().handleQuery(message, protocol, address)
+
+    def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
+        names = {q.name.name.decode().lower().rstrip(".") for q in message.queries}
+        message.authenticData = bool(names & self.zone.authentic)
+        super().sendReply(protocol, message, address)
+
+
 class DNSZone:
-    def __init__(self, records: dict[str, list[tuple]], servfail: set[str] = frozenset(), silent: set[str] = frozenset()) -> None:
+    def __init__(self, records: dict[str, list[tuple]], servfail: set[str] = frozenset(), silent: set[str] = frozenset(),
+                 authentic: set[str] = frozenset()) -> None:
         self.resolver = ZoneResolver(records, set(servfail), set(silent))
+        self.authentic = {n.lower().rstrip(".") for n in authentic}
+        self.ad_asked: list[bool] = []
         self.port = 0
         self._listeners: list[Any] = []
 
     def start(self, port: int = 0) -> int:
         """Listen on loopback: ``port``, or a free one (0); returns the port."""
-        factory = server.DNSServerFactory(authorities=[self.resolver])
+        factory = _Validating(self)
         factory.noisy = False
         for _ in range(20):
             # A fresh protocol per try: a UDP port stops listening asynchronously, so the last

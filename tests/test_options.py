@@ -3,6 +3,7 @@ name the file, the line and the key (also as a real ``twistd mqmta`` start that 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -134,16 +135,40 @@ def test_delivery_defaults_are_the_declared_ones() -> None:
 
     assert DeliveryOptions.from_options({}) == DeliveryOptions()
     parsed = DeliveryOptions.from_options(parse("--hostname", "h.example"))
-    assert parsed == DeliveryOptions(helo="h.example")
+    assert parsed == DeliveryOptions(helo="h.example", data_dir=os.path.abspath("mqmta-data"))
 
 
-def test_client_options() -> None:
+def test_client_options(tmp_path) -> None:
     from mqtwisted.delivery import DeliveryOptions
+    from tests.tlsca import CA
 
+    ca = CA().bundle(tmp_path / "ca.pem")
     o = DeliveryOptions.from_options(parse("--smtp-client-timeout", "12", "--connect-timeout", "4",
-                                           "--smtp-client-security", "verified", "--smtp-client-ca", "/ca.pem",
+                                           "--smtp-client-security", "verified", "--smtp-client-ca", ca,
                                            "--retry", "later", "--dsn", "bounces"))
-    assert (o.timeout, o.connect_timeout, o.security, o.tls_ca) == (12, 4, "verified", "/ca.pem")
+    assert (o.timeout, o.connect_timeout, o.security, o.tls_ca) == (12, 4, "verified", ca)
     assert o.queues["retry"] == "later" and o.queues["dsn"] == "bounces" and o.queues["results"] == "results"
     with pytest.raises(ConfigError, match="smtp-client-security"):
         parse("--smtp-client-security", "sometimes")
+
+
+def test_tls_ca_and_its_old_name(tmp_path) -> None:
+    from mqtwisted.delivery import DeliveryOptions
+    from tests.tlsca import CA
+
+    ca = CA().bundle(tmp_path / "ca.pem")
+    for flag in ("--tls-ca", "--smtp-client-ca"):
+        o = parse(flag, ca)
+        assert o["tls-ca"] == o["smtp-client-ca"] == ca
+        assert DeliveryOptions.from_options(o).tls_ca == ca
+    assert DeliveryOptions.from_options({"smtp-client-ca": ca}).tls_ca == ca
+    other = CA().bundle(tmp_path / "other.pem")
+    with pytest.raises(ConfigError, match="old name of --tls-ca"):
+        parse("--tls-ca", ca, "--smtp-client-ca", other)
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"--tls-ca: .*bad.pem: not a PEM certificate bundle"):
+        parse("--tls-ca", str(tmp_path / "bad.pem"))
+    with pytest.raises(ConfigError, match=r"--tls-ca: .*missing.pem: cannot read"):
+        parse("--tls-ca", str(tmp_path / "missing.pem"))
+    o = DeliveryOptions.from_options(parse("--mta-sts", "off", "--dane", "off", "--mta-sts-port", "8443"))
+    assert (o.mta_sts, o.dane, o.mta_sts_port) == (False, False, 8443)

@@ -714,3 +714,36 @@ def test_any_order_of_events_keeps_the_invariants(security, auth, hooks, max_mes
     assert t.handle_event(ev.Lost("again")) == []
     assert sorted(outcomes) == sorted(id(m) for m in offered), "every message taken gets exactly one outcome"
     assert t.reported == reports
+
+
+# -- the certificate check of a TLS policy (MTA-STS, DANE, verified) -----------------------------
+
+
+def test_a_checking_policy_waits_for_the_check_before_auth_or_mail() -> None:
+    t = table(security="opportunistic", tls_policy="mta-sts", tls_mandatory=True, checks_certificate=True)
+    lines(t, "220 mx", ehlo("STARTTLS"), "220 go")
+    # Secured asks the adapter to check the chain; nothing else goes out until it reports.
+    assert kinds(lines(t, ehlo("PIPELINING"))) == ["Secured"]
+    assert kinds(t.handle_event(ev.CertificateChecked(None))) == ["Fetch"]
+
+
+def test_a_refused_certificate_quits_in_starttls_temporary_with_the_reason() -> None:
+    t = table(security="opportunistic", tls_policy="dane", tls_mandatory=True, checks_certificate=True,
+              secret=b"pw", user=b"u")
+    lines(t, "220 mx", ehlo("STARTTLS", "AUTH PLAIN"), "220 go", ehlo("AUTH PLAIN"))
+    actions = t.handle_event(ev.CertificateChecked("dane: no TLSA record matches the certificate chain"))
+    assert sent(actions) == b"QUIT\r\n"  # no AUTH: the credentials never reach an unchecked server
+    lines(t, "221 bye")
+    fault = ended(lost(t))
+    assert (fault.state, fault.result, fault.is_permanent) == ("starttls", "error", False)
+    assert fault.description == "dane: no TLSA record matches the certificate chain"
+
+
+@pytest.mark.parametrize("security", ["none", "opportunistic"])
+def test_a_mandatory_policy_refuses_a_server_without_starttls(security: str) -> None:
+    t = table(security=security, tls_policy="mta-sts", tls_mandatory=True)
+    lines(t, "220 mx")
+    assert sent(lines(t, ehlo("PIPELINING"))) == b"QUIT\r\n"
+    lines(t, "221 bye")
+    fault = ended(lost(t))
+    assert fault.state == "starttls" and "TLS policy (mta-sts) requires it" in fault.description

@@ -23,6 +23,7 @@ from mqtwisted.shaping import Fired, Source
 from mqtwisted.shaping.shaper import BASE_LIMITS
 from mqtwisted.shaping.sources import NO_SOURCE
 from mqtwisted.smtp.client import OutboundFactory, OutboundSender, OutMessage
+from mqtwisted.tlspolicy import HostRefused, HostTLS
 
 if TYPE_CHECKING:
     from mqtwisted.delivery.options import DeliveryOptions
@@ -243,6 +244,8 @@ class Runner:
         self.ip: str | None = None
         self.plaintext = False
         self.last_fault: Attempt | None = None
+        #: the TLS policy of the host being connected to
+        self.tls: HostTLS | None = None
         self.factory: OutboundFactory | None = None
         self.session: OutboundSender | None = None
         self._idle_call: Any = None
@@ -268,13 +271,45 @@ class Runner:
         self.host, self.ip = self.addresses[self.index]
         self.index += 1
         key = self.dest.key
-        security = "none" if self.plaintext else key.security
+        # Which TLS policy applies to this host (DANE, MTA-STS, the security level): asked anew for
+        # each host, answered from memory once its DNS records are known.
+        d = self.service.tls_policies.for_destination(key.kind, key.host, self.host, key.port, key.security)
+        d.addCallbacks(self._connect, self._refused)
+        d.addErrback(self._broken)
+
+    def _broken(self, failure: Any) -> None:
+        # A fault of ours, not of the host: the messages are tried again later.
+        log.failure("connecting to {host}", failure, host=self.host)
+        self.dest.runner_failed(self, Attempt("connect", "error", description=f"local error: {failure.getErrorMessage()}",
+                                              time=self.service.now(), permanent=False))
+
+    def _refused(self, failure: Any) -> Any:
+        e = failure.value
+        if not isinstance(e, HostRefused):
+            return failure
+        self.last_fault = Attempt(e.state, "error", None, e.status, e.description, time=self.service.now(),
+                                  permanent=False, tls_policy=e.policy)
+        self._stamp(self.last_fault)
+        self._try_next()
+        return None
+
+    def _connect(self, tls: HostTLS) -> None:
+        if self.service.stopping:
+            self._try_next()
+            return
+        self.tls = tls
+        key = self.dest.key
+        plaintext = self.plaintext and not tls.mandatory
+        security = "none" if plaintext else key.security
         self.factory = OutboundFactory(
             self,
             helo=key.source.ehlo or self.service.helo,
             security=security,
             tls_hostname=self.host,
-            tls_options=self.service.tls_options(security, self.host),
+            tls_options=self.service.tls_client(self.host) if security != "none" or tls.mandatory else None,
+            tls_check=tls.problem if tls.checks and not plaintext else None,
+            tls_policy="none" if plaintext else tls.name,
+            tls_mandatory=tls.mandatory,
             username=key.username,
             password=key.password,
             timeout=self.service.options.timeout,
@@ -353,7 +388,8 @@ class Runner:
             return
         self._stamp(fault)
         self.last_fault = fault
-        if fault.state == "starttls" and self.dest.key.security == "optional" and not self.plaintext:
+        if (fault.state == "starttls" and self.dest.key.security == "optional" and not self.plaintext
+                and not (self.tls is not None and self.tls.mandatory)):
             # "optional": TLS when it works, plaintext when the handshake does not.
             self.plaintext = True
             self.index -= 1

@@ -37,6 +37,12 @@ def _milter_list(value: Any) -> tuple[str, ...]:
     return tuple(parse_specs(value) if isinstance(value, str) else value)
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("on", "yes", "true", "1")
+    return bool(value)
+
+
 def _schedule(value: Any) -> tuple[int, ...]:
     return parse_intervals(value) or DEFAULT_RETRY_INTERVALS
 
@@ -56,7 +62,11 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("security", "smtp-client-security", str),
     ("timeout", "smtp-client-timeout", float),
     ("connect_timeout", "connect-timeout", float),
-    ("tls_ca", "smtp-client-ca", _optional_text),
+    ("tls_ca", "tls-ca", _optional_text),
+    ("mta_sts", "mta-sts", _flag),
+    ("mta_sts_port", "mta-sts-port", int),
+    ("dane", "dane", _flag),
+    ("data_dir", "data-dir", _optional_text),
     ("dkim_keys", "dkim-keys", _optional_text),
     ("shaping", "shaping", _optional_text),
     ("default_ips", "smtp-defaultips", _addresses),
@@ -98,8 +108,15 @@ class DeliveryOptions:
     prefetch: int = 1000
     #: queue names by role (outbox, results, success, failure, retry, dsn)
     queues: dict[str, str] = attrs.field(factory=lambda: {role: role for role in QUEUE_ROLES})
-    #: PEM file of CAs for ``verified`` (default: the platform's trust store)
+    #: PEM bundle of the CAs that verify receivers and MTA-STS policy hosts (default: the system's)
     tls_ca: str | None = None
+    #: follow MTA-STS policies; their HTTPS port (443 but on test networks)
+    mta_sts: bool = True
+    mta_sts_port: int = 443
+    #: follow authenticated TLSA records
+    dane: bool = True
+    #: where MTA-STS policies are cached (``data_dir/mta-sts``)
+    data_dir: str | None = "mqmta-data"
     ipv6: bool = True
     #: the ``--dkim-keys`` file (signing keys by sender domain), or None
     dkim_keys: str | None = None
@@ -126,6 +143,8 @@ class DeliveryOptions:
             return mta_options.default(name)
 
         fields = {field: convert(get(name)) for field, name, convert in OPTION_FIELDS}
+        if fields["tls_ca"] is None:
+            fields["tls_ca"] = _optional_text(get("smtp-client-ca"))  # tls-ca's old name
         return cls(queues={role: str(get(role)) for role in QUEUE_ROLES}, **fields)
 
     def base_limits(self) -> Limits:

@@ -39,7 +39,8 @@ from mqtwisted.reactors import LazyReactor
 from mqtwisted.results import Attempt
 from mqtwisted.shaping import Shaper, ShapingConfig, ShapingError, UnknownPool, load_shaping
 from mqtwisted.signing import DkimPropertyError, Signer, parse_dkim_property
-from mqtwisted.smtp.client import OutMessage, client_tls_options
+from mqtwisted.smtp.client import EncryptOnly, OutMessage
+from mqtwisted.tlspolicy import TLSPolicies, make_policies
 
 log = Logger()
 
@@ -85,7 +86,8 @@ class DeliveryService(service.Service):
         self.stopping = False
         self._settling: set[Deferred] = set()
         self._timers: dict[Any, tuple[Any, Lease]] = {}
-        self._tls_trust: Any = None
+        self._tls_policies: TLSPolicies | None = None
+        self._tls_context: Any = None
         self.helo = self.options.helo or "localhost"
         config = load_shaping(self.options.shaping) if self.options.shaping else ShapingConfig()
         self.shaper = Shaper(config, self.options.base_limits(), clock=self.now, default_ips=self.options.default_ips)
@@ -120,15 +122,24 @@ class DeliveryService(service.Service):
 
         return deferToThreadPool(self.reactor, self.reactor.getThreadPool(), f, *args)
 
-    def tls_options(self, security: str, host: str) -> Any:
-        if security == "none":
-            return None
-        if security == "verified" and self.options.tls_ca and self._tls_trust is None:
+    @property
+    def tls_policies(self) -> TLSPolicies:
+        """What delivery asks before connecting to a host: which TLS policy applies there."""
+        if self._tls_policies is None:
+            o = self.options
+            self._tls_policies = make_policies(
+                self.resolver, reactor=self.reactor, clock=self.now, tls_ca=o.tls_ca, data_dir=o.data_dir,
+                mta_sts=o.mta_sts, dane=o.dane, mta_sts_port=o.mta_sts_port, connect_timeout=o.connect_timeout)
+        return self._tls_policies
+
+    def tls_client(self, host: str) -> EncryptOnly:
+        """TLS for a connection to ``host``: one OpenSSL context for all, the host named by SNI;
+        the certificate is checked after the handshake by the host's policy."""
+        if self._tls_context is None:
             from twisted.internet import ssl
 
-            with open(self.options.tls_ca, "rb") as f:
-                self._tls_trust = ssl.Certificate.loadPEM(f.read())
-        return client_tls_options(security, host, self._tls_trust if security == "verified" else None)
+            self._tls_context = ssl.CertificateOptions(verify=False)
+        return EncryptOnly(self._tls_context, host)
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -180,6 +191,7 @@ class DeliveryService(service.Service):
         fresh = attrs.evolve(
             DeliveryOptions.from_options(options), port=self.options.port,
             security=self.options.security, tls_ca=self.options.tls_ca, ipv6=self.options.ipv6,
+            mta_sts_port=self.options.mta_sts_port, data_dir=self.options.data_dir,
         )
         try:
             # Read again even when its name is unchanged: keys are added and rotated in place.

@@ -29,11 +29,13 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet import error as neterror
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, ISSLTransport
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.protocols.basic import FileSender
+from zope.interface import implementer
 
 from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
 from mqtwisted.replies import PLUGIN_FAILURE
@@ -46,7 +48,7 @@ from mqtwisted.smtp.outstate import Facts
 from mqtwisted.smtp.wire import write_now
 
 __all__ = [
-    "SECURITY_LEVELS", "MessageSource", "OutMessage", "OutboundFactory", "OutboundSender", "PrepareStep",
+    "SECURITY_LEVELS", "CertificateCheck", "EncryptOnly", "MessageSource", "OutMessage", "OutboundFactory", "OutboundSender", "PrepareStep",
     "client_tls_options", "encode_body",
 ]
 
@@ -55,6 +57,12 @@ log = Logger()
 #: bodies up to this size are written with their final dot in one go; larger ones are streamed
 #: by a producer so the reply timer is reset while they upload.
 WRITE_AT_ONCE = 256 * 1024
+
+
+#: Checks the server's certificate chain (leaf first, ``cryptography`` certificates) after the TLS
+#: handshake: None passes, else why not.  Delivery's TLS policy (:mod:`mqtwisted.tlspolicy`)
+#: gives it; the protocol knows only this shape.
+CertificateCheck = Callable[[list[Any]], "str | None"]
 
 
 #: A message's last step before MAIL FROM: given the MIME as the hooks left it, the MIME to send or
@@ -120,6 +128,16 @@ def tls_cipher(transport: Any) -> dict[str, Any] | None:
     if name is None:
         return None
     return {"name": name, "bits": handle.get_cipher_bits(), "version": handle.get_protocol_version_name()}
+
+
+def peer_chain(transport: Any) -> list[Any]:
+    """The certificate chain the server sent, leaf first, as ``cryptography`` certificates."""
+    try:
+        handle = transport.getHandle()
+    except Exception:
+        return []
+    get = getattr(handle, "get_peer_cert_chain", None)
+    return list((get(as_cryptography=True) if get is not None else None) or [])
 
 
 class OutboundSender(smtp.ESMTPSender):
@@ -245,6 +263,14 @@ class OutboundSender(smtp.ESMTPSender):
         if cipher:
             self.conn.tls_cipher = cipher["name"]
             self.conn.tls_version = cipher["version"]
+        check = self.factory.tls_check
+        if check is not None:
+            try:
+                problem = check(peer_chain(self.transport))
+            except Exception as e:
+                log.failure("checking the certificate of {peer} failed", peer=self.conn.remote_ip)
+                problem = f"certificate check failed: {e}"
+            self.run(ev.CertificateChecked(problem))
 
     def do_RunHook(self, action: ev.RunHook) -> None:
         d = self.factory.hooks.run(action.name, self.conn, self.handle)
@@ -316,12 +342,15 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
         max_messages: int = 100,
         hooks: HookRunner | None = None,
         clock: Any = None,
+        tls_check: CertificateCheck | None = None,
+        tls_policy: str = "",
+        tls_mandatory: bool = False,
     ) -> None:
         if security not in SECURITY_LEVELS:
             raise ValueError(f"unknown security level {security!r}")
         self.done: Deferred[Attempt | None] = Deferred()
         contextFactory = None
-        if security != "none":
+        if security != "none" or tls_mandatory:
             contextFactory = tls_options if tls_options is not None else client_tls_options(security, tls_hostname)
         super().__init__(
             (username or "").encode(),
@@ -335,15 +364,19 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
             contextFactory=contextFactory,
             # The table decides HELO fallback, TLS and AUTH; these only keep Twisted's own
             # defaults (require both) from describing a protocol that is never used.
-            heloFallback=security not in ev.TLS_REQUIRED and not username,
+            heloFallback=security not in ev.TLS_REQUIRED and not tls_mandatory and not username,
             requireAuthentication=bool(username),
-            requireTransportSecurity=security in ev.TLS_REQUIRED,
+            requireTransportSecurity=security in ev.TLS_REQUIRED or tls_mandatory,
             # None: Twisted would otherwise build a verifying context of its own.
             hostname=None,
         )
         self.domain = helo.encode("idna") if not helo.isascii() else helo.encode()
         self.source = source
         self.security = security
+        #: checks the chain after the handshake (:data:`CertificateCheck`); the policy's name
+        self.tls_check = tls_check
+        self.tls_policy = tls_policy or security
+        self.tls_mandatory = tls_mandatory
         self.max_messages = max(1, max_messages)
         self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
         if clock is None:
@@ -362,8 +395,11 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
             authenticators=tuple(p.authenticators),
             max_messages=self.max_messages,
             defines=self.hooks.defines,
+            tls_policy=self.tls_policy,
+            tls_mandatory=self.tls_mandatory,
+            checks_certificate=self.tls_check is not None,
         )
-        p.table = ob.Outbound(policy, Facts(self.clock.seconds))
+        p.table = ob.Outbound(policy, Facts(self.clock.seconds, tls_policy=self.tls_policy))
         return p
 
     def source_park(self, session: OutboundSender) -> bool:
@@ -389,6 +425,24 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
         self.ended = True
         self.source.session_ended(session, fault)  # type: ignore[arg-type]
         self.done.callback(fault)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class EncryptOnly:
+    """TLS that encrypts and names the server (SNI), leaving authentication to a
+    :data:`CertificateCheck` after the handshake.  ``options``: a shared ``CertificateOptions``
+    (one OpenSSL context for every connection)."""
+
+    def __init__(self, options: Any, server_name: str | None) -> None:
+        self.options = options
+        self.server_name = server_name
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> Any:
+        connection = self.options.clientConnectionForTLS(tlsProtocol)
+        name = self.server_name
+        if name and not isIPAddress(name) and not isIPv6Address(name):
+            connection.set_tlsext_host_name(name.encode("idna"))
+        return connection
 
 
 def client_tls_options(security: str, hostname: str | None, trust_root: Any = None) -> Any:

@@ -17,6 +17,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    when it is not.  A refused STARTTLS ends the connection (temporary).  After its 220 every byte
    the server sent behind the 220 is discarded (it came in plaintext: reply injection) and EHLO
    is sent again inside TLS.  A failed handshake shows up as the connection lost in ``starttls``.
+   A policy that checks certificates (``verified``, MTA-STS, DANE) has the adapter check the
+   chain before AUTH or MAIL; a refusal ends the session with QUIT (temporary, ``starttls``).
 5. AUTH only when a user name is configured (a smarthost), with the first mechanism of ours the
    server offers (CRAM-MD5, LOGIN, PLAIN); a refused PLAIN is tried once more with an empty
    authorization identity.  No usable mechanism, a refusal
@@ -50,9 +52,6 @@ The table knows neither Twisted nor the queue; :mod:`mqtwisted.smtp.client` is i
 
 from __future__ import annotations
 
-import base64
-import binascii
-import enum
 from collections import deque
 from collections.abc import Container
 
@@ -62,32 +61,11 @@ from mqtwisted.connection import Reply
 from mqtwisted.hooks import OUT_DATA, OUT_SENT
 from mqtwisted.results import Attempt
 from mqtwisted.smtp import outevents as ev
+from mqtwisted.smtp.outauth import AuthSteps
 from mqtwisted.smtp.outbody import encode_body, mail_line, rcpt_line, wire
-from mqtwisted.smtp.outstate import Facts, Phase, Stage, Transaction
+from mqtwisted.smtp.outstate import Await, Facts, Phase, Stage, Transaction
 
 # -- the table -----------------------------------------------------------------------------------
-
-
-class Await(enum.Enum):
-    """What a command sent is waiting for."""
-
-    GREETING = "greeting"
-    EHLO = "ehlo"
-    HELO = "helo"
-    STARTTLS = "starttls"
-    AUTH_PLAIN = "auth plain"
-    AUTH_PLAIN_AGAIN = "auth plain again"
-    AUTH_START = "auth start"
-    AUTH_CHALLENGE = "auth challenge"
-    AUTH_CANCELLED = "auth cancelled"
-    RSET = "rset"
-    TX_RSET = "pipelined rset"
-    MAIL = "mail"
-    RCPT = "rcpt"
-    DATA = "data"
-    DOT = "dot"
-    LONE_DOT = "lone dot"
-    QUIT = "quit"
 
 
 @attrs.frozen
@@ -128,7 +106,7 @@ TABLE: dict[Await, Row] = {
 
 
 @attrs.define
-class Outbound:
+class Outbound(AuthSteps):
     """The state of one outbound session and the rules for moving it."""
 
     policy: ev.Policy
@@ -324,19 +302,31 @@ class Outbound:
             self.extensions[word.upper()] = rest or None
         self.facts.dsn = b"DSN" in self.extensions
         if self.tls:
+            # The adapter reads the cipher and, when the policy checks certificates, reports
+            # CertificateChecked before anything more is sent.
             self.out.append(ev.Secured())
+            if not self.policy.checks_certificate:
+                self.authenticate()
+            return
         offered = b"STARTTLS" in self.extensions
-        if not self.tls and self.policy.requires_tls and not offered:
+        if self.policy.requires_tls and not offered:
             self.fault = self.facts.attempt(
                 "starttls", "error", permanent=False,
-                description="server does not offer STARTTLS and security is " + self.policy.security,
+                description=f"server does not offer STARTTLS and the TLS policy ({self.policy.tls_name}) requires it",
             )
             self.quit()
-        elif not self.tls and offered and self.policy.tls_available:
+        elif offered and self.policy.tls_available:
             self.state = "starttls"
             self.send(Await.STARTTLS, b"STARTTLS")
         else:
             self.authenticate()
+
+    def on_CertificateChecked(self, event: ev.CertificateChecked) -> None:
+        if event.problem is None:
+            self.authenticate()
+        else:
+            self.fault = self.facts.attempt("starttls", "error", permanent=False, description=event.problem)
+            self.quit()
 
     def helo_or_fault(self, row: Row, code: int, resp: bytes) -> None:
         if self.policy.requires_tls or self.policy.username:
@@ -351,53 +341,6 @@ class Outbound:
         self.tls = True
         self.out.append(ev.StartTLS())
         self.send(Await.EHLO, b"EHLO " + self.policy.helo)
-
-    def authenticate(self) -> None:
-        self.state = "auth"
-        offered = (self.extensions.get(b"AUTH") or b"").upper().split()
-        if self.policy.secret and offered:
-            for auth in self.policy.authenticators:
-                name = auth.getName().upper()
-                if name in offered:
-                    self.auth = auth
-                    if name == b"PLAIN":
-                        self.send(Await.AUTH_PLAIN, self.plain())
-                    else:
-                        self.send(Await.AUTH_START, b"AUTH " + name)
-                    return
-        if self.policy.username:
-            self.fault = self.facts.attempt("auth", "error", description="server offers no usable AUTH mechanism", permanent=False)
-            self.quit()
-            return
-        self.take_message()
-
-    def plain(self, form: int = 1) -> bytes:
-        # Twisted's PLAIN client: form 1 names the user as authorization identity, form 2 leaves
-        # it empty; servers disagree on which they accept, so a refused first form tries the second.
-        assert self.auth is not None and self.policy.secret is not None
-        return b"AUTH PLAIN " + base64.b64encode(self.auth.challengeResponse(self.policy.secret, form))
-
-    def plain_again(self, row: Row, code: int, resp: bytes) -> None:
-        self.send(Await.AUTH_PLAIN_AGAIN, self.plain(2))
-
-    def answer_challenge(self, row: Row, code: int, resp: bytes) -> None:
-        assert self.auth is not None and self.policy.secret is not None
-        try:
-            challenge = base64.b64decode(resp)
-        except binascii.Error:
-            self.send(Await.AUTH_CANCELLED, b"*")
-            return
-        self.send(Await.AUTH_CHALLENGE, base64.b64encode(self.auth.challengeResponse(self.policy.secret, challenge)))
-
-    def challenge_or_done(self, row: Row, code: int, resp: bytes) -> None:
-        if code == 334:
-            self.answer_challenge(row, code, resp)
-        else:
-            self.take_message()
-
-    def malformed_challenge(self, row: Row, code: int, resp: bytes) -> None:
-        resp = b"Login failed because the SMTP Server returned a malformed Authentication Challenge"
-        self.quit_temporary(row, 501, resp)
 
     # -- faults and endings ---------------------------------------------------------------------
 

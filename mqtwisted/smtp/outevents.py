@@ -42,10 +42,20 @@ class Policy:
     max_messages: int = 100
     #: whether some plugin defines this hook now (plugins may be reloaded while connected)
     defines: Callable[[str], bool] = lambda name: False
+    #: the TLS policy's name as results record it (``mta-sts``, ``dane``; default: ``security``)
+    tls_policy: str = ""
+    #: the policy makes TLS mandatory whatever ``security`` says (MTA-STS enforce, DANE)
+    tls_mandatory: bool = False
+    #: the adapter checks the certificate chain after the handshake (reports CertificateChecked)
+    checks_certificate: bool = False
 
     @property
     def requires_tls(self) -> bool:
-        return self.security in TLS_REQUIRED
+        return self.security in TLS_REQUIRED or self.tls_mandatory
+
+    @property
+    def tls_name(self) -> str:
+        return self.tls_policy or self.security
 
 
 # -- events --------------------------------------------------------------------------------------
@@ -109,6 +119,13 @@ class TLSFailed:
 
 
 @attrs.frozen
+class CertificateChecked:
+    """The policy's verdict on the server's certificate chain: None passes, else why not."""
+
+    problem: str | None
+
+
+@attrs.frozen
 class TimedOut:
     pass
 
@@ -130,7 +147,7 @@ class Lost:
 
 Event = (
     Connected | Line | Offered | NothingToSend | HookDone | Prepared | BodySent | BodyFailed | TLSFailed
-    | TimedOut | Resume | QuitIdle | Lost
+    | CertificateChecked | TimedOut | Resume | QuitIdle | Lost
 )
 
 # -- actions -------------------------------------------------------------------------------------
@@ -157,7 +174,8 @@ class StartTLS:
 
 @attrs.frozen
 class Secured:
-    """TLS is up and the server answered inside it: read the cipher into :attr:`Outbound.cipher`."""
+    """TLS is up and the server answered inside it: read the cipher into the facts and, when the
+    policy checks certificates, report :class:`CertificateChecked`."""
 
 
 @attrs.frozen

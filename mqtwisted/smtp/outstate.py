@@ -1,7 +1,8 @@
 """The state of one outbound session, apart from its rules (:mod:`mqtwisted.smtp.outbound`).
 
-Where the connection is (:class:`Phase`), where the current message is (:class:`Stage`,
-:class:`Transaction`), and the facts every result of the connection carries (:class:`Facts`).
+What each command on the wire waits for (:class:`Await`), where the connection is
+(:class:`Phase`), where the current message is (:class:`Stage`, :class:`Transaction`), and the
+facts every result of the connection carries (:class:`Facts`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,28 @@ import attrs
 
 from mqtwisted.connection import Reply
 from mqtwisted.results import Attempt, from_reply
+
+
+class Await(enum.Enum):
+    """What a command sent is waiting for."""
+
+    GREETING = "greeting"
+    EHLO = "ehlo"
+    HELO = "helo"
+    STARTTLS = "starttls"
+    AUTH_PLAIN = "auth plain"
+    AUTH_PLAIN_AGAIN = "auth plain again"
+    AUTH_START = "auth start"
+    AUTH_CHALLENGE = "auth challenge"
+    AUTH_CANCELLED = "auth cancelled"
+    RSET = "rset"
+    TX_RSET = "pipelined rset"
+    MAIL = "mail"
+    RCPT = "rcpt"
+    DATA = "data"
+    DOT = "dot"
+    LONE_DOT = "lone dot"
+    QUIT = "quit"
 
 
 class Phase(enum.Enum):
@@ -78,6 +101,8 @@ class Facts:
     local_ip: str = ""
     remote_ip: str = ""
     cipher: dict[str, Any] | None = None
+    #: the TLS policy that applied (``none`` … ``verified``, ``mta-sts``, ``dane``)
+    tls_policy: str | None = None
     #: messages taken on this connection
     messages: int = 0
     #: the server offered DSN (recorded on accepted attempts)
@@ -105,4 +130,5 @@ class Facts:
             "remote_ip": self.remote_ip or None,
             "messages": self.messages or None,
             "cipher": self.cipher,
+            "tls_policy": self.tls_policy,
         }
