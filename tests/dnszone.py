@@ -78,11 +78,17 @@ class _Validating(server.DNSServerFactory):
 
     def handleQuery(self, message: dns.Message, protocol: Any, address: Any) -> None:
         self.zone.ad_asked.append(bool(message.authenticData))
+        if not isinstance(protocol, dns.DNSDatagramProtocol):
+            self.zone.tcp_queries += 1
         super().handleQuery(message, protocol, address)
 
     def sendReply(self, protocol: Any, message: dns.Message, address: Any) -> None:
         names = {q.name.name.decode().lower().rstrip(".") for q in message.queries}
         message.authenticData = bool(names & self.zone.authentic)
+        if isinstance(protocol, dns.DNSDatagramProtocol) and len(message.toStr()) > 512:
+            # As BIND and unbound do (twisted.names' server would send it whole): an answer that
+            # does not fit in a plain DNS datagram goes without its records and with TC set.
+            message.answers, message.authority, message.additional, message.trunc = [], [], [], 1
         super().sendReply(protocol, message, address)
 
 
@@ -92,6 +98,7 @@ class DNSZone:
         self.resolver = ZoneResolver(records, set(servfail), set(silent))
         self.authentic = {n.lower().rstrip(".") for n in authentic}
         self.ad_asked: list[bool] = []
+        self.tcp_queries = 0
         self.port = 0
         self._listeners: list[Any] = []
 

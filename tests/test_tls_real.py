@@ -81,7 +81,9 @@ async def test_lookups_ask_for_and_report_the_ad_bit() -> None:
         "_mta-sts.a.test": [("TXT", "v=STSv1; id=1")],
         "_25._tcp.mx.a.test": [("TLSA", 3, 1, 1, "ab" * 32)],
         "_25._tcp.mx.b.test": [("TLSA", 3, 1, 1, "cd" * 32)],
-    }, servfail={"_25._tcp.mx.c.test"}, authentic={"_25._tcp.mx.a.test"})
+        # Ten SHA-512 records do not fit in 512 bytes: the UDP answer is truncated, TCP asked.
+        "_25._tcp.mx.big.test": [("TLSA", 3, 1, 2, f"{i:02x}" * 64) for i in range(10)],
+    }, servfail={"_25._tcp.mx.c.test"}, authentic={"_25._tcp.mx.a.test", "_25._tcp.mx.big.test"})
     zone.start()
     try:
         lookup = SecureLookup([("127.0.0.1", zone.port)], timeout=(2,))
@@ -93,6 +95,10 @@ async def test_lookups_ask_for_and_report_the_ad_bit() -> None:
         assert not unsigned.authentic and tlsa_fields(unsigned) == [(3, 1, 1, bytes.fromhex("cd" * 32))]
         missing = await lookup.lookup("_25._tcp.mx.d.test", TLSA)
         assert missing.records == () and missing.nxdomain
+        assert zone.tcp_queries == 0
+        big = await lookup.lookup("_25._tcp.mx.big.test", TLSA)
+        assert zone.tcp_queries == 1
+        assert big.authentic and sorted(tlsa_fields(big)) == [(3, 1, 2, bytes([i]) * 64) for i in range(10)]
         with pytest.raises(LookupFailed, match="SERVFAIL"):
             await lookup.lookup("_25._tcp.mx.c.test", TLSA)
         assert zone.ad_asked and all(zone.ad_asked)  # RFC 6840 §5.7: every query asks for AD

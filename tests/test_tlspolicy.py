@@ -186,3 +186,19 @@ def test_unusable_records_leave_only_mandatory_tls() -> None:
     # One usable record among them decides.
     usable = TLSARecord(3, 1, 1, b"\0" * 32)
     assert dane.problem([*unusable, usable], [own.certificate], ["mx.example.com"]) is not None
+
+
+def test_policy_cache_outlives_its_object_and_ignores_a_damaged_file(tmp_path, logged) -> None:
+    from mqtwisted.tlspolicy.stsfetch import Cached, PolicyCache
+
+    policy = STSPolicy("enforce", ("*.example.com",), 86400)
+    PolicyCache(str(tmp_path)).put("example.com", Cached("id1", policy, 5000.0))
+    assert PolicyCache(str(tmp_path)).get("example.com") == Cached("id1", policy, 5000.0)
+    assert PolicyCache(str(tmp_path)).get("other.test") is None
+    (tmp_path / "example.com.json").write_text('{"id": "id1", "policy": "version: STSv1\\nmode: bogus\\n"}')
+    assert PolicyCache(str(tmp_path)).get("example.com") is None
+    assert any("unreadable, ignored" in str(e.get("log_format")) for e in logged)
+    # A domain that is no plain host name never names a path outside the directory.
+    odd = PolicyCache(str(tmp_path)).path("../../etc/passwd")
+    assert odd.startswith(str(tmp_path)) and "/../" not in odd
+    assert PolicyCache(None).get("example.com") is None
