@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 import pytest
@@ -199,7 +200,7 @@ async def test_mta_sts_enforce_testing_cache_and_refetch(tmp_path, logged) -> No
         assert net.receivers["127.0.0.11"].messages[0]["tls"] is True
         for rcpt, why in [
             ("u@plain.test", "server does not offer STARTTLS and the TLS policy (mta-sts) requires it"),
-            ("u@self.test", "mta-sts: certificate chain not trusted"),
+            ("u@self.test", "mta-sts: certificate chain not trusted: the certificate is self-signed"),
             ("u@wrong.test", "mta-sts: certificate is for elsewhere.test, not mx.wrong.test"),
             ("u@outside.test", "mta-sts: MX host mx.good.test matches no mx pattern of outside.test's policy"),
         ]:
@@ -292,4 +293,48 @@ async def test_dane_match_mismatch_servfail_no_ad_and_dane_over_mta_sts(tmp_path
         assert delivered == ["RCPT TO:<u@both.test>", "RCPT TO:<u@dane.test>", "RCPT TO:<u@noad.test>"]
         assert net.policies.served == {}  # DANE won: both.test's MTA-STS policy was never needed
     finally:
+        await net.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_mqmta_follows_mta_sts_in_its_delivery_process(tmp_path) -> None:
+    # As an operator runs it: options on the command line, delivery in a worker process, the
+    # policy cached in the data directory, the policy named in the log line.
+    from tests.conftest import in_thread, send_mail
+    from tests.realmta import MTAProcess, spool_documents
+
+    ca = CA()
+    sts = {"good.test": policy("enforce", "mx.good.test"), "self.test": policy("enforce", "mx.self.test")}
+    records = {name: list(rrs) for name, rrs in MX_ZONE.items()}
+    for domain in sts:
+        records[f"_mta-sts.{domain}"] = [("TXT", "v=STSv1; id=1")]
+        records[f"mta-sts.{domain}"] = [("A", "127.0.0.1")]
+    net = Net(tmp_path, DNSZone(records), {k: v for k, v in receivers(ca).items() if k in ("127.0.0.11", "127.0.0.13")},
+              {f"mta-sts.{d}": t for d, t in sts.items()}, ca)
+    net.start()
+    data = str(tmp_path / "mta")
+    # A generous silence limit: a worker that starts slowly on a loaded machine is not replaced.
+    mta = MTAProcess(data, "--delivery-processes=1", "--delivery-silence-limit=120", f"--dns-server=127.0.0.1:{net.zone.port}",
+                     f"--delivery-port={net.smtp_port}", f"--mta-sts-port={net.https.getHost().port}",
+                     f"--smtp-client-ca={ca.bundle(tmp_path / 'ca.pem')}", "--retry-interval=3600").start()
+    try:
+        await in_thread(send_mail, mta.port, rcpts=["u@good.test", "u@self.test"])
+
+        def settled() -> bool:
+            done = spool_documents(data, "results")
+            waiting = [d for d in spool_documents(data, "outbox") if d.get("results")]
+            return len(done) + len(waiting) >= 2
+
+        await wait_until(settled, 120, "both messages attempted")
+        (done,) = spool_documents(data, "success")
+        assert done["recipient"] == "u@good.test" and done["results"][-1]["tls_policy"] == "mta-sts"
+        (waiting,) = [d for d in spool_documents(data, "outbox") if d.get("results")]
+        last = waiting["results"][-1]
+        assert waiting["recipient"] == "u@self.test"
+        assert (last["state"], last["tls_policy"]) == ("starttls", "mta-sts")
+        assert last["description"] == "mta-sts: certificate chain not trusted: the certificate is self-signed"
+        assert os.path.exists(os.path.join(data, "mta-sts", "good.test.json"))
+        await wait_until(lambda: "(tls=mta-sts TLSv1" in mta.output(), 10, "the policy in the log line")
+    finally:
+        await in_thread(mta.stop)  # the receivers run on this reactor: the worker's QUIT needs them
         await net.stop()

@@ -400,6 +400,8 @@ class Runner:
             attempt.remote_ip = self.ip
         if attempt.mta is None:
             attempt.mta = self.host
+        if attempt.tls_policy is None and self.tls is not None:
+            attempt.tls_policy = self.tls.name
 
 
 def destination_key(doc: OutgoingDocument, options: DeliveryOptions, source: Source = NO_SOURCE) -> DestinationKey:

@@ -94,6 +94,9 @@ def chain_problem(
     ``name`` and for ``now``, to one of ``anchors``."""
     if not anchors:
         return "no trusted CA to verify the certificate with"
+    leaf = chain[0]
+    if leaf.issuer == leaf.subject and not any(a == leaf for a in anchors):
+        return "certificate chain not trusted: the certificate is self-signed"
     builder = verification.PolicyBuilder().store(verification.Store(list(anchors)))
     if now is not None:
         builder = builder.time(now)
