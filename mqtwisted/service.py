@@ -22,6 +22,7 @@ from twisted.python.components import Componentized
 from mqtwisted import shutdown
 from mqtwisted.cleanup import Cleanup
 from mqtwisted.connection import HookRunner
+from mqtwisted.listening import SSLListener, TCPListener
 from mqtwisted.metrics import METRICS
 from mqtwisted.options import OPTIONS
 from mqtwisted.pluginhost import PluginHost
@@ -331,10 +332,10 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
     top.factory, top.cleanup, top.tls = factory, cleanup, tls
     for port in options["smtp-port"]:
         # A deep backlog: bursts of connections wait in the kernel instead of being refused.
-        internet.TCPServer(port, factory, backlog=1024, interface=options["smtp-ip"]).setServiceParent(top)
+        TCPListener("smtp-port", port, factory, backlog=1024, interface=options["smtp-ip"]).setServiceParent(top)
     if options["smtp-secure-port"] is not None:
-        internet.SSLServer(
-            options["smtp-secure-port"], factory, tls, interface=options["smtp-ip"]
+        SSLListener(
+            "smtp-secure-port", options["smtp-secure-port"], factory, tls, interface=options["smtp-ip"]
         ).setServiceParent(top)
     if options["www-port"] is not None:
         from mqtwisted.web import WebService

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from mqtwisted import __version__
+from mqtwisted.listening import bind_or_exit
 from mqtwisted.metrics import METRICS, MTACollector
 
 log = Logger()
@@ -173,7 +174,9 @@ class WebService(service.Service):
         if self._port is None:
             from twisted.internet import reactor
 
-            self._port = reactor.listenTCP(self.port, make_site(self.mta), interface=self.interface)
+            self._port = bind_or_exit(
+                lambda: reactor.listenTCP(self.port, make_site(self.mta), interface=self.interface), "www-port"
+            )
             log.info("status and metrics on http://{ip}:{port}/", ip=self.interface, port=self.listening_port)
 
     @property
