@@ -100,3 +100,18 @@ def test_large_body_spills_to_a_file(tmp_path):
     assert body.path is not None and body.read() == chunk * 5
     reader.discard()
     assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=60), st.binary(max_size=60), st.lists(st.integers(min_value=0, max_value=200), max_size=6))
+def test_a_nul_anywhere_is_flagged_under_any_split(before, after, cuts):
+    body = (before + b"\0" + after).replace(b"\r", b"").replace(b"\n", b"") + b"\r\n"
+    reader = BodyReader()
+    assert feed_split(reader, stuff(body[:-2]) + b"\r\n.\r\n", cuts) == b""
+    assert reader.nul
+
+
+def test_a_body_without_nul_is_not_flagged():
+    reader = BodyReader()
+    assert reader.feed(b"a\r\n\x01\x7f\xff\r\n.\r\n") == b""
+    assert not reader.nul

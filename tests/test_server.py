@@ -255,3 +255,19 @@ def test_greetings_wait_until_the_queue_has_started() -> None:
     assert transport.value() == b""
     factory.release_greetings()
     assert transport.value().startswith(b"220 mx.test ESMTP")
+
+
+def test_nul_in_data_is_refused_and_nothing_is_relayed():
+    # CRLF NUL . CRLF: a receiver that drops NULs would see an end of data where there was none.
+    dialog, rec = ours()
+    dialog.send(TX + b"Subject: t\r\n\r\nhi\r\n\x00.\r\nMAIL FROM:<evil@x.test>\r\n.\r\nNOOP\r\n")
+    replies = dialog.replies()
+    assert [code for code, _ in replies] == [250, 250, 250, 354, 550, 250]
+    assert replies[4][1] == ["5.6.0 NUL character in message"]
+    assert rec.messages == []
+
+
+def test_nul_in_a_command_is_refused_and_the_session_goes_on():
+    dialog, rec = ours()
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\x00\r\nNOOP\r\n")
+    assert dialog.codes() == [250, 500, 250]

@@ -7,6 +7,8 @@ of acting on, everything wrong with the body:
 
 * a bare CR or bare LF anywhere (SMTP smuggling relies on ``LF . CRLF`` being taken as the end
   somewhere downstream): the message is refused at its end, so it is never relayed;
+* a NUL byte anywhere: some receivers drop NULs, and ``CRLF NUL . CRLF`` would become an end of
+  data there that was none here;
 * a line longer than the text-line limit (RFC 5321 §4.5.3.1.6);
 * more octets than the size limit: the reader stops keeping them at once.
 
@@ -37,6 +39,7 @@ class BodyReader:
 
     size: int = 0
     bare_newline: bool = False
+    nul: bool = False
     long_line: bool = False
     too_big: bool = False
     _carry: bytes = b"\r\n"
@@ -71,6 +74,8 @@ class BodyReader:
             pairs = wire.count(b"\r\n")
             if wire.count(b"\n") != pairs or wire.count(b"\r") != pairs:
                 self.bare_newline = True
+        if not self.nul and b"\0" in wire:
+            self.nul = True
         if not self.long_line:
             self._check_lines(wire)
         text = wire.replace(b"\r\n.", b"\r\n")

@@ -551,6 +551,8 @@ class SMTPServer(AuthCommands, smtp.ESMTP):
             refusal = Reply(552, f"Message size exceeds fixed limit of {reader.max_size} bytes", "5.3.4")
         elif reader.bare_newline:
             refusal = Reply(550, "Bare CR or LF in message; lines must end with CRLF", "5.6.11")
+        elif reader.nul:
+            refusal = Reply(550, "NUL character in message", "5.6.0")
         elif reader.long_line:
             refusal = Reply(550, f"Message has a line longer than {reader.max_line} octets", "5.6.0")
         if refusal is not None:
