@@ -84,6 +84,22 @@ def _milters(value: str) -> list[str]:
     return parse_specs(value)
 
 
+def _networks(value: str) -> list[str]:
+    import ipaddress
+
+    return [str(ipaddress.ip_network(v, strict=False)) for v in _csv(value)]
+
+
+def _rate(value: str) -> Any:
+    from mqtwisted.smtp.anvil import Rate
+
+    return Rate.parse(value)
+
+
+def _optional_bytes(value: str) -> int | None:
+    return _positive_int(value) if str(value).strip() else None
+
+
 def _intervals(value: str) -> list[float]:
     out = [float(v) for v in _csv(value)]
     if not out or any(v < 0 for v in out):
@@ -109,6 +125,18 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-connections-per-ip", "50", _positive_int, "maximum SMTP connections per client IP (0: no limit)"),
     ("smtp-max-recipients", "1000", _positive_int, "maximum recipients per message"),
     ("smtp-max-errors", "20", _positive_int, "errors per session before it is closed"),
+    ("smtp-connection-rate", "60/60", _rate,
+     "new connections per client IP: COUNT/SECONDS, then 421 4.7.0 (0: no limit)"),
+    ("smtp-auth-failures", "5/600", _rate,
+     "failed AUTH per client IP: COUNT/SECONDS, then 454 4.7.0 to every AUTH (0: no limit)"),
+    ("smtp-limit-exceptions", "127.0.0.0/8,::1", _networks,
+     "networks (CIDR) exempt from smtp-connection-rate and smtp-auth-failures"),
+    ("smtp-proxy-ports", "", _port_list,
+     "SMTP port(s) that expect a PROXY protocol v1/v2 header first (behind HAProxy or a load balancer)"),
+    ("smtp-proxy-from", "127.0.0.0/8,::1", _networks,
+     "networks (CIDR) trusted to send the PROXY header on smtp-proxy-ports"),
+    ("queue-minfree", "", _optional_bytes,
+     "free bytes the data directory keeps: below it MAIL gets 452 4.3.1 (default 4 x smtp-maxsize; 0: off)"),
     ("smtp-extract", "trusted", _choice("trusted", "always", "never"), "turn x-mq-* headers into JSON properties"),
     ("hostname", "", str, "this MTA's host name (default: the machine's FQDN)"),
     ("data-dir", "mqmta-data", str, "directory for the spool, certificates and temporary files"),
@@ -285,6 +313,13 @@ class MQOptions(usage.Options):
                 read_rules(self["bounce-rules"])
             except RulesError as e:
                 raise ConfigError(f"--bounce-rules: {e}") from None
+        if self["queue-minfree"] is None:
+            self["queue-minfree"] = 4 * (self["smtp-maxsize"] or 26214400)
+        listening = {*self["smtp-port"], self["smtp-secure-port"]}
+        both = sorted(p for p in self["smtp-proxy-ports"] if p and p in listening)
+        if both:
+            raise ConfigError(f"--smtp-proxy-ports: port {both[0]} is also in --smtp-port or --smtp-secure-port; "
+                              "a port either expects a PROXY header or does not")
         if bool(self["smtp-certificate"]) != bool(self["smtp-key"]):
             raise ConfigError("--smtp-certificate and --smtp-key go together")
         self["data-dir"] = os.path.abspath(self["data-dir"])

@@ -29,7 +29,7 @@ from mqtwisted.pluginhost import PluginHost
 from mqtwisted.queue import Queue
 from mqtwisted.replies import SHUTTING_DOWN
 from mqtwisted.smtp.config import ServerConfig
-from mqtwisted.smtp.factory import SMTPFactory
+from mqtwisted.smtp.factory import BehindProxy, SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.tls import ServerTLS, server_tls
 from mqtwisted.wiring import QueueService, make_hooks, make_queue
@@ -46,7 +46,8 @@ RELOADABLE = (
     "plugin-directory", "threads", "plugin-timeout", "smarthost", "retry-interval",
     "max-delivertime", "max-attempts", "max-messages-per-connection",
     "max-connections-per-domain", "shutdown-timeout", "dkim-keys", "shaping", "smtp-defaultips",
-    "bounce-rules",
+    "bounce-rules", "smtp-connection-rate", "smtp-auth-failures", "smtp-limit-exceptions",
+    "smtp-proxy-from", "queue-minfree",
 )
 
 
@@ -63,6 +64,11 @@ def _server_config(options: Any) -> ServerConfig:
         max_connections_per_ip=options["smtp-connections-per-ip"],
         auth_plaintext=options["smtp-auth-plaintext"],
         spill_dir=os.path.join(options["data-dir"], "incoming"),
+        connection_rate=options["smtp-connection-rate"],
+        auth_failures=options["smtp-auth-failures"],
+        limit_exceptions=tuple(options["smtp-limit-exceptions"]),
+        proxy_from=tuple(options["smtp-proxy-from"]),
+        min_free=options["queue-minfree"],
     )
 
 
@@ -333,6 +339,8 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
     for port in options["smtp-port"]:
         # A deep backlog: bursts of connections wait in the kernel instead of being refused.
         TCPListener("smtp-port", port, factory, backlog=1024, interface=options["smtp-ip"]).setServiceParent(top)
+    for port in options["smtp-proxy-ports"]:
+        TCPListener("smtp-proxy-ports", port, BehindProxy(factory), backlog=1024, interface=options["smtp-ip"]).setServiceParent(top)
     if options["smtp-secure-port"] is not None:
         SSLListener(
             "smtp-secure-port", options["smtp-secure-port"], factory, tls, interface=options["smtp-ip"]

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from mqtwisted.connection import NoHooks, Reply
 from mqtwisted.smtp.config import ServerConfig
-from mqtwisted.smtp.factory import SMTPFactory
+from mqtwisted.smtp.factory import BehindProxy, SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy
 
 _REPLY = re.compile(rb"^(\d{3})([ -])(.*)$")
@@ -93,6 +93,7 @@ def ours(
     tls: Any = None,
     relay: RelayPolicy | None = None,
     greet: bool = True,
+    proxy: bool = False,
     **config: Any,
 ) -> tuple[Dialog, Recorder]:
     recorder = accept if accept is not None else Recorder()
@@ -104,7 +105,7 @@ def ours(
         auth=auth,
         tls=tls,
     )
-    proto = factory.buildProtocol(None)
+    proto = (BehindProxy(factory) if proxy else factory).buildProtocol(None)
     clock = task.Clock()
     proto.callLater = clock.callLater  # timeouts on a test clock, never on the real reactor
     transport = PausableTransport(peer)

@@ -12,6 +12,7 @@ from twisted.internet import defer
 
 from mqtwisted.connection import Connection
 from mqtwisted.envelope import Body, Envelope
+from mqtwisted.smtp.anvil import Rate
 
 COMMAND_LINE = 512
 PATH_LINE = 1024  # MAIL/RCPT with ESMTP parameters (RFC 5321 §4.5.3.1.4; ORCPT may be 500 alone)
@@ -34,6 +35,14 @@ class ServerConfig:
     max_connections_per_ip: int = 0
     auth_plaintext: bool = False
     spill_dir: str | None = None
+    #: per client IP, as Postfix's anvil: new connections, failed AUTH; and who is exempt
+    connection_rate: Rate = Rate(0, 0.0)
+    auth_failures: Rate = Rate(0, 0.0)
+    limit_exceptions: tuple[str, ...] = ()
+    #: proxies trusted to send a PROXY header (on the ports that expect one)
+    proxy_from: tuple[str, ...] = ()
+    #: free bytes to keep where accepted mail is stored (spill_dir's file system); 0: no check
+    min_free: int = 0
 
 
 Accept = Callable[[Connection, Envelope, Body], defer.Deferred]

@@ -49,6 +49,7 @@ from mqtwisted.smtp.config import (
 )
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.serverauth import AuthCommands
+from mqtwisted.smtp.serverproxy import ProxyHeaderSession
 from mqtwisted.smtp.session import CONNECT, END_OF_DATA, Session, Transition
 from mqtwisted.smtp.wire import write_now
 
@@ -77,7 +78,7 @@ class SessionHost(Protocol):
 
 
 @implementer(interfaces.IHandshakeListener)
-class SMTPServer(AuthCommands, smtp.ESMTP):
+class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
     """One inbound SMTP session."""
 
     factory: SessionHost
@@ -127,6 +128,12 @@ class SMTPServer(AuthCommands, smtp.ESMTP):
         )
         self.setTimeout(config.timeout)
         self.started = time.monotonic()
+        if self.expect_proxy_header:
+            self._await_proxy_header()
+        else:
+            self._admit()
+
+    def _admit(self) -> None:
         refusal = self.factory.admit(self)
         if refusal is not None:
             self.outcome = "refused"
@@ -226,6 +233,11 @@ class SMTPServer(AuthCommands, smtp.ESMTP):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.awaiting_proxy_header:
+            rest = self._proxy_header_data(data)
+            if not rest:
+                return
+            data = rest
         self._buffer += data
         if self._waiting:
             # Input waits its turn behind the hook or queue deciding; stop reading only when
@@ -474,7 +486,7 @@ class SMTPServer(AuthCommands, smtp.ESMTP):
         if isinstance(path, Reply):
             self._error(path)
             return
-        refusal = commands.check_mail_params(path.params, self.factory.config.max_size)
+        refusal = self.factory.storage_full() or commands.check_mail_params(path.params, self.factory.config.max_size)
         if refusal is None and path.address:
             refusal = commands.check_address(path.address, "SMTPUTF8" in path.params)
         if refusal is not None:

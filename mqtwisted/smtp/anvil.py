@@ -1,0 +1,95 @@
+"""Per-client event limits, as Postfix's anvil keeps them: new connections and failed AUTH
+attempts per client IP in a sliding window.
+
+A limit is written ``COUNT/SECONDS`` (``5/600``: at most 5 events in any 600 s).  Each client IP
+keeps the times of its last ``COUNT`` events, so a limit is exact (no burst at a window edge) and
+memory is bounded by ``COUNT`` per client and by :data:`MAX_CLIENTS` clients; the oldest client is
+forgotten first when that many are tracked.  Clients in the exception networks are never limited
+(Postfix's ``smtpd_client_event_limit_exceptions``, ``$mynetworks`` by default).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+import attrs
+
+#: clients tracked per limit before the least recently seen is forgotten
+MAX_CLIENTS = 100_000
+
+
+@attrs.frozen
+class Rate:
+    """``count`` events in ``seconds``; a count of 0 means no limit."""
+
+    count: int
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> Rate:
+        """``"5/600"`` → Rate(5, 600.0); ``"0"`` or ``""`` → no limit.  ValueError names the form."""
+        text = text.strip()
+        if text in ("", "0"):
+            return cls(0, 0.0)
+        count, slash, seconds = text.partition("/")
+        try:
+            rate = cls(int(count), float(seconds))
+        except ValueError:
+            raise ValueError(f"{text!r} is not COUNT/SECONDS (e.g. 5/600), or 0 for no limit") from None
+        if not slash or rate.count < 0 or rate.seconds <= 0:
+            raise ValueError(f"{text!r} is not COUNT/SECONDS with a positive window, or 0 for no limit")
+        return rate
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.seconds:g}" if self.count else "0"
+
+
+class EventLimit:
+    """One limit (``rate``) counted per client IP."""
+
+    def __init__(self, rate: Rate, clock: Callable[[], float], exceptions: tuple[str, ...] = ()) -> None:
+        self.rate = rate
+        self.clock = clock
+        self.networks = exceptions
+        self.exceptions = tuple(ipaddress.ip_network(n, strict=False) for n in exceptions)
+        self.events: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def exempt(self, ip: str) -> bool:
+        if not self.rate.count:
+            return True
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self.exceptions)
+
+    def exceeded(self, ip: str) -> bool:
+        """True when ``ip`` had ``count`` events in the last ``seconds`` (the next is refused)."""
+        if self.exempt(ip):
+            return False
+        times = self.events.get(ip)
+        if times is None or len(times) < self.rate.count:
+            return False
+        return self.clock() - times[0] < self.rate.seconds
+
+    def record(self, ip: str) -> None:
+        """Count one event of ``ip`` now."""
+        if self.exempt(ip):
+            return
+        times = self.events.get(ip)
+        if times is None:
+            times = self.events[ip] = deque(maxlen=self.rate.count)
+            if len(self.events) > MAX_CLIENTS:
+                self.events.popitem(last=False)
+        else:
+            self.events.move_to_end(ip)
+        times.append(self.clock())
+
+    def admit(self, ip: str) -> bool:
+        """Count an event of ``ip`` unless it is over the limit: False means refuse it."""
+        if self.exceeded(ip):
+            return False
+        self.record(ip)
+        return True
