@@ -486,7 +486,11 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
         if isinstance(path, Reply):
             self._error(path)
             return
-        refusal = self.factory.storage_full() or commands.check_mail_params(path.params, self.factory.config.max_size)
+        full = self.factory.storage_full()
+        if full is not None:
+            self._send(full)  # the MTA's trouble, not the client's: no error counted
+            return
+        refusal = commands.check_mail_params(path.params, self.factory.config.max_size)
         if refusal is None and path.address:
             refusal = commands.check_address(path.address, "SMTPUTF8" in path.params)
         if refusal is not None:
