@@ -115,3 +115,44 @@ def test_a_body_without_nul_is_not_flagged():
     reader = BodyReader()
     assert reader.feed(b"a\r\n\x01\x7f\xff\r\n.\r\n") == b""
     assert not reader.nul
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines, st.lists(st.integers(min_value=0, max_value=5000), max_size=8))
+def test_chunks_are_kept_as_sent_under_any_split(body_lines, cuts):
+    body = b"".join(line + b"\r\n" for line in body_lines)
+    reader = BodyReader()
+    points = sorted({c % (len(body) + 1) for c in cuts}) + [len(body)]
+    start = 0
+    for p in points:
+        reader.feed_chunk(body[start:p], binary=False)
+        start = p
+    reader.end_chunks()
+    assert reader.body().read() == body  # no dot-unstuffing: BDAT has no stuffing
+    assert not reader.bare_newline and not reader.long_line
+
+
+def test_chunk_checks_bare_newlines_nul_and_lines_across_chunk_edges():
+    reader = BodyReader(max_line=10)
+    reader.feed_chunk(b"abc\r", binary=False)
+    reader.feed_chunk(b"\ndef\r\n", binary=False)  # CRLF split over two chunks: fine
+    assert not reader.bare_newline
+    reader.feed_chunk(b"x\r", binary=False)
+    reader.end_chunks()  # a CR at the very end: bare
+    assert reader.bare_newline
+    reader = BodyReader(max_line=10)
+    reader.feed_chunk(b"12345", binary=False)
+    reader.feed_chunk(b"678901\r\n", binary=False)
+    assert reader.long_line
+    reader = BodyReader()
+    reader.feed_chunk(b"a\x00b\r\n", binary=False)
+    assert reader.nul
+
+
+def test_binary_chunks_are_not_judged_as_text():
+    reader = BodyReader(max_line=10)
+    data = bytes(range(256)) * 4
+    reader.feed_chunk(data, binary=True)
+    reader.end_chunks()
+    assert not (reader.bare_newline or reader.long_line or reader.nul)
+    assert reader.body().read() == data

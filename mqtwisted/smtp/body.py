@@ -69,6 +69,33 @@ class BodyReader:
         if not wire:
             return
         # No take ends in CR or LF (see feed), so every CR and LF of ``wire`` is judged here.
+        self._check_text(wire)
+        text = wire.replace(b"\r\n.", b"\r\n")
+        if self._skip:
+            text = text[self._skip :]
+            self._skip = 0
+        self._keep(text)
+
+    def feed_chunk(self, data: bytes, binary: bool) -> None:
+        """BDAT (RFC 3030): the octets as sent, with no end marker and no dot-stuffing.  A text
+        body (not BINARYMIME) is judged as DATA's is: it may be relayed with DATA later."""
+        if self._skip:  # no virtual CRLF: chunks are not dot-stuffed lines
+            self._carry, self._skip = b"", 0
+        if not binary:
+            text = self._carry + data
+            # A CR at the end of a chunk may have its LF in the next one: judge it then.
+            cut = len(text) - 1 if text.endswith(b"\r") else len(text)
+            self._check_text(text[:cut])
+            self._carry = text[cut:]
+        self._keep(data)
+
+    def end_chunks(self) -> None:
+        """The last chunk arrived: a CR still held back is a bare one."""
+        if self._carry:
+            self.bare_newline = True
+            self._carry = b""
+
+    def _check_text(self, wire: bytes) -> None:
         # Three C-speed counts beat a regex with look-arounds by an order of magnitude.
         if not self.bare_newline:
             pairs = wire.count(b"\r\n")
@@ -78,11 +105,6 @@ class BodyReader:
             self.nul = True
         if not self.long_line:
             self._check_lines(wire)
-        text = wire.replace(b"\r\n.", b"\r\n")
-        if self._skip:
-            text = text[self._skip :]
-            self._skip = 0
-        self._keep(text)
 
     def _check_lines(self, wire: bytes) -> None:
         first = wire.find(b"\n")
