@@ -110,7 +110,7 @@ local_parts = st.sampled_from(["a", "b.c", '"q u"', "", "x" * 70, "ü", "a..b"])
 domains = st.sampled_from([LOCAL, "example.org", "EXAMPLE.org", "LOCAL.TEST", "[10.0.0.1]", "", "local.test."])
 addresses = st.builds(lambda lp, d: f"{lp}@{d}" if d else lp, local_parts, domains)
 mail_params = st.lists(
-    st.sampled_from(["SIZE=100", "SIZE=99999999", "SIZE=x", "BODY=8BITMIME", "BODY=BAD", "SMTPUTF8",
+    st.sampled_from(["SIZE=100", "SIZE=99999999", "SIZE=x", "BODY=8BITMIME", "BODY=BAD", "BODY=BINARYMIME", "SMTPUTF8",
                      "RET=HDRS", "ENVID=a+2Bb", "FOO=1", "AUTH=<>", "=", "SIZE="]),
     max_size=3,
 )
@@ -142,6 +142,7 @@ commands = st.one_of(
     st.builds(lambda a: _line("RCPT TO:" + a), addresses),
     st.sampled_from([_line(c) for c in ["DATA", "DATA x", "RSET", "NOOP", "NOOP hi", "HELP", "VRFY x", "VRFY",
                                         "STARTTLS", "STARTTLS now", "AUTH", "AUTH CRAM-MD5", "BDAT 10 LAST",
+                                        "BDAT 0 LAST", "BDAT 3", "BDAT x", "BDAT 5 LAST now",
                                         "EXPN x", "XYZZY", "", " ", "MAIL", "RCPT", "MAIL FROM", "RCPT TO:"]]),
     st.sampled_from([
         b"AUTH PLAIN " + b64("\0u\0p") + b"\r\n",
@@ -184,7 +185,8 @@ ALLOWED: dict[str, set[int]] = {
     "MAIL": {250, 501, 503, 552, 553, 555} | HOOK,
     "RCPT": {250, 501, 503, 452, 553, 554, 555} | HOOK,
     "DATA": {354, 503, 501},
-    "BDAT": {502, 503}, "EXPN": {502, 503}, "ETRN": {502, 503}, "TURN": {502, 503},
+    "BDAT": {250, 503, 501, 552, 550, 554, 451} | HOOK, "EXPN": {502, 503}, "ETRN": {502, 503},
+    "TURN": {502, 503},
 }
 
 
@@ -228,12 +230,20 @@ def walk(stream: bytes, tls_cuts: list[int], replies: list[tuple[int, list[str]]
         return partial.args[0], False
 
 
+class Chunked(bytes):
+    """A message sent with BDAT: its octets as sent (no end marker, no dot-stuffing)."""
+
+
+_BDAT = re.compile(rb"BDAT ([0-9]{1,20})(?: +(LAST))? *", re.IGNORECASE)
+
+
 def _walk(stream, tls_cuts, replies, peer_trusted, complete):
     pos, r = 0, 0
     mode = "command"  # or "auth" (continuation lines) or "body"
     authenticated = False
     closed = False
     bodies_seen: list[tuple[bytes, int]] = []
+    chunks: list[bytes] = []  # the BDAT chunks of the open transaction
 
     tls_cuts = list(tls_cuts)
 
@@ -282,7 +292,27 @@ def _walk(stream, tls_cuts, replies, peer_trusted, complete):
             authenticated = authenticated or code == 235
             continue
         verb = _verb(line)
+        if verb == "BDAT":
+            m = _BDAT.fullmatch(line)
+            if m is None:
+                assert code == 501, (line, code)
+                closed = True  # the chunk's end is unknown: the session ends
+                break
+            size, last = int(m.group(1)), m.group(2) is not None
+            if len(stream) - pos < size:
+                # The reply came before the whole chunk did: only the server's own error may.
+                raise AssertionError(f"{line!r} answered {code} before its {size} octets arrived")
+            chunk, pos = stream[pos:pos + size], pos + size
         assert code in ALLOWED.get(verb, {500}), f"{line[:60]!r} answered {code} {text}"
+        if verb == "BDAT":
+            if code == 250 and not last:
+                chunks.append(chunk)
+            elif code != 503 and code not in HOOK or last and code != 503:
+                bodies_seen.append((Chunked(b"".join(chunks) + chunk), code))
+                chunks = []
+            continue
+        if verb in ("MAIL", "RSET", "EHLO", "HELO") and code == 250 or code == 220:
+            chunks = []
         if code == 354:
             mode = "body"
         elif code == 334:
@@ -303,13 +333,16 @@ def _walk(stream, tls_cuts, replies, peer_trusted, complete):
     return bodies_seen, closed
 
 
-def expected_outcome(wire: bytes) -> tuple[bytes, bool]:
-    """The stored MIME for a DATA body as sent on the wire, and whether it must be refused."""
-    mime = (b"\r\n" + wire).replace(b"\r\n.", b"\r\n")[2:]
+def expected_outcome(wire: bytes, binary: bool = False) -> tuple[bytes, bool]:
+    """The stored MIME for a DATA body as sent on the wire (or BDAT chunks as sent), and
+    whether it must be refused."""
+    mime = wire if isinstance(wire, Chunked) else (b"\r\n" + wire).replace(b"\r\n.", b"\r\n")[2:]
+    if binary:
+        return mime, len(mime) > MAX_SIZE
     pairs = wire.count(b"\r\n")
     bare = wire.count(b"\n") != pairs or wire.count(b"\r") != pairs
     long_line = any(len(x) + 1 > MAX_LINE for x in wire.split(b"\n"))
-    return mime, bare or long_line or len(mime) > MAX_SIZE
+    return mime, bare or long_line or b"\0" in wire or len(mime) > MAX_SIZE
 
 
 class ServerFuzz(RuleBasedStateMachine):
@@ -396,6 +429,24 @@ class ServerFuzz(RuleBasedStateMachine):
         self._send(data, cuts)
 
     @precondition(lambda self: not self.dialog.closed)
+    @rule(
+        rcpts=st.lists(st.sampled_from(["u@local.test", "v@example.org", "bad@"]), min_size=1, max_size=2),
+        body=bodies,
+        splits=st.lists(st.integers(0, 10**4), max_size=4),
+        binary=st.booleans(),
+        cuts=st.lists(st.integers(0, 10**6), max_size=6),
+    )
+    def chunked(self, rcpts, body, splits, binary, cuts) -> None:
+        """A whole pipelined transaction sent with BDAT chunks (binary or not), last one LAST."""
+        data = _line("MAIL FROM:<a@example.org>" + (" BODY=BINARYMIME" if binary else ""))
+        data += b"".join(_line(f"RCPT TO:<{r}>") for r in rcpts)
+        points = sorted({p % (len(body) + 1) for p in splits})
+        pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+        for i, piece in enumerate(pieces):
+            data += _line(f"BDAT {len(piece)}" + (" LAST" if i == len(pieces) - 1 else "")) + piece
+        self._send(data, cuts)
+
+    @precondition(lambda self: not self.dialog.closed)
     @rule(body=bodies, cuts=st.lists(st.integers(0, 10**6), max_size=6))
     def raw_body(self, body: bytes, cuts: list[int]) -> None:
         """Body bytes at any moment: commands if no DATA is open, a body if one is."""
@@ -459,7 +510,9 @@ class ServerFuzz(RuleBasedStateMachine):
         accepted = [(wire, code) for wire, code in bodies_seen if code == 250]
         assert len(stored) == len(accepted), (len(stored), bodies_seen)
         for (wire, _code), (conn, envelope, mime) in zip(accepted, stored, strict=True):
-            expected, refuse = expected_outcome(wire)
+            binary = (envelope.params.get("BODY") or "").upper() == "BINARYMIME"
+            assert isinstance(wire, Chunked) or not binary, "BINARYMIME accepted with DATA"
+            expected, refuse = expected_outcome(wire, binary)
             assert not refuse, f"accepted what must be refused: {wire[:200]!r}"
             assert mime == expected, (mime[:200], expected[:200])
             for rcpt in envelope.recipients:

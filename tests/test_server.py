@@ -35,7 +35,8 @@ def test_session_refuses_out_of_state_commands():
     s.greeted()
     assert s.allow("DATA").code == 503
     assert s.allow("XYZZY").code == 500
-    assert s.allow("BDAT").code == 502
+    assert s.allow("BDAT").code == 503  # offered (CHUNKING), but not before EHLO
+    assert s.allow("ETRN").code == 502
 
 
 def test_full_transaction_and_rset():
@@ -271,3 +272,74 @@ def test_nul_in_a_command_is_refused_and_the_session_goes_on():
     dialog, rec = ours()
     dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\x00\r\nNOOP\r\n")
     assert dialog.codes() == [250, 500, 250]
+
+
+# -- BDAT (RFC 3030) ------------------------------------------------------------------------------
+
+MAIL_RCPT = b"EHLO c.test\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n"
+
+
+def bdat(chunks: list[bytes]) -> bytes:
+    return b"".join(
+        f"BDAT {len(c)}{' LAST' if i == len(chunks) - 1 else ''}\r\n".encode() + c for i, c in enumerate(chunks)
+    )
+
+
+def test_bdat_chunks_pipelined_are_stored_as_sent_and_last_reply_has_the_ids():
+    dialog, rec = ours()
+    dialog.send(b"EHLO c.test\r\n")
+    assert {"CHUNKING", "BINARYMIME"} <= set(dialog.replies()[0][1])
+    chunks = [b"Subject: t\r\n", b"\r\n", b"a", b".\r\n.\r\n", b"line\r\n" * 3]
+    dialog.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n" + bdat(chunks) + b"NOOP\r\n")
+    replies = dialog.replies()
+    assert [code for code, _ in replies] == [250, 250, 250, 250, 250, 250, 250, 250]
+    assert replies[2][1] == ["2.0.0 12 octets received"]
+    assert replies[6][1] == ["2.0.0 Ok, queued as:", "2.0.0 id1-0"]
+    assert rec.messages[0][2] == b"".join(chunks)  # no dot-unstuffing: ".\r\n.\r\n" is content
+
+
+def test_binarymime_takes_any_octets_with_bdat_and_is_refused_with_data():
+    dialog, rec = ours()
+    body = bytes(range(256)) * 8
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com> BODY=BINARYMIME\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+                + bdat([body[:1000], body[1000:]]))
+    assert dialog.codes() == [250, 250, 250, 503, 250, 250]
+    assert rec.messages[0][2] == body and rec.messages[0][1].params["BODY"] == "BINARYMIME"
+
+
+def test_bdat_out_of_sequence_is_refused_after_its_chunk_is_read():
+    dialog, rec = ours()
+    dialog.send(b"EHLO c\r\nBDAT 6 LAST\r\nNOOP\r\nNOOP\r\n")
+    assert dialog.codes() == [250, 503, 250]  # "NOOP\r\n" was the chunk, not a command
+    dialog.send(b"MAIL FROM:<a@example.com>\r\nBDAT 4\r\nRSETRSET\r\n")
+    assert dialog.codes() == [250, 503, 250]
+    assert rec.messages == []
+
+
+def test_data_after_bdat_is_refused_and_rset_drops_the_chunks():
+    dialog, rec = ours()
+    dialog.send(MAIL_RCPT + b"BDAT 3\r\nabcDATA\r\nRSET\r\n" + b"MAIL FROM:<a@example.com>\r\n"
+                b"RCPT TO:<b@example.com>\r\nBDAT 2 LAST\r\nxy")
+    assert dialog.codes() == [250, 250, 250, 250, 503, 250, 250, 250, 250]
+    assert [m[2] for m in rec.messages] == [b"xy"]
+
+
+def test_bdat_over_the_size_limit_ends_the_transaction_at_that_chunk():
+    dialog, rec = ours(max_size=100)
+    dialog.send(MAIL_RCPT + b"BDAT 60\r\n" + b"a" * 60 + b"BDAT 60\r\n" + b"b" * 60 + b"BDAT 1 LAST\r\nc")
+    assert dialog.codes() == [250, 250, 250, 250, 552, 503]
+    assert rec.messages == []
+
+
+def test_bdat_text_is_judged_like_data_but_binary_is_not():
+    dialog, rec = ours()
+    dialog.send(MAIL_RCPT + bdat([b"bare\nlf\r\n"]) + MAIL_RCPT[13:] + bdat([b"nul\x00\r\n"]))
+    assert dialog.codes() == [250, 250, 250, 550, 250, 250, 550]
+    assert rec.messages == []
+
+
+def test_bdat_without_a_size_ends_the_session():
+    dialog, rec = ours()
+    dialog.send(MAIL_RCPT + b"BDAT lots\r\nwhatever\r\n")
+    assert dialog.replies()[-1] == (501, ["5.5.4 Syntax: BDAT size [LAST]"])
+    assert dialog.closed

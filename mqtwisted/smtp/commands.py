@@ -118,8 +118,8 @@ def check_mail_params(params: dict[str, str | None], maxsize: int) -> Reply | No
                 return Reply(501, "Bad SIZE value", "5.5.4")
             if maxsize and int(value) > maxsize:
                 return Reply(552, f"Message size exceeds fixed limit of {maxsize} bytes", "5.3.4")
-        elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME"):
-            return Reply(501, "BODY must be 7BIT or 8BITMIME", "5.5.4")
+        elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
+            return Reply(501, "BODY must be 7BIT, 8BITMIME or BINARYMIME", "5.5.4")
         elif key == "SMTPUTF8" and value is not None:
             return Reply(501, "SMTPUTF8 takes no value", "5.5.4")
         elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
@@ -127,6 +127,17 @@ def check_mail_params(params: dict[str, str | None], maxsize: int) -> Reply | No
         elif key == "ENVID" and (not value or len(value) > 100 or not is_xtext(value)):
             return Reply(501, "Bad ENVID", "5.5.4")
     return None
+
+
+_BDAT = re.compile(r"([0-9]{1,20})(?: +(LAST))? *", re.IGNORECASE)
+
+
+def parse_bdat(arg: str) -> tuple[int, bool] | Reply:
+    """``BDAT size [LAST]`` (RFC 3030): the chunk's size in octets and whether it is the last."""
+    m = _BDAT.fullmatch(arg)
+    if m is None:
+        return Reply(501, "Syntax: BDAT size [LAST]", "5.5.4")
+    return int(m.group(1)), m.group(2) is not None
 
 
 def check_rcpt_params(params: dict[str, str | None]) -> Reply | None:

@@ -31,7 +31,7 @@ from zope.interface import implementer
 from mqtwisted import hooks as hook_names
 from mqtwisted.connection import Connection, HookRunner, Reply
 from mqtwisted.envelope import Envelope, Recipient
-from mqtwisted.filtering import Filtered, Filters, FilterSession
+from mqtwisted.filtering import Filters, FilterSession
 from mqtwisted.metrics import METRICS
 from mqtwisted.oplog import session_ended
 from mqtwisted.replies import LOCAL_ERROR, reply_bytes
@@ -39,7 +39,6 @@ from mqtwisted.smtp import commands
 from mqtwisted.smtp.body import BodyReader
 from mqtwisted.smtp.config import (
     AUTH_LINE,
-    BYTES_PER_TIMEOUT_RESET,
     COMMAND_LINE,
     MAX_PENDING,
     PATH_LINE,
@@ -49,8 +48,9 @@ from mqtwisted.smtp.config import (
 )
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.serverauth import AuthCommands
+from mqtwisted.smtp.servermessage import Chunk, MessageCommands
 from mqtwisted.smtp.serverproxy import ProxyHeaderSession
-from mqtwisted.smtp.session import CONNECT, END_OF_DATA, Session, Transition
+from mqtwisted.smtp.session import CONNECT, Session, Transition
 from mqtwisted.smtp.wire import write_now
 
 log = Logger()
@@ -78,7 +78,7 @@ class SessionHost(Protocol):
 
 
 @implementer(interfaces.IHandshakeListener)
-class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
+class SMTPServer(ProxyHeaderSession, AuthCommands, MessageCommands, smtp.ESMTP):
     """One inbound SMTP session."""
 
     factory: SessionHost
@@ -92,7 +92,10 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
         self._skip_line = False
         self._closing = False
         self._errors = 0
+        #: the message being read (DATA, or BDAT across its chunks), and what reads bytes now
         self._reader: BodyReader | None = None
+        self._reading: Callable[[], None] | None = None
+        self._chunk: Chunk | None = None
         self._unreset = 0
         self._auth = None
         self._envelope: Envelope | None = None
@@ -254,8 +257,8 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
         self._processing = True
         try:
             while not self._waiting and not self._closing and self._buffer:
-                if self._reader is not None:
-                    self._feed_body()
+                if self._reading is not None:
+                    self._reading()
                 elif not self._next_line():
                     break
         finally:
@@ -304,22 +307,6 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
         # we kept waiting for a continuation, its next command would be read as credentials.
         self._auth = None
         self._error(Reply(500, "Line too long", "5.5.2"))
-
-    def _feed_body(self) -> None:
-        reader = self._reader
-        assert reader is not None
-        data, self._buffer = self._buffer, b""
-        rest = reader.feed(data)
-        self._unreset += len(data)
-        if self._unreset >= BYTES_PER_TIMEOUT_RESET:
-            self._unreset = 0
-            self.resetTimeout()
-        if rest is None:
-            return
-        self._buffer = rest
-        self._reader = None
-        self.resetTimeout()
-        self._end_of_data(reader)
 
     # -- replies and errors ----------------------------------------------------------------------
 
@@ -407,6 +394,9 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
             self._error(parsed)
             return
         allowed = self.session.allow(parsed.verb)
+        if parsed.verb == "BDAT":
+            self._bdat(parsed.arg, allowed)  # allowed or not, its chunk is read
+            return
         if isinstance(allowed, Reply):
             self._error(allowed)
             return
@@ -414,6 +404,9 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
 
     def _reset_transaction(self) -> None:
         self._envelope = None
+        if self._reader is not None:  # BDAT chunks of a transaction given up (RSET, EHLO)
+            self._reader.discard()
+            self._reader = None
 
     def smtp_EHLO(self, arg: str, t: Transition) -> None:
         self._hello(arg, t, esmtp=True)
@@ -544,72 +537,3 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, smtp.ESMTP):
 
         rcpt = self.filter and (lambda: self.filter.rcpt(recipient))  # type: ignore[union-attr]
         self._run(t, self._filtered(rcpt, verdict), path.address)
-
-    def smtp_DATA(self, arg: str, t: Transition) -> None:
-        if arg:
-            self._error(Reply(501, "Syntax: DATA takes no argument", "5.5.4"))
-            return
-        config = self.factory.config
-        self.session.advance(t)
-        self._reader = BodyReader(
-            max_size=config.max_size, max_line=config.max_line, spill_dir=config.spill_dir
-        )
-        self._unreset = 0
-        self._send(Reply(354, "End data with <CR><LF>.<CR><LF>"))
-
-    def _end_of_data(self, reader: BodyReader) -> None:
-        envelope = self._envelope
-        assert envelope is not None
-        self._reset_transaction()
-        self.session.advance(END_OF_DATA)
-        refusal = None
-        if reader.too_big:
-            refusal = Reply(552, f"Message size exceeds fixed limit of {reader.max_size} bytes", "5.3.4")
-        elif reader.bare_newline:
-            refusal = Reply(550, "Bare CR or LF in message; lines must end with CRLF", "5.6.11")
-        elif reader.nul:
-            refusal = Reply(550, "NUL character in message", "5.6.0")
-        elif reader.long_line:
-            refusal = Reply(550, f"Message has a line longer than {reader.max_line} octets", "5.6.0")
-        if refusal is not None:
-            reader.discard()
-            self._message_done(refusal.code)
-            self._error(refusal)
-            return
-        envelope.received = time.time()
-        body = reader.body()
-        mime = body.read() if self.factory.hooks.defines(END_OF_DATA.hook or "") else None
-
-        def refuse(reply: Reply) -> None:
-            reader.discard()
-            self._message_done(reply.code)
-            self._error(reply)
-
-        def verdict(reply: Reply | None) -> None:
-            if reply is not None and reply.refuses:
-                refuse(reply)
-            elif self.filter is None:
-                self._wait(self.factory.accept(self.conn, envelope, body), queued)
-            else:
-                self._wait(self.filter.message(envelope, body, self.factory.relay.is_local), filtered)
-
-        def filtered(result: Reply | Filtered) -> None:
-            if isinstance(result, Reply):
-                refuse(result)
-            elif result.discard:
-                queued([])  # a milter's discard: the client hears 250, nothing is kept
-            else:
-                self._wait(self.factory.accept(self.conn, result.envelope, result.body), queued)
-
-        def queued(reply: Reply | list[str] | Any) -> None:
-            reader.discard()
-            if isinstance(reply, Reply):
-                self._message_done(reply.code)
-                self._answer(reply)
-                return
-            self._message_done(250)
-            ids = list(reply)
-            lines = ["Ok, queued as:"] + ids if ids else ["Ok"]
-            self._write(reply_bytes(250, lines, "2.0.0"))
-
-        self._run(END_OF_DATA, verdict, mime)

@@ -15,8 +15,12 @@ Rules (everything that decides whether a command may run, and where it leads, is
    allowed, and only when something can check credentials.
 6. A transition that carries a hook runs that plugin hook before the reply; the hook's reply (if
    any) replaces the default one, and a refusal leaves the state where it was.
-7. DATA is allowed once at least one recipient was accepted.  The end of DATA runs ``data`` and
-   then ``message`` (per recipient) and returns to READY whatever the outcome.
+7. DATA or BDAT is allowed once at least one recipient was accepted.  The end of DATA (or the
+   ``BDAT … LAST`` chunk) runs ``data`` and then ``message`` (per recipient) and returns to READY
+   whatever the outcome.
+8. A transaction sends its message with DATA or with BDAT chunks, never both (RFC 3030 §3):
+   after a first BDAT only BDAT, RSET, EHLO/HELO, NOOP and QUIT are allowed.  A refused BDAT's
+   octets are still read (the server reads every chunk it was announced), then refused.
 
 The table does not know which side of the wire it is on, nor what a queue is.
 """
@@ -38,6 +42,7 @@ class State(enum.Enum):
     MAIL = "mail"
     RCPT = "rcpt"
     DATA = "data"
+    BDAT = "bdat"  # between chunks: one BDAT was taken, its LAST not yet
     CLOSED = "closed"
 
 
@@ -68,6 +73,10 @@ TABLE: dict[State, dict[str, Transition]] = {
     _S.RCPT: {
         "RCPT": Transition("RCPT", _S.RCPT, hooks.IN_RCPTTO),
         "DATA": Transition("DATA", _S.DATA),
+        "BDAT": Transition("BDAT", _S.BDAT),
+    },
+    _S.BDAT: {
+        "BDAT": Transition("BDAT", _S.BDAT),
     },
 }
 for _state, _row in TABLE.items():
@@ -88,7 +97,7 @@ CONNECT = Transition("<connect>", _S.GREETED, hooks.IN_CONNECT)
 END_OF_DATA = Transition("<end of data>", _S.READY, hooks.IN_DATA)
 
 #: Verbs we know and do not offer: 502, not 500.
-UNOFFERED_VERBS = frozenset({"BDAT", "ETRN", "TURN", "EXPN"})
+UNOFFERED_VERBS = frozenset({"ETRN", "TURN", "EXPN"})
 KNOWN_VERBS = frozenset(v for row in TABLE.values() for v in row) | UNOFFERED_VERBS
 
 BAD_SEQUENCE = Reply(503, "Bad sequence of commands", "5.5.1")
@@ -151,13 +160,13 @@ class Session:
             return UNKNOWN
         if verb in UNOFFERED_VERBS:
             return NOT_IMPLEMENTED
-        if self.state is State.GREETED and verb in ("MAIL", "RCPT", "DATA", "AUTH"):
+        if self.state is State.GREETED and verb in ("MAIL", "RCPT", "DATA", "BDAT", "AUTH"):
             return NEED_HELO
         if verb == "MAIL":
             return NESTED_MAIL
         if verb == "RCPT":
             return NEED_MAIL
-        if verb == "DATA":
+        if verb in ("DATA", "BDAT"):
             return NEED_RCPT if self.state is State.MAIL else BAD_SEQUENCE
         return BAD_SEQUENCE
 
@@ -180,7 +189,7 @@ class Session:
 
     def extensions(self) -> list[str]:
         """The EHLO keywords this session advertises now."""
-        ext = ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN"]
+        ext = ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "CHUNKING", "BINARYMIME"]
         if self.tls_available and not self.secure:
             ext.append("STARTTLS")
         if self.auth_available and not self.authenticated and (self.secure or self.auth_plaintext):
