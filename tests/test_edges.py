@@ -116,3 +116,24 @@ def test_rate_parsing_errors_name_the_form():
     for bad in ("5", "x/600", "5/0", "-1/5"):
         with pytest.raises(ValueError, match="COUNT/SECONDS"):
             Rate.parse(bad)
+
+
+def test_failed_auth_per_client_ip_across_sessions_then_454_until_the_window_passes():
+    from mqtwisted.auth import load_checker
+
+    factory, clock = _factory(auth_failures=Rate(2, 600), auth_plaintext=True)
+    factory.auth = load_checker("hardcoded://u:p")
+    import base64
+
+    def attempt(peer: str, password: str) -> int:
+        dialog = _connect(factory, peer)
+        token = base64.b64encode(f"\0u\0{password}".encode())
+        dialog.send(b"EHLO c\r\nAUTH PLAIN " + token + b"\r\n")
+        return dialog.codes()[-1]
+
+    assert attempt("192.0.2.1", "bad") == 535
+    assert attempt("192.0.2.1", "bad") == 535
+    assert attempt("192.0.2.1", "p") == 454  # even the right password: the guesser is locked out
+    assert attempt("192.0.2.2", "p") == 235  # another client is not
+    clock.advance(601)
+    assert attempt("192.0.2.1", "p") == 235

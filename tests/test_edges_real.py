@@ -126,3 +126,50 @@ def test_a_filling_disk_refuses_at_mail_with_452_keeps_every_250_and_recovers(sm
     stored = {d["recipient"] for d in spool_documents(str(data_dir), "local")}
     assert stored == {*accepted, "after@local.test"}
     assert spool_stats(str(data_dir)).get("local") == len(accepted) + 1
+
+
+def _read_reply(f) -> tuple[int, list[bytes]]:
+    lines = []
+    while True:
+        line = f.readline()
+        assert line.endswith(b"\r\n"), f"connection closed after {lines!r}"
+        lines.append(line[4:-2])
+        if line[3:4] == b" ":
+            return int(line[:3]), lines
+
+
+def test_bdat_from_a_raw_client_chunks_of_1_byte_to_1_mb_pipelined_binary_stored_byte_for_byte(tmp_path):
+    import random
+    import socket
+
+    rng = random.Random(3030)
+    body = bytes(rng.getrandbits(8) for _ in range(1 << 20)) + b"\r\n.\r\n\x00" * 3
+    sizes, left = [1, 1, 2, 7, 1000, 65536, 1 << 20], len(body)
+    chunks = []
+    for size in sizes:
+        take = min(size, left - len(chunks))  # keep at least one octet per later chunk
+        chunks.append(body[sum(map(len, chunks)):sum(map(len, chunks)) + take])
+    chunks[-1] = body[sum(map(len, chunks[:-1])):]
+    assert b"".join(chunks) == body
+    mta = MTAProcess(str(tmp_path / "d"), "--local-domains=local.test", "--smtp-maxsize=4194304").start()
+    try:
+        with socket.create_connection(("127.0.0.1", mta.port), timeout=30) as sock, sock.makefile("rb") as f:
+            assert _read_reply(f)[0] == 220
+            sock.sendall(b"EHLO raw.test\r\n")
+            code, lines = _read_reply(f)
+            assert b"CHUNKING" in lines and b"BINARYMIME" in lines
+            wire = b"MAIL FROM:<a@example.com> BODY=BINARYMIME\r\nRCPT TO:<b@local.test>\r\n"
+            for i, chunk in enumerate(chunks):
+                wire += f"BDAT {len(chunk)}{' LAST' if i == len(chunks) - 1 else ''}\r\n".encode() + chunk
+            sock.sendall(wire)  # everything pipelined at once
+            codes = [_read_reply(f)[0] for _ in range(2 + len(chunks))]
+            assert codes == [250] * (2 + len(chunks))
+            sock.sendall(b"QUIT\r\n")
+    finally:
+        mta.stop()
+    [doc] = spool_documents(mta.data_dir, "local")
+    from mqtwisted.jsonvalues import mime_bytes
+
+    stored = mime_bytes(doc["mime"])
+    assert len(stored) == len(body)
+    assert stored == body

@@ -76,6 +76,15 @@ class SessionHost(Protocol):
     def when_ready(self, greet: Callable[[], None]) -> None:
         """Call ``greet`` once the MTA can store what the session accepts."""
 
+    def storage_full(self) -> Reply | None:
+        """The reply that refuses MAIL while there is no room to store mail, else None."""
+
+    def auth_refusal(self, ip: str) -> Reply | None:
+        """The reply to every AUTH from ``ip`` while it failed too often, else None."""
+
+    def auth_failed(self, ip: str) -> None:
+        """Count a failed AUTH of ``ip``."""
+
 
 @implementer(interfaces.IHandshakeListener)
 class SMTPServer(ProxyHeaderSession, AuthCommands, MessageCommands, smtp.ESMTP):

@@ -27,6 +27,10 @@ class AuthCommands:
     _run: Callable[..., None]
 
     def smtp_AUTH(self, arg: str, t: Transition) -> None:
+        blocked = self.factory.auth_refusal(self.conn.remote_ip)
+        if blocked is not None:
+            self._error(blocked)
+            return
         started = sasl.start(arg, t)
         if isinstance(started, Reply):
             self._error(started)
@@ -64,6 +68,7 @@ class AuthCommands:
                 self.session.advance(exchange.transition)
                 self._send(reply or Reply(235, "Authentication successful", "2.7.0"))
             else:
+                self.factory.auth_failed(self.conn.remote_ip)
                 self._error(Reply(535, "Authentication credentials invalid", "5.7.8"))
 
         self._run(exchange.transition, verdict, login, password)
