@@ -1,5 +1,5 @@
 """The ``mqmta`` command: queue inspection (``queue stats|list|show``), ``inject``, ``mktap``,
-``dkim keygen``.
+``dkim keygen``, ``plugin-header``.
 
 Queue commands on the spool read the database directly (SQLite in WAL mode lets them read while
 the MTA writes); on amqp they talk to the broker.
@@ -143,7 +143,15 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--algorithm", choices=["rsa-sha256", "ed25519-sha256"], default="rsa-sha256")
     k.add_argument("--bits", type=int, default=2048, help="RSA key size (at least 1024)")
     k.add_argument("-o", "--output", help="private key file (default DOMAIN.SELECTOR.pem; never overwritten)")
+    sub.add_parser("plugin-header", help="print the directory of mqtwisted.h, for cc -I")
     return p
+
+
+def cmd_plugin_header() -> int:
+    from mqtwisted.cplugins.native import header_dir
+
+    print(header_dir())
+    return 0
 
 
 def cmd_dkim_keygen(args: argparse.Namespace) -> int:
@@ -211,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_inject(args)
     if args.command == "dkim":
         return cmd_dkim_keygen(args)
+    if args.command == "plugin-header":
+        return cmd_plugin_header()
     return 2
 
 

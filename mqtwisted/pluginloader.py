@@ -1,5 +1,6 @@
-"""Loading plugin modules: a directory's ``*.py`` files and packages, in alphabetical order, each
-imported under a name of its own and checked for ``mq_version()``.  A plugin that cannot load
+"""Loading plugin modules: a directory's ``*.py`` files, packages and ``*.so`` C plugins (made
+into modules by :mod:`mqtwisted.cplugins`), in one alphabetical order, each under a name of its
+own and checked for ``mq_version()``.  A plugin that cannot load
 stops the MTA from starting (:class:`PluginError` says which file and why).
 """
 
@@ -42,10 +43,13 @@ def _module_name(name: str) -> str:
 
 
 def load_plugin(path: str) -> Plugin:
-    """Import one plugin (a ``*.py`` file or a package directory) and check its ``mq_version``."""
+    """Import one plugin (a ``*.py`` file, a package directory or a ``*.so``) and check its
+    ``mq_version``."""
     base = os.path.basename(path.rstrip(os.sep))
-    name = base[:-3] if base.endswith(".py") else base
+    name = base[:-3] if base.endswith((".py", ".so")) else base
     modname = _module_name(name)
+    if base.endswith(".so"):
+        return check_plugin(Plugin(name, path, _load_shared_object(path, name, modname)))
     try:
         if os.path.isdir(path):
             spec = importlib.util.spec_from_file_location(
@@ -64,6 +68,18 @@ def load_plugin(path: str) -> Plugin:
             f"plugin {name!r} ({path}) failed to import:\n{traceback.format_exc()}"
         ) from e
     return check_plugin(Plugin(name, path, module))
+
+
+def _load_shared_object(path: str, name: str, modname: str) -> ModuleType:
+    # Imported here: cffi and a C compiler are needed only where C plugins are.
+    try:
+        from mqtwisted.cplugins import NativeError, load_c_plugin
+    except ImportError as e:
+        raise PluginError(f"plugin {name!r} ({path}) is a C plugin, which needs cffi: {e}") from e
+    try:
+        return load_c_plugin(path, modname)
+    except (NativeError, OSError) as e:
+        raise PluginError(f"plugin {name!r} ({path}) failed to load: {e}") from e
 
 
 def plugin_from_module(module: ModuleType, name: str | None = None) -> Plugin:
@@ -101,7 +117,7 @@ def plugin_paths(directory: str) -> list[str]:
         if entry.startswith((".", "_")):
             continue  # __pycache__, editor droppings, disabled plugins
         path = os.path.join(directory, entry)
-        if entry.endswith(".py") and os.path.isfile(path):
+        if entry.endswith((".py", ".so")) and os.path.isfile(path):
             paths.append(path)
         elif os.path.isfile(os.path.join(path, "__init__.py")):
             paths.append(path)

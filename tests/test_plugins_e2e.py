@@ -14,49 +14,11 @@ import pytest_twisted
 
 from mqtwisted.testing import start_mta
 from tests.conftest import in_thread, send_mail, sleep, wait_until
-from tests.test_plugins_support import write_plugins
+from tests.contract.recording import records
+from tests.test_plugins_support import C_MISSING, contract_plugins, write_plugins
 
 MSG = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
 EXAMPLES = Path(__file__).resolve().parent.parent / "plugins"
-
-RECORDER = """
-def _rec(ctx, conn, hook, *extra):
-    CALLS.append((hook, conn.id, ctx, threading.current_thread().name) + extra)
-    return False
-
-def mq_context_initialize(ctx):
-    CALLS.append(("mq_context_initialize", None, ctx, threading.current_thread().name))
-
-def mq_context_cleanup(ctx):
-    CALLS.append(("mq_context_cleanup", None, ctx, threading.current_thread().name))
-
-def mq_smtp_in_connect(ctx, conn):
-    return _rec(ctx, conn, "connect")
-
-def mq_smtp_in_secure(ctx, conn):
-    return _rec(ctx, conn, "secure", mq.MQ_secure(conn), mq.MQ_tlsVersion(conn))
-
-def mq_smtp_in_authenticate(ctx, conn, login, password):
-    return _rec(ctx, conn, "authenticate", login, password)
-
-def mq_smtp_in_mailfrom(ctx, conn, address):
-    return _rec(ctx, conn, "mailfrom", address, mq.MQ_helo(conn), mq.MQ_authenticated(conn))
-
-def mq_smtp_in_rcptto(ctx, conn, address):
-    return _rec(ctx, conn, "rcptto", address)
-
-def mq_smtp_in_data(ctx, conn, mime):
-    return _rec(ctx, conn, "data", mime)
-
-def mq_smtp_in_message(ctx, conn, message):
-    mq.MQ_json(message).setdefault("tags", []).append("recorded")
-    mq.MQ_json(message)["recorder-saw"] = mq.MQ_recipient(message)
-    return _rec(ctx, conn, "message", mq.MQ_recipient(message))
-
-def mq_smtp_in_close(ctx, conn):
-    return _rec(ctx, conn, "close")
-"""
-
 
 def plugin_module(name: str):
     return sys.modules["mqtwisted_plugin_" + name]
@@ -76,25 +38,46 @@ def mtas():
         pytest_twisted.blockon(m.stop())
 
 
+@pytest.fixture(
+    params=["python", pytest.param("c", marks=pytest.mark.skipif(C_MISSING is not None, reason=str(C_MISSING)))]
+)
+def lang(request):
+    """The contract tests run once with the plugins in Python, once with the same plugins in C."""
+    return request.param
+
+
+@pytest.fixture
+def recorded(tmp_path, monkeypatch):
+    """The file the contract plugins write their lines to."""
+    path = tmp_path / "record"
+    monkeypatch.setenv("MQ_TEST_RECORD", str(path))
+    return path
+
+
+def context_threads(mta) -> set[str]:
+    runner = mta.service.getServiceNamed("plugins").runner
+    return {str(ctx.thread.native_id) for ctx in runner.contexts}
+
+
 @pytest_twisted.inlineCallbacks
-def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mtas):
-    plugins = write_plugins(tmp_path / "plugins", {"recorder.py": RECORDER})
+def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mtas, lang, recorded):
+    plugins = contract_plugins(tmp_path / "plugins", lang, recorder="recorder")
     mta = yield mtas(
         tmp_path / "data",
         plugin_directory=str(plugins),
         threads="2",
         smtp_auth="hardcoded://user:secret",
     )
-    calls = plugin_module("recorder").CALLS
     rcpts = ["r1@example.com", "r2@example.org"]
     yield in_thread(send_mail, mta.port, msg=MSG, starttls=True, login=("user", "secret"), rcpts=rcpts)
-    yield wait_until(lambda: any(c[0] == "close" for c in calls), 5)
+    yield wait_until(lambda: any(c[0] == "close" for c in records(recorded)), 5)
+    calls = records(recorded)
 
     # mq_context_initialize: once per worker thread, in that thread
-    inits = [c for c in calls if c[0] == "mq_context_initialize"]
-    assert sorted((c[2].index, c[3]) for c in inits) == [(0, "mq-context-0"), (1, "mq-context-1")]
+    inits = {(c[1], c[3]) for c in calls if c[0] == "context_initialize"}
+    assert len(inits) == 2 and {thread for _, thread in inits} == context_threads(mta)
 
-    session = [c for c in calls if c[1] is not None]
+    session = [c for c in calls if c[2] != "0"]
     assert [c[0] for c in session] == [
         "connect",
         "secure",
@@ -107,16 +90,15 @@ def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mt
         "message",
         "close",
     ]
-    # one connection, one context, one thread, for every hook
-    assert len({c[1] for c in session}) == 1
-    ctx = session[0][2]
-    assert all(c[2] is ctx and c[3] == ctx.name for c in session)
+    # one connection, one context, and that context's thread, for every hook
+    assert len({c[2] for c in session}) == 1
+    assert len({(c[1], c[3]) for c in session}) == 1 and (session[0][1], session[0][3]) in inits
     by_hook = {c[0]: c[4:] for c in session}
-    assert by_hook["secure"][0] is True and by_hook["secure"][1].startswith("TLS")
+    assert by_hook["secure"] == ("1",)
     assert by_hook["authenticate"] == ("user", "secret")
-    assert by_hook["mailfrom"] == ("a@example.com", "client.test", True)
+    assert by_hook["mailfrom"] == ("a@example.com", "1")
     assert [c[4] for c in session if c[0] == "rcptto"] == rcpts
-    assert by_hook["data"][0] == MSG
+    assert bytes.fromhex(by_hook["data"][0]) == MSG
     assert [c[4] for c in session if c[0] == "message"] == rcpts  # once per recipient
 
     docs = yield mta.documents()
@@ -125,60 +107,46 @@ def test_hook_order_context_and_queued_edits_over_starttls_and_auth(tmp_path, mt
         assert "recorded" in d["tags"] and d["recorder-saw"] == d["recipient"]
 
 
-TAKER = """
-import os
-from twisted.internet import reactor
-
-def mq_smtp_in_mailfrom(ctx, conn, address):
-    # hand back from another thread
-    threading.Timer(0.1, mq.MQ_continue, (conn,)).start()
-    CALLS.append("mailfrom")
-    return True
-
-def mq_smtp_in_rcptto(ctx, conn, address):
-    # hand back from a timer, which runs in this context's thread
-    def resume(c):
-        CALLS.append("timer in " + threading.current_thread().name)
-        mq.MQ_continue(c)
-    mq.MQ_startTimer(ctx, 0.1, resume, conn)
-    CALLS.append("rcptto in " + threading.current_thread().name)
-    return True
-
-def mq_smtp_in_data(ctx, conn, mime):
-    CALLS.append("data")
-    if CALLS.count("data") == 1:
-        threading.Timer(0.05, mq.MQ_retry, (conn,)).start()
-        return True
-    return False
-"""
-COUNTER = """
-def mq_smtp_in_data(ctx, conn, mime):
-    CALLS.append("data")
-    return False
-"""
-
-
 @pytest_twisted.inlineCallbacks
-def test_take_control_from_thread_and_timer_and_retry_over_tcp(tmp_path, mtas):
-    plugins = write_plugins(tmp_path / "plugins", {"a_count.py": COUNTER, "b_take.py": TAKER})
+def test_take_control_from_thread_and_timer_and_retry_over_tcp(tmp_path, mtas, lang, recorded):
+    plugins = contract_plugins(tmp_path / "plugins", "python", a_count="counter")
+    contract_plugins(plugins, lang, b_take="taker")
     mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
     start = time.monotonic()
     refused = yield in_thread(send_mail, mta.port, msg=MSG)
     assert refused == {}
     assert time.monotonic() - start >= 0.25
-    calls = plugin_module("b_take").CALLS
-    ctx_thread = calls[1].split(" in ")[1]
-    assert calls == [
-        "mailfrom",
-        "rcptto in " + ctx_thread,
-        "timer in " + ctx_thread,
-        "data",
-        "data",
-    ]
-    # MQ_retry re-ran the step from the first plugin
-    assert plugin_module("a_count").CALLS == ["data", "data"]
+    calls = records(recorded)
+    # MQ_retry re-ran the DATA step from the first plugin
+    assert [c[0] for c in calls] == ["mailfrom", "rcptto", "timer", "count", "data", "count", "data"]
+    # the timer ran in the context's thread, the one the hook ran in
+    rcptto, timer = calls[1], calls[2]
+    assert timer[1:4] == rcptto[1:4] and rcptto[3] in context_threads(mta)
     docs = yield mta.documents()
     assert len(docs) == 1
+
+
+STAGES = [("connect", 554), ("mailfrom", 550), ("rcptto", 550), ("data", 554), ("message", 554)]
+
+
+@pytest_twisted.inlineCallbacks
+def test_refusal_with_a_code_at_every_stage(tmp_path, mtas, lang, recorded, monkeypatch):
+    plugins = contract_plugins(tmp_path / "plugins", lang, recorder="recorder")
+    mta = yield mtas(tmp_path / "data", plugin_directory=str(plugins), threads="2")
+    for stage, code in STAGES:
+        monkeypatch.setenv("MQ_TEST_REFUSE", stage)
+        with pytest.raises(smtplib.SMTPException) as e:
+            yield in_thread(send_mail, mta.port, msg=MSG)
+        error = e.value
+        if isinstance(error, smtplib.SMTPRecipientsRefused):
+            reply = error.recipients["b@example.com"]
+        else:
+            reply = (error.smtp_code, error.smtp_error)
+        assert reply == (code, b"5.7.1 refused at " + stage.encode()), stage
+    assert (yield mta.documents()) == []
+    monkeypatch.delenv("MQ_TEST_REFUSE")
+    assert (yield in_thread(send_mail, mta.port, msg=MSG)) == {}
+    assert len((yield mta.documents())) == 1
 
 
 SLEEPER = """
