@@ -119,6 +119,7 @@ def contract_plugins(directory: Path, lang: str, **plugins: str) -> Path:
 
 C_HEADER = """\
 #include <libfastjson/json.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

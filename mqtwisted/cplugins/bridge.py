@@ -127,7 +127,7 @@ def _tree_to_python(fj: Any, tree: Any) -> Any:
 
 def _open_tree(m: MessageState) -> Any:
     fj = native.fjson()
-    tree = fj.fjson_tokener_parse(json.dumps(m.message.document, default=_plain).encode("utf-8", "surrogatepass"))
+    tree = fj.fjson_tokener_parse(json.dumps(m.message.document, default=_plain).encode())
     if tree == ffi.NULL:
         api.MQ_log(api.MQ_CRIT, "MQ_json: libfastjson could not parse the message's JSON")
         return ffi.NULL
@@ -348,11 +348,10 @@ def _sync_tree(message: Any, key: str) -> None:
     m = _message_states.get(message)
     if m is None or m.tree == ffi.NULL or message.outgoing:
         return
-    value = message.document.get(key)
-    m.baseline[key] = json.loads(json.dumps(value, default=_plain))
     fj = native.fjson()
-    child = fj.fjson_tokener_parse(json.dumps(value, default=_plain).encode("utf-8", "surrogatepass"))
+    child = fj.fjson_tokener_parse(json.dumps(message.document.get(key), default=_plain).encode())
     if child != ffi.NULL:
+        m.baseline[key] = _tree_to_python(fj, child)  # as libfastjson renders it, like the rest
         fj.fjson_object_object_add(m.tree, key.encode(), child)
 
 
