@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -579,3 +580,26 @@ __all__ = [
     "parse_stats",
     "wait_count",
 ]
+
+
+class MqmtaC(Mqmta):
+    """mqmta with C plugins: every ``*.c`` in ``sources`` compiled with ``cc`` into a fresh plugin
+    directory when the side is prepared (unavailable without a compiler)."""
+
+    def __init__(self, label: str, sources: Path) -> None:
+        super().__init__(label=label)
+        self.sources = sources
+
+    def prepare(self, allow_install: bool) -> None:
+        cc = shutil.which(os.environ.get("CC", "cc"))
+        if cc is None:
+            raise Unavailable("no C compiler (cc) to build the C plugin")
+        out = Path(tempfile.mkdtemp(prefix="mqbench-cplugins-"))
+        for source in sorted(self.sources.glob("*.c")):
+            target = out / f"{source.stem}.so"
+            argv = [cc, "-shared", "-fPIC", "-O2", "-I", REPO_DIR / "mqtwisted" / "include", "-o", target, source]
+            r = run(argv, 120)
+            if r.returncode:
+                raise Unavailable(f"cc {source.name} failed: {r.stderr.strip()[-300:]}")
+        self.plugin_dir = out
+        super().prepare(allow_install)

@@ -26,6 +26,7 @@ from bench.peers import (
     BareTwisted,
     Haraka,
     Mqmta,
+    MqmtaC,
     Peer,
     Postfix,
     Server,
@@ -273,12 +274,14 @@ def scenario_inbound(opts: Options) -> ScenarioResult:
 def scenario_plugins(opts: Options) -> ScenarioResult:
     res = ScenarioResult(
         "plugins",
-        "2 plugins: mqmta with a plugin defining all eight in-hooks vs none, -l 2000, seconds",
+        "2 plugins: mqmta with a plugin defining all eight in-hooks (Python; the same in C) vs none, "
+        "-l 2000, seconds",
         reference="mqmta+allhooks",
     )
     plain = Mqmta()
     hooked = Mqmta(label="mqmta+allhooks", plugin_dir=BENCH_DIR / "plugins_allhooks")
-    sides = prepare_sides([plain, hooked], opts, res)
+    hooked_c = MqmtaC("mqmta+allhooks-c", BENCH_DIR / "plugins_allhooks_c")
+    sides = prepare_sides([plain, hooked, hooked_c], opts, res)
     if hooked not in sides:
         return not_available(res, res.unavailable.get(hooked.name, "mqmta not available"))
 

@@ -3,6 +3,7 @@ plugin runner (the hook contract over real SMTP is in test_plugins_e2e, for both
 
 from __future__ import annotations
 
+import os
 import smtplib
 import subprocess
 import sys
@@ -60,6 +61,21 @@ def test_missing_version_and_unsupported_symbol_are_named(tmp_path):
     with pytest.raises(PluginError) as e:
         load_plugins(str(d))
     assert "evloop.so" in str(e.value) and "MQ_ev" in str(e.value) and "libev" in str(e.value)
+
+
+def test_without_a_compiler_python_plugins_load_and_a_c_plugin_is_refused_by_name(tmp_path):
+    python_only = write_plugins(tmp_path / "py", {"a.py": ""})
+    with_c = tmp_path / "c"
+    c_plugin(with_c, "native", "")
+    code = (
+        "import sys; from mqtwisted.pluginloader import PluginError, load_plugins\n"
+        f"assert [p.name for p in load_plugins({str(python_only)!r})] == ['a']\n"
+        f"try: load_plugins({str(with_c)!r})\n"
+        "except PluginError as e: print(e)\n"
+    )
+    env = {**os.environ, "CC": "no-such-cc"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert str(with_c / "native.so") in out.stdout and "C compiler" in out.stdout and "'no-such-cc'" in out.stdout
 
 
 def test_python_plugins_alone_load_nothing_of_the_c_side(tmp_path):
@@ -281,8 +297,6 @@ MQ_EXPORT bool mq_smtp_in_data(MQ_Context *ctx, MQ_Connection *conn, const char 
 
 @pytest_twisted.inlineCallbacks
 def test_io_watch_hands_control_back_when_the_descriptor_is_readable(tmp_path, runners, logged, monkeypatch):
-    import os
-
     from twisted.internet import reactor
 
     read_end, write_end = os.pipe()

@@ -18,6 +18,7 @@ from typing import Any
 from twisted.logger import Logger
 
 from mqtwisted import api
+from mqtwisted.contexts import current_plugin
 from mqtwisted.cplugins import native
 from mqtwisted.cplugins.handles import Handles
 from mqtwisted.cplugins.native import ffi
@@ -168,7 +169,9 @@ def _failed(exc_type: Any, exc: Any, tb: Any) -> None:
     # A callback must not raise into C: log (as the calling plugin) and return the default.
     from twisted.python.failure import Failure
 
-    log.failure("MQ_* call from a C plugin failed", Failure(exc, exc_type, tb))
+    log.failure(
+        "plugin {plugin}: an MQ_* call failed", Failure(exc, exc_type, tb), plugin=current_plugin.get() or "?"
+    )
 
 
 def _control(conn_n: int, kind: int) -> None:
