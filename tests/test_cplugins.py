@@ -427,3 +427,17 @@ def test_send_and_file_descriptor_on_the_real_socket(tmp_path, monkeypatch):
         assert welcome.splitlines()[0] == f"your port is {port}".encode()
     finally:
         yield mta.stop()
+
+
+def test_loading_a_path_again_loads_it_afresh(tmp_path):
+    # A reload (SIGHUP) must get a changed file's code and fresh globals, not the library
+    # dlopen already has under that name.
+    d = tmp_path / "p"
+    c_plugin(d, "once", "", version="calls++ == 0 ? MQ_API_VERSION : 999", prelude="static int calls;\n")
+    first = load_plugins(str(d))[0]
+    assert first.hook("mq_smtp_in_data") is None
+    again = load_plugins(str(d))[0]  # the same file: its own statics again, so mq_version passes
+    assert again.module is not first.module
+    replaced = c_plugin(tmp_path / "new", "once", "MQ_EXPORT bool mq_smtp_in_data(MQ_Context *x, MQ_Connection *c, const char *m, size_t n) { return false; }")
+    os.replace(replaced, d / "once.so")
+    assert load_plugins(str(d))[0].hook("mq_smtp_in_data") is not None

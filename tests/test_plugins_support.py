@@ -128,12 +128,13 @@ C_HEADER = """\
 """
 
 
-def c_plugin(directory: Path, name: str, body: str, version: str = "MQ_API_VERSION") -> Path:
-    """``directory/name.so`` compiled from ``body`` (after :data:`C_HEADER` and an ``mq_version``
-    returning ``version``); the source is left beside it as ``name.c``, which loading ignores."""
+def c_plugin(directory: Path, name: str, body: str, version: str = "MQ_API_VERSION", prelude: str = "") -> Path:
+    """``directory/name.so`` compiled from ``body`` (after :data:`C_HEADER`, ``prelude`` and an
+    ``mq_version`` returning ``version``); the source is left beside it as ``name.c``, which
+    loading ignores."""
     directory.mkdir(parents=True, exist_ok=True)
     source = directory / f"{name}.c"
     source.write_text(
-        C_HEADER + f"MQ_EXPORT int mq_version(void) {{ return {version}; }}\n" + textwrap.dedent(body)
+        C_HEADER + prelude + f"MQ_EXPORT int mq_version(void) {{ return {version}; }}\n" + textwrap.dedent(body)
     )
     return build_c_plugin(source, directory / f"{name}.so")
