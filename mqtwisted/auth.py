@@ -21,6 +21,7 @@ different things on different machines.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 import re
 import urllib.parse
@@ -167,14 +168,14 @@ def read_hash_line(path: str, number: int, line: str) -> tuple[str, str] | None:
     return user, digest
 
 
-def load_checker(spec: str) -> PasswordChecker:
-    """Parse an ``--smtp-auth`` value."""
+def load_checker(spec: str, option: str = "smtp-auth") -> PasswordChecker:
+    """Parse an ``--smtp-auth`` (or ``--www-auth``: ``option``) value."""
     if spec.startswith("hardcoded://"):
         plain = {}
         for pair in spec[len("hardcoded://") :].split(","):
             user, colon, password = pair.partition(":")
             if not colon or not user:
-                raise AuthConfigError(f"--smtp-auth: expected user:password, got {pair!r}")
+                raise AuthConfigError(f"--{option}: expected user:password, got {pair!r}")
             plain[urllib.parse.unquote(user)] = urllib.parse.unquote(password)
         return PasswordChecker(plain=plain)
     if spec.startswith("file://"):
@@ -187,6 +188,36 @@ def load_checker(spec: str) -> PasswordChecker:
                     if entry is not None:
                         hashed[entry[0]] = entry[1]
         except OSError as e:
-            raise AuthConfigError(f"--smtp-auth: cannot read {path}: {e.strerror}") from e
+            raise AuthConfigError(f"--{option}: cannot read {path}: {e.strerror}") from e
         return PasswordChecker(hashed=hashed)
-    raise AuthConfigError(f"--smtp-auth: unknown scheme in {spec!r} (use hardcoded:// or file://)")
+    raise AuthConfigError(f"--{option}: unknown scheme in {spec!r} (use hardcoded:// or file://)")
+
+
+def load_tokens(spec: str) -> frozenset[bytes]:
+    """``rest-tokens`` as the set of the tokens' SHA-256 digests."""
+    if spec.startswith("hardcoded://"):
+        tokens = [t for t in spec[len("hardcoded://"):].split(",") if t]
+        return frozenset(hashlib.sha256(t.encode()).digest() for t in tokens)
+    if not spec.startswith("file://"):
+        raise AuthConfigError(f"--rest-tokens: expected hardcoded://TOKEN,... or file:///PATH, got {spec[:20]!r}")
+    path = urllib.parse.unquote(urllib.parse.urlparse(spec).path)
+    digests = set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if line.startswith("sha256:"):
+                    try:
+                        digest = bytes.fromhex(line[7:])
+                    except ValueError:
+                        digest = b""
+                    if len(digest) != 32:
+                        raise AuthConfigError(f"--rest-tokens: {path}:{number}: sha256: needs 64 hex digits")
+                    digests.add(digest)
+                else:
+                    digests.add(hashlib.sha256(line.encode()).digest())
+    except OSError as e:
+        raise AuthConfigError(f"--rest-tokens: {path}: {e.strerror}") from e
+    return frozenset(digests)

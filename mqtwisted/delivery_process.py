@@ -264,6 +264,10 @@ class DeliveryProcess(service.Service):
         elif "metrics" in message:
             METRICS.worker_reported(self.name, message["metrics"])
 
+    def destination_rows(self) -> list[dict[str, Any]]:
+        """The worker's destinations board, as it last reported."""
+        return list(METRICS.workers.get(self.name, {}).get("destinations", []))
+
     def counts(self) -> tuple[int, int]:
         """(outbound connections, messages waiting for one), as the worker last reported."""
         gauges = METRICS.workers.get(self.name, {}).get("gauges", {})
@@ -385,7 +389,9 @@ class Worker:
 
     def _send_snapshot(self) -> None:
         connections, pending = self.delivery.counts() if self.delivery.running else (0, 0)
-        self.send({"metrics": METRICS.snapshot({"connections": connections, "pending": pending})})
+        snapshot = METRICS.snapshot({"connections": connections, "pending": pending})
+        snapshot["destinations"] = self.delivery.destination_rows() if self.delivery.running else []
+        self.send({"metrics": snapshot})
         self.reactor.callLater(SNAPSHOT_INTERVAL, self._send_snapshot)
 
     def observe(self, event: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 HOOK_BUCKETS: tuple[float, ...] = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
 )
+#: delivery attempts kept for the console's delivery log (and sent on by a worker per snapshot)
+RECENT = 1000
 
 
 class _ThreadHooks:
@@ -43,6 +46,8 @@ class Metrics:
         self.started = time.time()
         #: end-of-DATA replies by code (250 accepted; 4xx/5xx refused)
         self.messages: dict[int, int] = {}
+        #: documents queued through the API (POST /v1/inject)
+        self.injected = 0
         #: connections turned away before the greeting (limits, connect hook)
         self.connections_refused = 0
         #: SMTP sessions ended, by outcome (quit, lost, timeout, errors, refused, shutdown ...)
@@ -51,6 +56,15 @@ class Metrics:
         self.attempts: dict[tuple[str, str], int] = {}
         #: delivery attempts by (destination, sending address, class); "accepted" is a class here
         self.classes: dict[tuple[str, str, str], int] = {}
+        #: what each attempt led to: delivered, deferred (retried later) or failed (for good)
+        self.outcomes: dict[str, int] = {}
+        #: the latest attempts as (number, entry), for the console's live delivery log
+        self.recent: deque[tuple[int, dict[str, Any]]] = deque(maxlen=RECENT)
+        self.recent_count = 0
+        #: the number of the last entry a worker's snapshot carried
+        self._reported = 0
+        #: called with each new entry of :attr:`recent` (the console's event streams)
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self._local = threading.local()
         self._threads: list[_ThreadHooks] = []
         self._lock = threading.Lock()
@@ -83,6 +97,25 @@ class Metrics:
         c = self.classes
         c[key] = c.get(key, 0) + 1
 
+    def outcome(self, kind: str) -> None:
+        o = self.outcomes
+        o[kind] = o.get(kind, 0) + 1
+
+    def logged(self, entry: dict[str, Any]) -> None:
+        """One attempt for the delivery log (cheap when nobody watches: one append)."""
+        self.recent_count += 1
+        self.recent.append((self.recent_count, entry))
+        for listener in list(self.listeners):
+            listener(entry)
+
+    def outcome_counts(self) -> dict[str, int]:
+        """Delivered, deferred and failed, with live worker processes' counts."""
+        total = dict(self.outcomes)
+        for snap in list(self.workers.values()):
+            for kind, n in snap.get("outcomes", {}).items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
     def class_counts(self) -> dict[tuple[str, str, str], int]:
         """Attempts by destination, sending address and class, with live worker processes'."""
         total = dict(self.classes)
@@ -105,10 +138,19 @@ class Metrics:
             "attempts": [[s, r, n] for (s, r), n in self.attempts.items()],
             "classes": [[d, s, c, n] for (d, s, c), n in self.classes.items()],
             "hooks": [[p, h, row] for (p, h), row in self.hooks().items()],
+            "outcomes": dict(self.outcomes),
+            "recent": self._unreported(),
             "gauges": gauges,
         }
 
+    def _unreported(self) -> list[dict[str, Any]]:
+        fresh = [entry for n, entry in self.recent if n > self._reported]
+        self._reported = self.recent_count
+        return fresh
+
     def worker_reported(self, name: str, snapshot: dict[str, Any]) -> None:
+        for entry in snapshot.pop("recent", ()):
+            self.logged(entry)
         self.workers[name] = snapshot
 
     def worker_ended(self, name: str) -> None:
@@ -118,6 +160,8 @@ class Metrics:
             return
         _add_attempts(self.attempts, snap)
         _add_classes(self.classes, snap)
+        for kind, n in snap.get("outcomes", {}).items():
+            self.outcomes[kind] = self.outcomes.get(kind, 0) + n
         for plugin, hook, row in snap.get("hooks", ()):
             _add_row(self._ended.table, (plugin, hook), row)
 

@@ -198,8 +198,14 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-defaultips", "", _ip_list,
      "local addresses to send from when a message names no ips or pool, comma separated (default: "
      "the shaping file's pool 'default', else the system's choice)"),
-    ("www-ip", "127.0.0.1", str, "address for the status and metrics web server"),
-    ("www-port", "8485", _optional_port, "port for /status and /metrics (empty: off)"),
+    ("www-ip", "127.0.0.1", str, "address of the console, the REST API, /status and /metrics"),
+    ("www-port", "8485", _optional_port, "port of the console, the REST API, /status and /metrics (empty: off)"),
+    ("www-auth", "", str,
+     "console logins: hardcoded://user:pass,... or file:///path (as smtp-auth); without it the console "
+     "listens on loopback only"),
+    ("rest-tokens", "", str,
+     "bearer tokens of the REST API: hardcoded://TOKEN,... or file:///path (a token or sha256:HEX per line)"),
+    ("www-max-body", "67108864", _positive_int, "largest request body of the REST API, in bytes (413 above)"),
     ("log-format", "text", _choice("text", "json"), "log format"),
     ("shutdown-timeout", "30", _seconds, "seconds to let sessions and deliveries finish on shutdown"),
 ]
@@ -277,6 +283,29 @@ class MQOptions(usage.Options):
                     self[key] = value
         super().parseOptions(args)
 
+    def _check_www(self) -> None:
+        """The console's access: logins and tokens must load, and without www-auth it stays on
+        loopback (it would otherwise let anyone act on the queues)."""
+        import ipaddress
+
+        if self["www-port"] is not None and not self["www-auth"]:
+            try:
+                loopback = ipaddress.ip_address(self["www-ip"]).is_loopback
+            except ValueError:
+                loopback = self["www-ip"] == "localhost"
+            if not loopback:
+                raise ConfigError(f"--www-ip {self['www-ip']}: the console and REST API listen beyond loopback "
+                                  "only with --www-auth (set it, or use --www-ip 127.0.0.1)")
+        from mqtwisted.auth import AuthConfigError, load_checker, load_tokens
+
+        try:
+            if self["www-auth"]:
+                load_checker(self["www-auth"], "www-auth")
+            if self["rest-tokens"]:
+                load_tokens(self["rest-tokens"])
+        except AuthConfigError as e:
+            raise ConfigError(str(e)) from None
+
     def postOptions(self) -> None:
         if self._probe:
             return
@@ -296,6 +325,7 @@ class MQOptions(usage.Options):
                               "use --queue amqp://... for more")
         if self["delivery-nice"] > 19:
             raise ConfigError(f"--delivery-nice: {self['delivery-nice']} is not a nice increment (0-19)")
+        self._check_www()
         if self["shaping"]:
             # Checked here so that a bad file stops the start, and a SIGHUP keeps the running one.
             from mqtwisted.shaping import ShapingError, load_shaping

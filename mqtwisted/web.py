@@ -1,5 +1,6 @@
-"""The operator's web port (``--www-port``, default 127.0.0.1:8485): ``/metrics`` in the
-Prometheus text format (prometheus_client's exposition) and ``/status`` as JSON.
+"""The operator's web port (``--www-port``, default 127.0.0.1:8485): the console and the REST API
+(:mod:`mqtwisted.console`), ``/metrics`` in the Prometheus text format (prometheus_client's
+exposition) and ``/status`` as JSON.
 
 Both are read-only and cheap: counters are summed at request time (see :mod:`mqtwisted.metrics`),
 queue depths come from ``Queue.stats()``.
@@ -60,15 +61,6 @@ def status_document(mta: Any, depths: dict[str, int]) -> dict[str, Any]:
     }
 
 
-class StatusSite(server.Site):
-    """No access log line per scrape: a scraper every 15 s would drown the mail log."""
-
-    noisy = False
-
-    def log(self, request: Any) -> None:
-        pass
-
-
 class _Async(resource.Resource):
     isLeaf = True
 
@@ -121,16 +113,15 @@ class StatusResource(_Async):
         return json.dumps(status, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
 
-class Root(resource.Resource):
-    def render_GET(self, request: Any) -> bytes:
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"mqmta: /metrics (Prometheus), /status (JSON)\n"
-
-
-def make_site(mta: Any) -> server.Site:
-    """The Site for ``mta`` (an MTAService): a registry of its own, so tests can run several."""
+def make_site(mta: Any, series: Any = None) -> server.Site:
+    """The Site for ``mta`` (an MTAService): a registry of its own, so tests can run several;
+    ``series`` the Overview's rates (:class:`mqtwisted.console.series.Series`)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
+
+    from mqtwisted.console import make_root
+    from mqtwisted.console.http import ConsoleSite
+    from mqtwisted.console.series import Series
 
     registry = CollectorRegistry(auto_describe=False)
     collector = MTACollector(mta)
@@ -138,11 +129,10 @@ def make_site(mta: Any) -> server.Site:
     ProcessCollector(namespace="mqmta", registry=registry)
     metrics = MetricsResource(mta, collector)
     metrics.mta_registry = registry  # type: ignore[attr-defined]
-    root = Root()
-    root.putChild(b"metrics", metrics)
-    root.putChild(b"status", StatusResource(mta, collector))
-    root.putChild(b"", root)
-    return StatusSite(root)
+    root = make_root(mta, series if series is not None else Series(), {
+        b"metrics": metrics, b"status": StatusResource(mta, collector),
+    })
+    return ConsoleSite(root, mta.options["www-max-body"])
 
 
 class WebService(service.Service):
@@ -155,10 +145,12 @@ class WebService(service.Service):
         self.port = port
         self.interface = interface
         self._port: Any = None
+        self._sampler: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_port"] = None
+        state["_sampler"] = None
         return state
 
     def privilegedStartService(self) -> None:
@@ -172,12 +164,22 @@ class WebService(service.Service):
 
     def _listen(self) -> None:
         if self._port is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor, task
 
+            from mqtwisted.console.series import Series
+
+            series = Series()
             self._port = bind_or_exit(
-                lambda: reactor.listenTCP(self.port, make_site(self.mta), interface=self.interface), "www-port"
+                lambda: reactor.listenTCP(self.port, make_site(self.mta, series), interface=self.interface),
+                "www-port",
             )
-            log.info("status and metrics on http://{ip}:{port}/", ip=self.interface, port=self.listening_port)
+            self._sampler = task.LoopingCall(lambda: series.sample(time.time()))
+            self._sampler.start(1.0, now=True)
+            options = self.mta.options
+            access = ("logins from --www-auth" if options.get("www-auth") else
+                      "no --www-auth: loopback only, no login")
+            log.info("console, REST API, status and metrics on http://{ip}:{port}/ ({access})",
+                     ip=self.interface, port=self.listening_port, access=access)
 
     @property
     def listening_port(self) -> int:
@@ -185,6 +187,8 @@ class WebService(service.Service):
 
     def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
+        if self._sampler is not None and self._sampler.running:
+            self._sampler.stop()
         port, self._port = self._port, None
         if port is not None:
             return defer.maybeDeferred(port.stopListening)

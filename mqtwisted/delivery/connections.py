@@ -44,6 +44,8 @@ class Job:
     #: where it goes and the address it is sent from, as /metrics labels them
     destination: str = ""
     source: str = ""
+    #: the shaper's site it was sent to ('' until a connection took it)
+    site: str = ""
 
 
 @attrs.define(frozen=True)
@@ -194,7 +196,9 @@ class Destination:
         if wait:
             self.wake_in(wait)
             return None
-        return self.pending.popleft()
+        job = self.pending.popleft()
+        job.site = self.site
+        return job
 
     def give_back(self, job: Job) -> None:
         if self.service.stopping:

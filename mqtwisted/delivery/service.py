@@ -25,6 +25,7 @@ from mqtwisted import hooks as hook_names
 from mqtwisted.classify import Classifier, RulesError
 from mqtwisted.connection import HookRunner, NoHooks
 from mqtwisted.delivery import outcomes
+from mqtwisted.delivery.board import Board
 from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
 from mqtwisted.delivery.options import DeliveryOptions
 from mqtwisted.delivery.signing import Signing, ThreadRunner, load_keys
@@ -94,6 +95,7 @@ class DeliveryService(service.Service):
         self.classifier = Classifier.load(self.options.bounce_rules)
         #: (sending address, site) -> the destinations there, which share the shaper's counters
         self.sites: dict[tuple[str | None, str], set[Destination]] = {}
+        self.board = Board()
 
     # TAP files pickle the service tree: configuration only, never live objects.
     def __getstate__(self) -> dict[str, Any]:
@@ -218,6 +220,12 @@ class DeliveryService(service.Service):
         destinations = list(self.destinations.values())
         return sum(len(d.runners) for d in destinations), sum(len(d.pending) for d in destinations)
 
+    def destination_rows(self) -> list[dict[str, Any]]:
+        """The console's Destinations rows (:mod:`mqtwisted.delivery.board`)."""
+        live = [(d.source, d.site, len(d.pending), {d.key.host}) for d in list(self.destinations.values())
+                if d.site is not None]
+        return self.board.rows(self.shaper, live, self.now())
+
     def release(self, job: Job) -> None:
         self.queue.release(job.lease)
 
@@ -329,13 +337,34 @@ class DeliveryService(service.Service):
         """Record ``attempt`` on the job's document and settle its lease accordingly."""
         self.classify(job, attempt)
         delivery_attempt(job.document.json, attempt)
-        self._settle(job, outcomes.after_attempt(job.document, attempt, self.now(), self.options, self.helo))
+        pubs = outcomes.after_attempt(job.document, attempt, self.now(), self.options, self.helo)
+        outbox = self.options.queue("outbox")
+        deferred = not attempt.accepted and any(p.queue == outbox for p in pubs)
+        self.report(job, attempt, "delivered" if attempt.accepted else "deferred" if deferred else "failed")
+        self._settle(job, pubs)
 
     def _final(self, job: Job, attempt: Attempt) -> None:
         self.classify(job, attempt)
         delivery_attempt(job.document.json, attempt)
+        self.report(job, attempt, "failed")
         doc = job.document.with_attempt(attempt.as_record())
         self._settle(job, outcomes.final(doc, attempt, self.now(), self.options, self.helo))
+
+    def report(self, job: Job, attempt: Attempt, outcome: str) -> None:
+        """Count the outcome, show it on the destinations board and in the delivery log."""
+        now = self.now()
+        METRICS.outcome(outcome)
+        domain = job.destination or _domain(job.document.json.get("recipient"))
+        self.board.record(job.source, job.site or domain, domain, attempt, now)
+        doc = job.document.json
+        METRICS.logged({
+            "time": now, "id": job.lease.id, "queue": job.lease.queue, "recipient": doc.get("recipient"),
+            "sender": doc.get("envelope"), "domain": domain, "site": job.site or domain,
+            "source": job.source, "state": attempt.state, "result": attempt.result, "code": attempt.code,
+            "status": attempt.status, "description": attempt.description[:500],
+            "classification": attempt.classification or "accepted", "outcome": outcome,
+            "mta": attempt.mta, "remote_ip": attempt.remote_ip,
+        })
 
     def classify(self, job: Job, attempt: Attempt) -> None:
         """Give ``attempt`` its bounce class (unless accepted) and count it by destination,
@@ -356,6 +385,10 @@ class DeliveryService(service.Service):
 
         d.addErrback(failed)
         d.addBoth(lambda r: self._settling.discard(d))
+
+
+def _domain(recipient: Any) -> str:
+    return recipient.rsplit("@", 1)[1].lower() if isinstance(recipient, str) and "@" in recipient else ""
 
 
 def make_delivery_service(options: Mapping[str, Any], queue: Queue, hooks: HookRunner | None) -> DeliveryService:

@@ -411,7 +411,7 @@ class AmqpQueue:
             self._redelay(consumer, channel, tag, message, remaining)
             return
         properties = message.properties
-        lease = Lease(consumer.queue, _message_id(properties, message.body), document,
+        lease = Lease(consumer.queue, message_id(properties, message.body), document,
                       token=_Delivery(consumer, channel, tag))
         try:
             consumer.handler(lease)
@@ -424,7 +424,7 @@ class AmqpQueue:
         # the broker confirmed the copy.
         headers = dict(message.properties.headers or {})
         msg = self._outgoing(consumer.queue, message.body, remaining, headers)
-        msg = attrs.evolve(msg, id=_message_id(message.properties, message.body))
+        msg = attrs.evolve(msg, id=message_id(message.properties, message.body))
         msg.properties.message_id = msg.id
         delivery = _Delivery(consumer, channel, tag)
 
@@ -546,7 +546,7 @@ class AmqpQueue:
                     document = decode_document(message.body)
                 except ValueError:
                     document = {"invalid": message.body.decode("utf-8", "replace")}
-                if visit(_message_id(message.properties, message.body), document):
+                if visit(message_id(message.properties, message.body), document):
                     break
         finally:
             if last is not None and channel.is_open:
@@ -557,7 +557,7 @@ class AmqpQueue:
         return d.addErrback(lambda f: Failure(unavailable(f)))
 
 
-def _message_id(properties: pika.BasicProperties, body: bytes) -> str:
+def message_id(properties: pika.BasicProperties, body: bytes) -> str:
     # Documents from other clients may carry no message id: a digest of the bytes is stable
     # across redeliveries and listings, which is what ``show`` needs.
     return properties.message_id or "sha1-" + hashlib.sha1(body).hexdigest()[:20]

@@ -427,6 +427,29 @@ class SpoolQueue:
     def show(self, queue: str, id: str) -> Deferred[Document | None]:
         return self._submit(lambda db: read_document(db, queue, id), reads=True)
 
+    # -- administration (mqtwisted.queue.spool_admin) -------------------------------------------
+
+    def execute(self, fn: Callable[[sqlite3.Connection], Any], reads: bool = False) -> Deferred:
+        """Run ``fn(db)`` on the spool thread in a transaction of its own (or shared)."""
+        return self._submit(fn, reads=reads)
+
+    def rewrite(self, queue: str, id: str, publications: Sequence[Publication]) -> Deferred[list[str] | None]:
+        """Replace document ``id`` of ``queue`` by ``publications`` in one transaction (none:
+        delete it): their ids, or None when ``id`` is not there."""
+        rows = self._prepare(publications)
+
+        def rewrite(db: sqlite3.Connection) -> list[str] | None:
+            if db.execute("SELECT 1 FROM docs WHERE queue = ? AND id = ?", (queue, int(id))).fetchone() is None:
+                return None
+            ids = self._insert(db, rows)
+            _delete(db, int(id))
+            return ids
+
+        def done(ids: list[str] | None) -> list[str] | None:
+            return ids if ids is None else self._published(ids, publications)
+
+        return self._submit(rewrite).addCallback(done)
+
 
 class _JobFailed(Exception):
     def __init__(self, error: Exception) -> None:

@@ -1,0 +1,176 @@
+"""The API's OpenAPI 3.1 document (``GET /v1/openapi.json``), and the check of request bodies
+against it: a body the document refuses is answered 400 naming the field, before any handler
+reads it.  The validator is openapi-schema-validator's (the python-openapi project, which also
+makes openapi-core; the tests check every response with openapi-core and schemathesis).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+from mqtwisted import __version__
+from mqtwisted.console.http import ApiError
+
+QUEUE_NAME = "^[A-Za-z0-9._:-]{1,100}$"
+MAX_INJECT = 10000
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: dict[str, Any], *, body: str | None = None, params: list[Any] | None = None,
+        public: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": _json(ok), "default": {"$ref": "#/components/responses/Error"}},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": _ref(body)}}}
+    if params:
+        op["parameters"] = params
+    if public:
+        op["security"] = []
+    return op
+
+
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": QUEUE_NAME}}
+_ID = {"name": "id", "in": "path", "required": True,
+       "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,100}$"}}
+_PAGE = [
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
+    {"name": "search", "in": "query", "schema": {"type": "string", "maxLength": 300},
+     "description": "recipient or sender (a part of it), or a queue id"},
+]
+_OBJECT = {"type": "object"}
+_QUEUED = {"type": "object", "required": ["queued"], "properties": {"queued": {"type": "array", "items": {
+    "type": "object", "required": ["id", "queue", "recipient"],
+    "properties": {"id": {"type": "string"}, "queue": {"type": "string"}, "recipient": {"type": "string"}}}}}}
+_DONE = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error", "status"],
+        "properties": {"error": {"type": "string"}, "status": {"type": "integer"}, "field": {"type": "string"}},
+    },
+    "MailerQDocument": {
+        "type": "object",
+        "description": "A MailerQ JSON document for one recipient; properties mqmta does not know travel along.",
+        "required": ["envelope", "recipient", "mime"],
+        "properties": {
+            "envelope": {"type": "string", "maxLength": 998},
+            "recipient": {"type": "string", "minLength": 3, "maxLength": 998},
+            "mime": {"type": "string", "minLength": 1},
+        },
+        "not": {"required": ["recipients"]},
+    },
+    "Message": {
+        "type": "object",
+        "description": "One message for several recipients: one document is queued per recipient.",
+        "required": ["envelope", "recipients", "mime"],
+        "properties": {
+            "envelope": {"type": "string", "maxLength": 998},
+            "recipients": {"type": "array", "minItems": 1, "maxItems": 1000,
+                           "items": {"type": "string", "minLength": 3, "maxLength": 998}},
+            "mime": {"type": "string", "minLength": 1},
+        },
+        "not": {"required": ["recipient"]},
+    },
+    "InjectItem": {"oneOf": [_ref("MailerQDocument"), _ref("Message")]},
+    "Inject": {"oneOf": [
+        _ref("InjectItem"),
+        {"type": "array", "minItems": 1, "maxItems": MAX_INJECT, "items": _ref("InjectItem")},
+    ]},
+    "Move": {"type": "object", "required": ["to"], "additionalProperties": False,
+             "properties": {"to": {"type": "string", "pattern": QUEUE_NAME}}},
+    "Page": {
+        "type": "object", "required": ["queue", "total", "offset", "documents", "partial"],
+        "properties": {
+            "queue": {"type": "string"}, "total": {"type": "integer"}, "offset": {"type": "integer"},
+            "partial": {"type": "boolean"},
+            "documents": {"type": "array", "items": {
+                "type": "object", "required": ["id", "document"],
+                "properties": {"id": {"type": "string"}, "document": _OBJECT}}},
+        },
+    },
+    "Queues": {"type": "object", "required": ["queues"], "properties": {"queues": {"type": "array", "items": {
+        "type": "object", "required": ["name", "count"],
+        "properties": {"name": {"type": "string"}, "count": {"type": "integer"}}}}}},
+}
+
+PATHS: dict[str, Any] = {
+    "/v1/openapi.json": {"get": _op("this document", _OBJECT, public=True)},
+    "/v1/inject": {"post": _op(
+        "queue documents on the outbox; answered once they are durable", _QUEUED, body="Inject")},
+    "/v1/queues": {"get": _op("the named queues and their sizes", _ref("Queues"))},
+    "/v1/queues/{name}": {"get": _op("one page of a queue", _ref("Page"), params=[_NAME, *_PAGE])},
+    "/v1/queues/{name}/{id}": {
+        "get": _op("one document, as stored (with its mime)", _OBJECT, params=[_NAME, _ID]),
+        "delete": _op("delete one document", _DONE, params=[_NAME, _ID]),
+    },
+    "/v1/queues/{name}/{id}/retry": {"post": _op("make a document due now", _DONE, params=[_NAME, _ID])},
+    "/v1/queues/{name}/{id}/bounce": {"post": _op(
+        "fail a document for good: results, failure and a DSN to its sender", _QUEUED, params=[_NAME, _ID])},
+    "/v1/queues/{name}/{id}/move": {"post": _op(
+        "move a document to another queue", _QUEUED, body="Move", params=[_NAME, _ID])},
+    "/v1/overview": {"get": _op("rates over the last 5 minutes and hour, queue sizes, connections", _OBJECT)},
+    "/v1/destinations": {"get": _op("destinations by sending address: connections, rates, limits, replies",
+                                    {"type": "object", "required": ["destinations"],
+                                     "properties": {"destinations": {"type": "array", "items": _OBJECT}}})},
+    "/v1/log": {"get": _op("the latest delivery attempts (the live tail is /console/events)",
+                           {"type": "object", "required": ["attempts"],
+                            "properties": {"attempts": {"type": "array", "items": _OBJECT}}})},
+    "/v1/plugins": {"get": _op("plugins loaded and their hook calls", _OBJECT)},
+    "/v1/config": {"get": _op("the effective configuration, secrets masked", _OBJECT)},
+}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mqmta REST API", "version": __version__,
+                 "description": "MailerQ's REST paths where it has them; errors are JSON."},
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "responses": {"Error": _json(_ref("Error"), "an error, as JSON")},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "mqmta_session"},
+            },
+        },
+        "security": [{"bearer": []}, {"session": []}, {}],
+    }
+
+
+@functools.cache
+def _validator(name: str) -> Any:
+    from openapi_schema_validator import OAS31Validator
+
+    return OAS31Validator({"$ref": f"#/components/schemas/{name}", "components": {"schemas": SCHEMAS}})
+
+
+_REQUIRED = re.compile(r"^'([^']+)' is a required property")
+
+
+def check(name: str, value: Any, where: str = "") -> None:
+    """ApiError 400 unless ``value`` is a ``name`` (a schema above); ``field`` points at it
+    (below ``where``, the place of ``value`` in the body)."""
+    from jsonschema.exceptions import best_match
+
+    error = best_match(_validator(name).iter_errors(value))
+    if error is None:
+        return
+    path = where + "".join(f"/{p}" for p in error.absolute_path)
+    m = _REQUIRED.match(error.message)
+    if m is not None:
+        path += f"/{m.group(1)}"
+    message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    raise ApiError(400, f"{path or 'body'}: {message}", field=path or "body")

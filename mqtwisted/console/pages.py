@@ -1,0 +1,160 @@
+"""The console's pages: the single page (``/``, ``static/``), the login form and the session.
+
+The page is static HTML, CSS and JavaScript shipped in ``mqtwisted/console/static`` (no build
+step); everything it shows comes from ``/v1`` and ``/console/events``.  With ``www-auth`` the
+page sends a visitor without a session to ``/login``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from typing import Any
+
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.web import resource, server, static
+
+from mqtwisted.console.access import COOKIE, Guard, same_origin
+from mqtwisted.console.http import ApiError, json_error_page, write_json
+
+log = Logger()
+
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+#: the page may load its own script and style, talk to its own origin, and be framed by nobody
+POLICY = (b"default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+          b"frame-ancestors 'none'; form-action 'self'")
+
+
+def _page(request: Any, name: str) -> bytes:
+    request.setHeader(b"content-type", b"text/html; charset=utf-8")
+    request.setHeader(b"content-security-policy", POLICY)
+    request.setHeader(b"x-frame-options", b"DENY")
+    request.setHeader(b"cache-control", b"no-store")
+    with open(os.path.join(STATIC, name), "rb") as f:
+        return f.read()
+
+
+def _redirect(request: Any, to: bytes) -> bytes:
+    request.setResponseCode(303)
+    request.setHeader(b"location", to)
+    return b""
+
+
+class Index(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def render_GET(self, request: Any) -> bytes:
+        if request.postpath and request.postpath != [b""]:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found\n"
+        if self.guard.page_session(request) is None:
+            return _redirect(request, b"/login")
+        return _page(request, "index.html")
+
+
+class Login(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def render_GET(self, request: Any) -> bytes:
+        if self.guard.checker is None:
+            return _redirect(request, b"/")
+        return _page(request, "login.html")
+
+    def render_POST(self, request: Any) -> Any:
+        checker = self.guard.checker
+        if checker is None:
+            return _redirect(request, b"/")
+        if not same_origin(request):
+            request.setResponseCode(403)
+            return b"cross-origin login refused\n"
+        request.content.seek(0)
+        form = urllib.parse.parse_qs(request.content.read(4096).decode("utf-8", "replace"))
+        user = (form.get("user") or [""])[0]
+        password = (form.get("password") or [""])[0]
+        # A file:// checker verifies bcrypt/yescrypt hashes: CPU work, off the reactor thread.
+        d = threads.deferToThread(checker, user, password) if user and password else None
+
+        def decided(ok: bool) -> None:
+            if request.finished or getattr(request, "gone", False):
+                return
+            if ok:
+                self.guard.start_session(request, user)
+                log.info("console: {user} logged in from {ip}", user=user, ip=request.getClientAddress().host)
+                request.write(_redirect(request, b"/"))
+            else:
+                log.warn("console: login refused for {user!r} from {ip}", user=user[:64],
+                         ip=request.getClientAddress().host)
+                request.write(_redirect(request, b"/login?failed=1"))
+            request.finish()
+
+        request.notifyFinish().addErrback(lambda _: setattr(request, "gone", True))
+        if d is None:
+            decided(False)
+        else:
+            d.addCallback(decided)
+            d.addErrback(lambda f: (log.failure("login check failed", f), decided(False)))
+        return server.NOT_DONE_YET
+
+
+class Logout(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def render_POST(self, request: Any) -> Any:
+        try:
+            self.guard(request, True)
+        except ApiError as e:
+            write_json(request, e.status, e.body(), e.headers)
+            return server.NOT_DONE_YET
+        key = request.getCookie(COOKIE)
+        self.guard.sessions.end(key.decode("ascii", "replace") if key else None)
+        request.addCookie(COOKIE, b"", path=b"/", max_age=0, httpOnly=True, sameSite="strict")
+        return _redirect(request, b"/login" if self.guard.checker is not None else b"/")
+
+
+class SessionInfo(resource.Resource):
+    """``/console/session``: who is logged in and the CSRF token the page sends back."""
+
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def render_GET(self, request: Any) -> bytes:
+        session = self.guard.page_session(request)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        if session is None:
+            request.setResponseCode(401)
+            return json.dumps({"error": "log in first", "status": 401}).encode()
+        return json.dumps({"user": session.user, "csrf": session.csrf,
+                           "login": self.guard.checker is not None}).encode()
+
+
+class Folder(resource.Resource):
+    """A resource whose unknown children answer a JSON 404 (twisted.web's is HTML)."""
+
+    def getChild(self, path: bytes, request: Any) -> resource.Resource:
+        return json_error_page(404, f"no such resource: {request.uri.decode('latin-1')[:200]}")
+
+
+def static_files() -> resource.Resource:
+    files = static.File(STATIC)
+    files.childNotFound = json_error_page(404, "no such file")
+    files.indexNames = []
+    return files

@@ -1,0 +1,130 @@
+"""The queue admin (:mod:`mqtwisted.queue.admin`) on RabbitMQ.
+
+A queue on the broker is a FIFO, not a table: browsing takes messages with ``basic_get`` and gives
+them all back with one ``basic_nack`` (their order stays; their redelivered flag is set), and a
+document is removed by acking its message after the replacement was confirmed.  Only ready
+messages are seen, the first :data:`~mqtwisted.queue.admin.SCAN_LIMIT` of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pika import exceptions as pika_exceptions
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from mqtwisted.queue import Document, Publication
+from mqtwisted.queue.admin import SCAN_LIMIT, Page, matches, summary
+from mqtwisted.queue.amqp import AmqpQueue, decode_document, message_id
+from mqtwisted.queue.amqp_link import unavailable
+
+
+class AmqpAdmin:
+    def __init__(self, queue: AmqpQueue) -> None:
+        self.queue = queue
+
+    def _work(self, work: Callable[[Any], Any]) -> Deferred:
+        d = defer.ensureDeferred(self.queue.link.with_channel(work))
+        return d.addErrback(lambda f: Failure(unavailable(f)))
+
+    async def _scan(self, channel: Any, queue: str, visit: Callable[[str, Document, int], bool]) -> int | None:
+        """basic_get until ``visit`` returns true or the queue (or SCAN_LIMIT) ends; the delivery
+        tag of the message ``visit`` stopped at is returned unsettled, every other one is
+        given back."""
+        last = found = None
+        try:
+            for _ in range(SCAN_LIMIT):
+                try:
+                    message = await channel.basic_get(self.queue.name(queue))
+                except pika_exceptions.ChannelClosedByBroker as e:
+                    if e.reply_code == 404:
+                        break
+                    raise
+                if message is None:
+                    break
+                tag = message.method.delivery_tag
+                try:
+                    document = decode_document(message.body)
+                except ValueError:
+                    document = {"invalid": message.body.decode("utf-8", "replace")}
+                if visit(message_id(message.properties, message.body), document, tag):
+                    found = tag
+                    break
+                last = tag
+        finally:
+            if last is not None and channel.is_open:
+                channel.basic_nack(last, multiple=True, requeue=True)
+        return found
+
+    def browse(self, queue: str, offset: int, limit: int, search: str = "") -> Deferred[Page]:
+        async def work(channel: Any) -> Page:
+            hits: list[tuple[str, Document]] = []
+            seen = [0]
+
+            def visit(id: str, document: Document, tag: int) -> bool:
+                seen[0] += 1
+                if matches(id, document, search):
+                    hits.append((id, summary(document)))
+                return False
+
+            await self._scan(channel, queue, visit)
+            return Page(len(hits), hits[offset:offset + limit], partial=seen[0] >= SCAN_LIMIT)
+
+        return self._work(work)
+
+    def show(self, queue: str, id: str) -> Deferred[Document | None]:
+        return self.queue.show(queue, id, scan=SCAN_LIMIT)
+
+    def replace(self, queue: str, id: str, publications: Sequence[Publication]) -> Deferred[list[str] | None]:
+        async def work(channel: Any) -> list[str] | None:
+            tag = await self._scan(channel, queue, lambda i, d, t: i == id)
+            if tag is None:
+                return None
+            try:
+                ids = await self.queue.publish(publications) if publications else []
+            except BaseException:
+                channel.basic_nack(tag, requeue=True)
+                raise
+            channel.basic_ack(tag)
+            return ids
+
+        return self._work(work)
+
+    def retry(self, queue: str, id: str) -> Deferred[bool]:
+        # A ready document is due already, unless an outside client gave it a nextattempt ahead:
+        # it is published again without one.
+        async def work(channel: Any) -> bool:
+            found: list[Document] = []
+
+            def visit(i: str, document: Document, tag: int) -> bool:
+                if i == id:
+                    found.append(document)
+                return bool(found)
+
+            tag = await self._scan(channel, queue, visit)
+            if tag is None:
+                return False
+            document = dict(found[0])
+            if document.pop("nextattempt", None) is None:
+                channel.basic_nack(tag, requeue=True)
+                return True
+            try:
+                await self.queue.publish([Publication(queue, document)])
+            except BaseException:
+                channel.basic_nack(tag, requeue=True)
+                raise
+            channel.basic_ack(tag)
+            return True
+
+        return self._work(work)
+
+    def consumers(self, queue: str) -> Deferred[int]:
+        """Consumers of ``queue`` on the broker: the nodes delivering from it."""
+        async def work(channel: Any) -> int:
+            frame = await channel.queue_declare(self.queue.name(queue), passive=True)
+            return int(frame.method.consumer_count)
+
+        return self._work(work)
