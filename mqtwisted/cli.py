@@ -131,8 +131,10 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mktap", help="write a TAP file from twistd mqmta options")
     m.add_argument("-o", "--output", default="mqmta.tap")
     i = sub.add_parser("inject", help="put a message (stdin) on the outbox")
-    i.add_argument("--from", dest="sender", required=True)
-    i.add_argument("--to", dest="recipients", nargs="+", required=True)
+    i.add_argument("--from", dest="sender")
+    i.add_argument("--to", dest="recipients", nargs="+")
+    i.add_argument("--json", action="store_true",
+                   help="read MailerQ JSON documents from stdin, one per line (as POST /v1/inject takes them)")
     i.add_argument("--data-dir", default="mqmta-data")
     i.add_argument("--queue", dest="queue_url", default="spool")
     i.add_argument("--outbox", default="outbox")
@@ -185,10 +187,15 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from mqtwisted.queue import Body, Publication
     from mqtwisted.wiring import make_queue
 
-    mime = sys.stdin.buffer.read()
-    body = Body(data=mime, size=len(mime))
     now = time.time()
-    pubs = [Publication(args.outbox, injected(args.sender, r, now), body) for r in args.recipients]
+    if args.json:
+        pubs = json_documents(sys.stdin.buffer, args.outbox, now)
+    elif args.sender is None or not args.recipients:
+        raise SystemExit("mqmta inject: give --from and --to (the message on stdin), or --json")
+    else:
+        mime = sys.stdin.buffer.read()
+        body = Body(data=mime, size=len(mime))
+        pubs = [Publication(args.outbox, injected(args.sender, r, now), body) for r in args.recipients]
     options = {"queue": args.queue_url, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1}
 
     async def main(reactor: Any) -> None:
@@ -198,11 +205,30 @@ def cmd_inject(args: argparse.Namespace) -> int:
             ids = await q.publish(pubs)
         finally:
             await q.stop()
-        for r, id_ in zip(args.recipients, ids, strict=True):
-            print(f"queued {id_} for {r}")
+        for pub, id_ in zip(pubs, ids, strict=True):
+            print(f"queued {id_} for {pub.document['recipient']}")
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))
     return 0
+
+
+def json_documents(stream: Any, outbox: str, now: float) -> list[Any]:
+    """The publications of MailerQ JSON documents, one per line of ``stream``; SystemExit naming
+    the line and field of the first bad one (nothing is queued then)."""
+    from mqtwisted.console.api_inject import documents
+    from mqtwisted.console.http import ApiError
+
+    pubs = []
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            pubs += documents(json.loads(line), outbox, now)
+        except ValueError as e:
+            raise SystemExit(f"mqmta inject: stdin:{number}: not JSON: {e}") from None
+        except ApiError as e:
+            raise SystemExit(f"mqmta inject: stdin:{number}: {e.message}") from None
+    return pubs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,7 +26,7 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _op(summary: str, ok: dict[str, Any], *, body: str | None = None, params: list[Any] | None = None,
-        public: bool = False) -> dict[str, Any]:
+        public: bool = False, op_id: str | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "summary": summary,
         "responses": {"200": _json(ok), "default": {"$ref": "#/components/responses/Error"}},
@@ -37,6 +37,8 @@ def _op(summary: str, ok: dict[str, Any], *, body: str | None = None, params: li
         op["parameters"] = params
     if public:
         op["security"] = []
+    if op_id:
+        op["operationId"] = op_id
     return op
 
 
@@ -44,7 +46,7 @@ _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "str
 _ID = {"name": "id", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,100}$"}}
 _PAGE = [
-    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+    {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**9, "default": 0}},
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}},
     {"name": "search", "in": "query", "schema": {"type": "string", "maxLength": 300},
      "description": "recipient or sender (a part of it), or a queue id"},
@@ -54,6 +56,22 @@ _QUEUED = {"type": "object", "required": ["queued"], "properties": {"queued": {"
     "type": "object", "required": ["id", "queue", "recipient"],
     "properties": {"id": {"type": "string"}, "queue": {"type": "string"}, "recipient": {"type": "string"}}}}}}
 _DONE = {"type": "object", "required": ["ok"], "properties": {"ok": {"type": "boolean"}}}
+#: what mqmta reads as an address: something, an @, a domain
+_ADDRESS = {"type": "string", "pattern": "@[^@]+$", "maxLength": 998}
+#: the MailerQ properties with a simple type; the others (dsn, smarthost, headers, queues, dkim,
+#: results) are objects or lists that mqmta checks when it reads them (a bad one: 400, named)
+_PROPERTIES = {
+    "envelope": {"type": "string", "maxLength": 998},
+    "nextattempt": {"type": ["number", "string"]},
+    "maxdelivertime": {"type": ["number", "string"]},
+    "maxattempts": {"type": "integer", "minimum": 0},
+    "retries": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    "security": {"enum": ["none", "optional", "opportunistic", "required", "verified"]},
+    "keepmime": {"type": "boolean"},
+    "tags": {"type": "array"},
+    "ips": {"type": "array", "items": {"type": "string"}},
+    "pool": {"type": "string"},
+}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -64,23 +82,15 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": "A MailerQ JSON document for one recipient; properties mqmta does not know travel along.",
         "required": ["envelope", "recipient", "mime"],
-        "properties": {
-            "envelope": {"type": "string", "maxLength": 998},
-            "recipient": {"type": "string", "minLength": 3, "maxLength": 998},
-            "mime": {"type": "string", "minLength": 1},
-        },
+        "properties": {**_PROPERTIES, "recipient": _ADDRESS, "mime": {"type": "string", "minLength": 1}},
         "not": {"required": ["recipients"]},
     },
     "Message": {
         "type": "object",
         "description": "One message for several recipients: one document is queued per recipient.",
         "required": ["envelope", "recipients", "mime"],
-        "properties": {
-            "envelope": {"type": "string", "maxLength": 998},
-            "recipients": {"type": "array", "minItems": 1, "maxItems": 1000,
-                           "items": {"type": "string", "minLength": 3, "maxLength": 998}},
-            "mime": {"type": "string", "minLength": 1},
-        },
+        "properties": {**_PROPERTIES, "recipients": {"type": "array", "minItems": 1, "maxItems": 1000, "items": _ADDRESS},
+                       "mime": {"type": "string", "minLength": 1}},
         "not": {"required": ["recipient"]},
     },
     "InjectItem": {"oneOf": [_ref("MailerQDocument"), _ref("Message")]},
@@ -105,19 +115,31 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"name": {"type": "string"}, "count": {"type": "integer"}}}}}},
 }
 
+def _linked(op: dict[str, Any]) -> dict[str, Any]:
+    """The first queued document's paths, as OpenAPI links (clients and schemathesis follow them)."""
+    where = {"name": "$response.body#/queued/0/queue", "id": "$response.body#/queued/0/id"}
+    op["responses"]["200"]["links"] = {
+        name: {"operationId": name, "parameters": where}
+        for name in ("getDocument", "retryDocument", "bounceDocument", "deleteDocument")
+    }
+    return op
+
+
 PATHS: dict[str, Any] = {
     "/v1/openapi.json": {"get": _op("this document", _OBJECT, public=True)},
-    "/v1/inject": {"post": _op(
-        "queue documents on the outbox; answered once they are durable", _QUEUED, body="Inject")},
+    "/v1/inject": {"post": _linked(_op(
+        "queue documents on the outbox; answered once they are durable", _QUEUED, body="Inject"))},
     "/v1/queues": {"get": _op("the named queues and their sizes", _ref("Queues"))},
     "/v1/queues/{name}": {"get": _op("one page of a queue", _ref("Page"), params=[_NAME, *_PAGE])},
     "/v1/queues/{name}/{id}": {
-        "get": _op("one document, as stored (with its mime)", _OBJECT, params=[_NAME, _ID]),
-        "delete": _op("delete one document", _DONE, params=[_NAME, _ID]),
+        "get": _op("one document, as stored (with its mime)", _OBJECT, params=[_NAME, _ID], op_id="getDocument"),
+        "delete": _op("delete one document", _DONE, params=[_NAME, _ID], op_id="deleteDocument"),
     },
-    "/v1/queues/{name}/{id}/retry": {"post": _op("make a document due now", _DONE, params=[_NAME, _ID])},
+    "/v1/queues/{name}/{id}/retry": {"post": _op("make a document due now", _DONE, params=[_NAME, _ID],
+                                                 op_id="retryDocument")},
     "/v1/queues/{name}/{id}/bounce": {"post": _op(
-        "fail a document for good: results, failure and a DSN to its sender", _QUEUED, params=[_NAME, _ID])},
+        "fail a document for good: results, failure and a DSN to its sender", _QUEUED, params=[_NAME, _ID],
+        op_id="bounceDocument")},
     "/v1/queues/{name}/{id}/move": {"post": _op(
         "move a document to another queue", _QUEUED, body="Move", params=[_NAME, _ID])},
     "/v1/overview": {"get": _op("rates over the last 5 minutes and hour, queue sizes, connections", _OBJECT)},

@@ -122,7 +122,7 @@ class Logout(resource.Resource):
             return server.NOT_DONE_YET
         key = request.getCookie(COOKIE)
         self.guard.sessions.end(key.decode("ascii", "replace") if key else None)
-        request.addCookie(COOKIE, b"", path=b"/", max_age=0, httpOnly=True, sameSite="strict")
+        request.addCookie(COOKIE, b"", path=b"/", max_age=b"0", httpOnly=True, sameSite="strict")
         return _redirect(request, b"/login" if self.guard.checker is not None else b"/")
 
 
