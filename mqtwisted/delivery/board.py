@@ -33,15 +33,15 @@ class _Row:
     #: attempts per second of the last WINDOW seconds: second -> count
     seconds: dict[int, int] = attrs.field(factory=dict)
     last: float = 0.0
-    delivered: int = 0
-    failed: int = 0
+    #: delivered, deferred, failed -> attempts that led there
+    outcomes: dict[str, int] = attrs.field(factory=dict)
 
 
 class Board:
     def __init__(self) -> None:
         self.table: dict[tuple[str, str], _Row] = {}
 
-    def record(self, source: str, site: str, domain: str, attempt: Attempt, now: float) -> None:
+    def record(self, source: str, site: str, domain: str, attempt: Attempt, outcome: str, now: float) -> None:
         row = self.table.get((source, site))
         if row is None:
             row = self.table[(source, site)] = _Row()
@@ -53,10 +53,7 @@ class Board:
             for old in [s for s in row.seconds if s <= second - WINDOW]:
                 del row.seconds[old]
         row.last = now
-        if attempt.accepted:
-            row.delivered += 1
-        else:
-            row.failed += 1
+        row.outcomes[outcome] = row.outcomes.get(outcome, 0) + 1
         row.replies.append({
             "time": now, "state": attempt.state, "result": attempt.result, "code": attempt.code,
             "status": attempt.status, "text": attempt.description[:300],
@@ -94,8 +91,9 @@ class Board:
                 "message_rate_per_minute": (60 / limits.max_message_rate.interval
                                             if limits.max_message_rate else None),
                 "pending": pending,
-                "delivered": row.delivered,
-                "failed": row.failed,
+                "delivered": row.outcomes.get("delivered", 0),
+                "deferred": row.outcomes.get("deferred", 0),
+                "failed": row.outcomes.get("failed", 0),
                 "suspended_until": held[0] if held else None,
                 "suspended_because": held[1] if held else None,
                 "replies": list(row.replies)[::-1],

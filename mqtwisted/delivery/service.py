@@ -355,7 +355,7 @@ class DeliveryService(service.Service):
         now = self.now()
         METRICS.outcome(outcome)
         domain = job.destination or _domain(job.document.json.get("recipient"))
-        self.board.record(job.source, job.site or domain, domain, attempt, now)
+        self.board.record(job.source, job.site or domain, domain, attempt, outcome, now)
         doc = job.document.json
         METRICS.logged({
             "time": now, "id": job.lease.id, "queue": job.lease.queue, "recipient": doc.get("recipient"),

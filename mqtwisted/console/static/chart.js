@@ -32,11 +32,14 @@ window.LineChart = class LineChart {
       g.textAlign = "right"; g.textBaseline = "middle";
       g.fillText(fmtRate((max * i) / 4), left - 8, y);
     }
-    g.textAlign = "center"; g.textBaseline = "top";
+    g.textBaseline = "top";
     const ticks = 5;
     for (let i = 0; i <= ticks; i++) {
       const t = t0 + (this.span * i) / ticks, x = left + (pw * i) / ticks;
-      g.fillText(new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit", second: this.span <= 600 ? "2-digit" : undefined}), x, top + ph + 6);
+      g.textAlign = i === 0 ? "left" : i === ticks ? "right" : "center";
+      const label = new Date(t * 1000).toLocaleTimeString([], {hour12: false, hour: "2-digit", minute: "2-digit",
+                                                              second: this.span <= 600 ? "2-digit" : undefined});
+      g.fillText(label, x, top + ph + 6);
     }
     const styles = getComputedStyle(document.documentElement);
     this.series.forEach((s, idx) => {

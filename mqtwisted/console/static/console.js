@@ -67,8 +67,8 @@ function el(tag, attrs, ...children) {
 }
 function fmtNum(n) { return n === null || n === undefined ? "–" : Number(n).toLocaleString(); }
 function fmtRateValue(v) { return v === undefined ? "–" : v < 10 ? v.toFixed(2) : v < 100 ? v.toFixed(1) : v.toFixed(0); }
-function fmtTime(t) { return t ? new Date(t * 1000).toLocaleString() : "–"; }
-function fmtClock(t) { return t ? new Date(t * 1000).toLocaleTimeString() : "–"; }
+function fmtTime(t) { return t ? new Date(t * 1000).toLocaleString([], {hour12: false}) : "–"; }
+function fmtClock(t) { return t ? new Date(t * 1000).toLocaleTimeString([], {hour12: false}) : "–"; }
 function fmtDuration(s) {
   s = Math.max(0, Math.floor(s));
   const d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600), m = Math.floor(s % 3600 / 60);

@@ -78,6 +78,7 @@ Console.register("destinations", {
          meter(r.messages_per_minute, r.message_rate_per_minute)),
       el("td", {class: "num", text: fmtNum(r.pending)}),
       el("td", {class: "num", text: fmtNum(r.delivered)}),
+      el("td", {class: "num", text: fmtNum(r.deferred)}),
       el("td", {class: "num", text: fmtNum(r.failed)}),
       el("td", {}, r.suspended_until ? el("div", {}, badge("suspended", "warn"), " ", fmtClock(r.suspended_until),
                                           el("div", {class: "muted wrap", text: r.suspended_because || ""})) : "–"),
@@ -128,11 +129,13 @@ Console.register("queues", {
     fill(document.querySelector("#queue-table tbody"), page.documents.map(({id, document: d}) => {
       const results = Array.isArray(d.results) ? d.results : [], last = results[results.length - 1];
       return el("tr", {onclick: () => this.open(id), "data-id": id},
-        el("td", {class: "mono", text: id}), el("td", {text: d.recipient || ""}), el("td", {text: d.envelope ?? ""}),
+        el("td", {class: "mono", text: id}), el("td", {class: "nowrap", text: d.recipient || ""}),
+        el("td", {class: "nowrap", text: d.envelope ?? ""}),
         el("td", {class: "num", text: results.length}),
         el("td", {class: "wrap"}, last ? el("span", {}, badge(last.classification || last.result), " ",
                                             `${last.code ?? ""} ${(last.description || "").slice(0, 60)}`) : "–"),
-        el("td", {text: fmtTime(timeOf(d.nextattempt))}), el("td", {text: fmtTime(timeOf(d.received))}));
+        el("td", {class: "nowrap", text: fmtTime(timeOf(d.nextattempt))}),
+        el("td", {class: "nowrap", text: fmtTime(timeOf(d.received))}));
     }));
   },
   async open(id) {
@@ -207,7 +210,7 @@ Console.register("log", {
     const body = document.querySelector("#log-table tbody");
     document.getElementById("log-empty").hidden = true;
     body.prepend(el("tr", {},
-      el("td", {class: "mono", text: fmtClock(a.time)}), el("td", {text: a.recipient || ""}),
+      el("td", {class: "mono", text: fmtClock(a.time)}), el("td", {class: "nowrap", text: a.recipient || ""}),
       el("td", {class: "mono", text: a.domain}), el("td", {class: "mono", text: a.source || "any"}),
       el("td", {text: a.state}), el("td", {}, badge(a.result)),
       el("td", {class: "wrap"}, el("span", {class: "mono", text: `${a.code ?? ""} ${a.status ?? ""} `}), (a.description || "").slice(0, 140)),
