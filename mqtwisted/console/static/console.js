@@ -25,6 +25,7 @@ const Console = {
     document.querySelectorAll(".sidebar a").forEach(a => a.classList.toggle("active", a.dataset.page === page));
     document.getElementById("page-title").textContent = document.querySelector(`.sidebar a[data-page="${page}"]`).textContent;
     clearInterval(Console.timer);
+    document.getElementById("toast").hidden = true;
     const p = Console.pages[page];
     const tick = () => p.refresh().then(() => Console.live(true), e => { Console.live(false); Console.banner(e.message); });
     if (p.enter) p.enter();
