@@ -9,6 +9,7 @@ import smtplib
 import pytest
 import pytest_twisted
 
+from mqtwisted.metrics import METRICS
 from mqtwisted.testing import start_mta
 from tests.conftest import in_thread, wait_until
 from tests.milterpeer import (
@@ -109,6 +110,9 @@ async def test_every_step_in_order_with_macros_and_a_clean_message_queued(tmp_pa
     docs = await mta.documents()
     assert sorted(d["recipient"] for d in docs) == ["b@example.com", "c@example.com"]
     assert docs[0]["mime"].encode() == MSG  # nothing changed: the body as received
+    # Every step's round trip is counted and timed for /metrics and the console's Plugins page.
+    timed = {hook: row[0] for (plugin, hook), row in METRICS.hooks().items() if plugin == f"milter {milter.spec}"}
+    assert timed["rcpt"] >= 2 and timed["eom"] >= 1 and timed["connect"] >= 1
 
 
 @pytest_twisted.ensureDeferred

@@ -105,6 +105,8 @@ class StatusApi:
         return {
             "directory": host.directory or None,
             "loaded": [p.name for p in getattr(host.runner, "plugins", [])],
+            "milters": {"in": list(self.mta.options.get("milters") or []),
+                        "out": list(self.mta.options.get("milters-out") or [])},
             "threads": self.mta.status_counts()["plugins"],
             "hooks": hooks,
         }

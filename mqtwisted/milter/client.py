@@ -9,11 +9,13 @@ the default action.  SMFIR_PROGRESS restarts the deadline.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from mqtwisted.metrics import METRICS
 from mqtwisted.milter import protocol as mp
 
 
@@ -50,6 +52,11 @@ def endpoint_of(reactor: Any, spec: str, timeout: float) -> Any:
     return endpoints.UNIXClientEndpoint(reactor, where, timeout=timeout)
 
 
+#: the command of a request (its fifth byte) as the console names the step
+STEPS = {mp.CONNECT: "connect", mp.HELO: "helo", mp.MAIL: "mail", mp.RCPT: "rcpt", mp.DATA: "data",
+         mp.HEADER: "header", mp.EOH: "eoh", mp.BODY: "body", mp.BODYEOB: "eom"}
+
+
 class MilterConnection(protocol.Protocol):
     """The MTA's side of one milter connection."""
 
@@ -74,8 +81,16 @@ class MilterConnection(protocol.Protocol):
 
     def ask(self, data: bytes) -> defer.Deferred[list[mp.Response]]:
         """Send ``data`` and fire with the modifications that came before the final answer, then
-        that answer (last).  Fails with :class:`MilterFailed`."""
-        return self._ask(data, negotiating=False)
+        that answer (last).  Fails with :class:`MilterFailed`.  Each round trip is counted and
+        timed in /metrics and the console, as a hook of the plugin ``milter NAME``."""
+        started = time.perf_counter()
+        step = STEPS.get(data[4:5], "other")
+
+        def timed(result: Any) -> Any:
+            METRICS.hook_time(f"milter {self.name}", step, time.perf_counter() - started)
+            return result
+
+        return self._ask(data, negotiating=False).addBoth(timed)
 
     def negotiate(self, data: bytes) -> defer.Deferred[mp.OptNeg]:
         return self._ask(data, negotiating=True).addCallback(lambda answers: answers[0])

@@ -223,10 +223,13 @@ Console.register("plugins", {
   every: 3000,
   async refresh() {
     const p = await Console.api("GET", "/v1/plugins");
+    const milters = [...p.milters.in.map(m => `${m} (inbound)`), ...p.milters.out.map(m => `${m} (before delivery)`)];
     document.getElementById("plugin-list").replaceChildren(
       p.loaded.length ? el("div", {}, ...p.loaded.map(n => el("span", {class: "pill", text: n})), " ",
                            el("span", {class: "muted", text: `from ${p.directory} · ${p.threads.threads} threads, ${p.threads.busy} busy`}))
-                      : el("span", {class: "muted", text: "No plugins loaded (--plugin-directory is not set or empty). mqmta has no milter support; plugins take their place."}));
+                      : el("div", {class: "muted", text: "No plugins loaded (--plugin-directory is not set or empty)."}),
+      el("div", {class: "milters"}, el("strong", {text: "Milters: "}),
+         milters.length ? milters.join(", ") : el("span", {class: "muted", text: "none (--milters, --milters-out)"})));
     document.getElementById("hook-empty").hidden = p.hooks.length > 0;
     fill(document.querySelector("#hook-table tbody"), p.hooks.map(h => el("tr", {},
       el("td", {text: h.plugin}), el("td", {class: "mono", text: h.hook}), el("td", {class: "num", text: fmtNum(h.calls)}),
