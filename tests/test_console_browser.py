@@ -118,6 +118,7 @@ def test_operator_session(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.set_default_timeout(30000)
+            expect.set_options(timeout=30000)  # a loaded machine answers in seconds, not milliseconds
 
             page.goto(base + "/")
             expect(page).to_have_url(base + "/login")

@@ -9,6 +9,7 @@ for the first one's lock instead of delivering the same documents twice.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -65,6 +66,17 @@ def test_worker_delivers_and_reports_to_the_parent(tmp_path, smtp_sink):
             return 'mqmta_delivery_attempts_total{result="accepted",state="message"} 20.0' in text
 
         block_until(scraped, 10, "20 accepted attempts in the parent's /metrics")
+
+        # The console's views in the parent show the worker's deliveries: the destinations board,
+        # the delivery log and the outcome counts come with its snapshots.
+        def view(path: str) -> dict:
+            with urllib.request.urlopen(f"http://127.0.0.1:{www}{path}", timeout=10) as r:
+                return json.loads(r.read())
+
+        [row] = view("/v1/destinations")["destinations"]
+        assert row["site"] == "127.0.0.1" and row["delivered"] == 20
+        assert [a["outcome"] for a in view("/v1/log")["attempts"]] == ["delivered"] * 20
+        assert view("/v1/overview")["totals"]["delivered"] == 20
     finally:
         mta.stop()
     log = mta.output()
