@@ -35,6 +35,17 @@ def mask(name: str, value: Any) -> Any:
     return value
 
 
+def jsonable(value: Any) -> Any:
+    """An option's value as JSON: parsed values (rates, paths, addresses) as their text."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    return str(value)
+
+
 class StatusApi:
     def __init__(self, mta: Any, series: Series) -> None:
         self.mta = mta
@@ -112,4 +123,4 @@ class StatusApi:
         }
 
     async def config(self, request: Any) -> Any:
-        return {"options": {name: mask(name, value) for name, value in sorted(self.mta.options.items())}}
+        return {"options": {name: jsonable(mask(name, value)) for name, value in sorted(self.mta.options.items())}}
