@@ -90,10 +90,11 @@ def _networks(value: str) -> list[str]:
     return [str(ipaddress.ip_network(v, strict=False)) for v in _csv(value)]
 
 
-def _rate(value: str) -> Any:
+def _rate(value: str) -> str:
+    # Kept as text: options travel to delivery worker processes as JSON.
     from mqtwisted.smtp.anvil import Rate
 
-    return Rate.parse(value)
+    return str(Rate.parse(value))
 
 
 def _optional_bytes(value: str) -> int | None:

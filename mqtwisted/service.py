@@ -28,6 +28,7 @@ from mqtwisted.options import OPTIONS
 from mqtwisted.pluginhost import PluginHost
 from mqtwisted.queue import Queue
 from mqtwisted.replies import SHUTTING_DOWN
+from mqtwisted.smtp.anvil import Rate
 from mqtwisted.smtp.config import ServerConfig
 from mqtwisted.smtp.factory import BehindProxy, SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy
@@ -64,8 +65,8 @@ def _server_config(options: Any) -> ServerConfig:
         max_connections_per_ip=options["smtp-connections-per-ip"],
         auth_plaintext=options["smtp-auth-plaintext"],
         spill_dir=os.path.join(options["data-dir"], "incoming"),
-        connection_rate=options["smtp-connection-rate"],
-        auth_failures=options["smtp-auth-failures"],
+        connection_rate=Rate.parse(options["smtp-connection-rate"]),
+        auth_failures=Rate.parse(options["smtp-auth-failures"]),
         limit_exceptions=tuple(options["smtp-limit-exceptions"]),
         proxy_from=tuple(options["smtp-proxy-from"]),
         min_free=options["queue-minfree"],
