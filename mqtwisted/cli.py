@@ -1,5 +1,5 @@
 """The ``mqmta`` command: queue inspection (``queue stats|list|show``), ``inject``, ``mktap``,
-``dkim keygen``, ``plugin-header``.
+``dkim keygen``, ``plugin-header``, ``pause`` and ``suppress`` (:mod:`mqtwisted.cli_state`).
 
 Queue commands on the spool read the database directly (SQLite in WAL mode lets them read while
 the MTA writes); on amqp they talk to the broker.
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from mqtwisted import cli_state
 from mqtwisted.document import Document, IncomingDocument
 from mqtwisted.queue import QUEUE_NAMES
 
@@ -119,6 +120,7 @@ def parser() -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--data-dir", default=argparse.SUPPRESS)
     where.add_argument("--queue", dest="queue_url", default=argparse.SUPPRESS, help="spool or amqp://...")
+    where.add_argument("--state", default=argparse.SUPPRESS, help="redis://host:port/db (default: the data directory)")
     q = sub.add_parser("queue", help="inspect the queues", parents=[where])
     qs = q.add_subparsers(dest="action", required=True)
     qs.add_parser("stats", help="documents per named queue", parents=[where])
@@ -146,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--bits", type=int, default=2048, help="RSA key size (at least 1024)")
     k.add_argument("-o", "--output", help="private key file (default DOMAIN.SELECTOR.pem; never overwritten)")
     sub.add_parser("plugin-header", help="print the directory of mqtwisted.h, for cc -I")
+    cli_state.add_parsers(sub, where)
     return p
 
 
@@ -247,6 +250,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_dkim_keygen(args)
     if args.command == "plugin-header":
         return cmd_plugin_header()
+    if args.command == "pause":
+        return cli_state.cmd_pause(args)
+    if args.command == "suppress":
+        return cli_state.cmd_suppress(args)
     return 2
 
 

@@ -109,6 +109,13 @@ def _intervals(value: str) -> list[float]:
 
 
 #: name, default (as text), coerce, help.  Names are MailerQ's where it has one.
+
+def _state_url(value: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected redis://host:port/db (or nothing: the data directory), got {value!r}")
+    return value
+
 OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-ip", "127.0.0.1", str, "address to listen on for SMTP"),
     ("smtp-port", "2525", _port_list, "SMTP port(s), comma separated"),
@@ -199,6 +206,9 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-defaultips", "", _ip_list,
      "local addresses to send from when a message names no ips or pool, comma separated (default: "
      "the shaping file's pool 'default', else the system's choice)"),
+    ("state", "", _state_url,
+     "where pauses, suppressions, suspensions and warm-up counts live, and with Redis also connection "
+     "slots and rates shared by nodes: empty for data-dir/state.sqlite3, or redis://host:port/db"),
     ("www-ip", "127.0.0.1", str, "address of the console, the REST API, /status and /metrics"),
     ("www-port", "8485", _optional_port, "port of the console, the REST API, /status and /metrics (empty: off)"),
     ("www-auth", "", str,

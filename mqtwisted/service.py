@@ -366,6 +366,10 @@ def _milters(options: Any) -> Any:
 def make_delivery(options: Any, queue: Queue, hooks: HookRunner) -> list[service.Service]:
     """The delivery service in this process, or one per worker process (delivery_process)."""
     workers = options["delivery-processes"]
+    if not options["state"] and (options["queue"] != "spool" or workers > 1):
+        log.warn("shaping limits (connections, rates, warm-up) are enforced per {what}: other nodes on "
+                 "this broker keep their own; --state redis://host:port/db shares them",
+                 what="delivery process" if workers > 1 else "node")
     if workers:
         from mqtwisted.delivery_process import DeliveryProcess, worker_log
 

@@ -74,6 +74,7 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("milters_out", "milters-out", _milter_list),
     ("milter_timeout", "milter-timeout", float),
     ("milter_default_action", "milter-default-action", str),
+    ("state", "state", _optional_text),
 )
 
 
@@ -130,6 +131,11 @@ class DeliveryOptions:
     milters_out: tuple[str, ...] = ()
     milter_timeout: float = 30.0
     milter_default_action: str = "tempfail"
+    #: ``--state``: None for the data directory, or a redis:// URL (:mod:`mqtwisted.state`)
+    state: str | None = None
+    #: where ``state.sqlite3`` is kept without ``--state`` (the MTA's data directory); None: in
+    #: memory only (a service built by hand)
+    state_dir: str | None = None
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> DeliveryOptions:

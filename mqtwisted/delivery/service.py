@@ -28,6 +28,7 @@ from mqtwisted.delivery import outcomes
 from mqtwisted.delivery.board import Board
 from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
 from mqtwisted.delivery.options import DeliveryOptions
+from mqtwisted.delivery.pausing import PausedJobs
 from mqtwisted.delivery.signing import Signing, ThreadRunner, load_keys
 from mqtwisted.dns import MXResolver
 from mqtwisted.document import DocumentError, OutgoingDocument
@@ -42,6 +43,7 @@ from mqtwisted.shaping import Shaper, ShapingConfig, ShapingError, UnknownPool, 
 from mqtwisted.signing import DkimPropertyError, Signer, parse_dkim_property
 from mqtwisted.smtp.client import EncryptOnly, OutMessage
 from mqtwisted.tlspolicy import TLSPolicies, make_policies
+from mqtwisted.state.keeper import StateKeeper, make_keeper
 
 log = Logger()
 
@@ -66,14 +68,15 @@ class DeliveryService(service.Service):
         resolver: Any = None,
         rng: random.Random | None = None,
         run_in_thread: ThreadRunner | None = None,
+        state: StateKeeper | None = None,
     ) -> None:
         self.queue = queue
         self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
         self.options = options or DeliveryOptions()
-        self._init_runtime(reactor, resolver, rng, run_in_thread)
+        self._init_runtime(reactor, resolver, rng, run_in_thread, state)
 
     def _init_runtime(self, reactor: Any = None, resolver: Any = None, rng: Any = None,
-                      run_in_thread: ThreadRunner | None = None) -> None:
+                      run_in_thread: ThreadRunner | None = None, state: StateKeeper | None = None) -> None:
         milters = None
         if self.options.milters_out:
             milters = OutboundMilters(list(self.options.milters_out), self.options.milter_timeout,
@@ -91,7 +94,12 @@ class DeliveryService(service.Service):
         self._tls_context: Any = None
         self.helo = self.options.helo or "localhost"
         config = load_shaping(self.options.shaping) if self.options.shaping else ShapingConfig()
-        self.shaper = Shaper(config, self.options.base_limits(), clock=self.now, default_ips=self.options.default_ips)
+        #: pauses, suppressions and the shaper's counters, kept where --state says
+        self.state = state if state is not None else make_keeper(self.options.state, self.options.state_dir, self._reactor)
+        self.shaper = Shaper(config, self.options.base_limits(), clock=self.now, store=self.state.store,
+                             default_ips=self.options.default_ips)
+        self.paused = PausedJobs(self)
+        self.state.listeners.append(self.paused.recheck)
         self.classifier = Classifier.load(self.options.bounce_rules)
         #: (sending address, site) -> the destinations there, which share the shaper's counters
         self.sites: dict[tuple[str | None, str], set[Destination]] = {}
@@ -153,6 +161,12 @@ class DeliveryService(service.Service):
         self.helo = self.options.helo or socket.getfqdn()
         # The ARC authserv-id: this host's name, known only now.
         self.signing.signer.host_name = self.helo
+        # Pauses and suppressions apply from the first message: consume once they are loaded.
+        self.state.start().addCallback(lambda _: self._consume())
+
+    def _consume(self) -> None:
+        if self.stopping:
+            return
         self.learn_sites()
         self.queue.consume(self.options.queue("outbox"), self._received, prefetch=self.options.prefetch)
 
@@ -166,7 +180,8 @@ class DeliveryService(service.Service):
                 call.cancel()
             self.queue.release(lease)
         self._timers.clear()
-        waits = []
+        self.paused.release_all()
+        waits = [self.state.stop()]
         for dest in list(self.destinations.values()):
             dest.stop_waking()
             while dest.pending:
@@ -194,6 +209,7 @@ class DeliveryService(service.Service):
             DeliveryOptions.from_options(options), port=self.options.port,
             security=self.options.security, tls_ca=self.options.tls_ca, ipv6=self.options.ipv6,
             mta_sts_port=self.options.mta_sts_port, data_dir=self.options.data_dir,
+            state=self.options.state, state_dir=self.options.state_dir,
         )
         try:
             # Read again even when its name is unchanged: keys are added and rotated in place.
@@ -307,6 +323,11 @@ class DeliveryService(service.Service):
         if outcomes.expired(doc, now, self.options):
             self._final(job, outcomes.expiry(now))
             return
+        entry = self.state.suppressed(doc.recipient or "")
+        if entry is not None:
+            self._final(job, Attempt("process", "error", entry.code, entry.enhanced, entry.text, time=now,
+                                     permanent=True))
+            return
         try:
             source = self.shaper.choose_source(doc.ips, doc.pool)
         except UnknownPool as e:
@@ -315,6 +336,11 @@ class DeliveryService(service.Service):
             return
         key = destination_key(doc, self.options, source)
         job.destination, job.source = key.host, source.address or ""
+        if not self.paused.hold_if_paused(job, key):
+            self.dispatch(job, key)
+
+    def dispatch(self, job: Job, key: DestinationKey) -> None:
+        """Hand ``job`` to the destination ``key`` (made when there is none)."""
         dest = self.destinations.get(key)
         if dest is None:
             dest = self.destinations[key] = Destination(self, key)
@@ -393,4 +419,4 @@ def _domain(recipient: Any) -> str:
 
 def make_delivery_service(options: Mapping[str, Any], queue: Queue, hooks: HookRunner | None) -> DeliveryService:
     """The service behind ``--delivery on`` (called by :mod:`mqtwisted.service`)."""
-    return DeliveryService(queue, hooks, DeliveryOptions.from_options(options))
+    return DeliveryService(queue, hooks, attrs.evolve(DeliveryOptions.from_options(options), state_dir=options["data-dir"]))
