@@ -100,6 +100,7 @@ class DeliveryService(service.Service):
                              default_ips=self.options.default_ips)
         self.paused = PausedJobs(self)
         self.state.listeners.append(self.paused.recheck)
+        self.state.store.ready = self.shared_ready
         self.classifier = Classifier.load(self.options.bounce_rules)
         #: (sending address, site) -> the destinations there, which share the shaper's counters
         self.sites: dict[tuple[str | None, str], set[Destination]] = {}
@@ -261,11 +262,15 @@ class DeliveryService(service.Service):
         dest.site = site
         self.sites.setdefault((dest.source, site), set()).add(dest)
 
-    def pump_site(self, source: str | None, site: str, done: Destination) -> None:
+    def pump_site(self, source: str | None, site: str, done: Destination | None) -> None:
         """A connection at ``site`` closed: the other destinations there may open one."""
         for dest in list(self.sites.get((source, site), ())):
             if dest is not done:
                 dest.pump()
+
+    def shared_ready(self, key: tuple[str, ...]) -> None:
+        """A store shared by nodes got a slot or a turn for ``(kind, source, site)``."""
+        self.pump_site(key[1] or None, key[2], None)
 
     def close_idle_at(self, source: str | None, site: str, waiting: Destination) -> None:
         """``waiting`` needs a connection slot at ``site``: end the longest-parked connection

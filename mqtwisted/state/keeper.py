@@ -48,12 +48,22 @@ def decode(text: str) -> Key:
 
 class PersistentStore(MemoryStore):
     """The in-memory counters, with suspensions and warm-up days written back by the keeper.
-    Connection slots and rates stay in memory: one delivery process enforces them."""
+    Connection slots and rates stay in memory: one delivery process enforces them (a subclass
+    shares them: :class:`~mqtwisted.state.redisstore.RedisStore`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.new_holds: dict[Key, tuple[float, str]] = {}
         self.new_days: dict[tuple[Key, int], int] = {}
+        #: called with a counter's key when a shared store got, in the background, a slot or a
+        #: turn it had answered no to; delivery sets it (to ask again)
+        self.ready: Callable[[Key], None] = lambda key: None
+
+    def tick(self) -> None:
+        """Upkeep at each round of the keeper (a shared store renews its leases)."""
+
+    def close(self) -> None:
+        """Stopping: give back what is held elsewhere."""
 
     def hold(self, key: Key, until: float, reason: str) -> None:
         super().hold(key, until, reason)
@@ -141,6 +151,7 @@ class StateKeeper:
         self._call = None
         d = self._round if self._round is not None else defer.succeed(None)
         d.addBoth(lambda _: self.poll())
+        d.addBoth(lambda _: self.store.close())
         d.addBoth(lambda _: self._close())
         return d
 
@@ -161,6 +172,7 @@ class StateKeeper:
         backend = self.backend
         if backend is None:
             return defer.succeed(None)
+        self.store.tick()
         holds, days = self.store.changes()
         known = self.version
 
@@ -239,7 +251,15 @@ def make_keeper(state_url: str | None, data_dir: str | None, reactor: Any) -> St
         return StateKeeper(None, _inline, reactor)
     from mqtwisted.state.backend import open_backend
 
-    return StateKeeper(open_backend(state_url or "", data_dir or "."), OwnThread(reactor), reactor)
+    backend = open_backend(state_url or "", data_dir or ".")
+    run = OwnThread(reactor)
+    if not state_url:
+        return StateKeeper(backend, run, reactor)
+    from mqtwisted.state.redisstore import RedisStore
+
+    # One thread for the rounds and the shared counters: a lease is given back before the
+    # backend closes.
+    return StateKeeper(backend, run, reactor, RedisStore(backend, run, reactor))  # type: ignore[arg-type]
 
 
 def _inline(f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
