@@ -293,3 +293,24 @@ def test_pause_and_suppress_commands_write_the_data_directorys_state(tmp_path, c
     assert "expected a duration" in capsys.readouterr().err
     entries = SuppressionList(SqliteBackend(str(tmp_path / "state.sqlite3")))
     assert entries.match("X@example.com").code == 551
+
+
+def test_paused_messages_beyond_half_the_prefetch_go_back_to_the_outbox(tmp_path):
+    server = ScriptedFactory()
+    svc, queue, net, reactor, pauses, _ = make(tmp_path, {"10.0.0.1": server}, prefetch=4, max_idle_time=0)
+    pause = pauses.add(domain="example.com", duration=30)
+    svc.startService()
+    publish(queue, *[doc(f"u{i}@example.com") for i in range(4)], doc("x@example.net"))
+    net.run()
+    assert len(svc.paused.held) == 2
+    back = [d for d in queue.docs("outbox") if d.get("nextattempt")]
+    assert len(back) == 2 and all(d["nextattempt"] == pause.until and "results" not in d for d in back)
+    reactor.advance(POLL_INTERVAL)
+    net.run()
+    assert [d["recipient"] for d in queue.docs("success")] == ["x@example.net"]  # the rest flows
+    reactor.advance(30)
+    net.run()
+    reactor.advance(1)
+    net.run()
+    assert len(queue.docs("success")) == 5
+    assert all(len(d["results"]) == 1 for d in queue.docs("success"))

@@ -4,6 +4,11 @@ attempt made, and go on to their destination when the pause is removed or ends.
 A message is checked when it arrives and again when a destination is about to send it (a pause
 added while it waited in a destination's queue), and every held message is checked again
 whenever the pauses change and when the earliest of their pauses ends.
+
+Held messages keep their leases, which count against the consumer's prefetch; so that a pause
+of much mail cannot stop the rest, no more than half the prefetch is held, and a paused message
+beyond that goes back to the outbox, due again when its pause ends or after
+:data:`RECHECK` seconds, whichever comes first (still without an attempt).
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ if TYPE_CHECKING:
     from mqtwisted.state.pauses import Pause
 
 log = Logger()
+
+#: the longest a paused message put back to the outbox waits before it is looked at again
+RECHECK = 60.0
 
 
 class PausedJobs:
@@ -35,6 +43,10 @@ class PausedJobs:
         pause = self.pause_of(job, key)
         if pause is None:
             return False
+        if len(self.held) >= max(1, self.service.options.prefetch // 2):
+            now = self.service.now()
+            self.service.put_back(job, now + RECHECK if pause.until is None else min(pause.until, now + RECHECK))
+            return True
         self.held.append((job, key))
         if pause.until is not None:
             self._wake_at(pause.until)

@@ -351,6 +351,12 @@ class DeliveryService(service.Service):
             dest = self.destinations[key] = Destination(self, key)
         dest.add(job)
 
+    def put_back(self, job: Job, due: float) -> None:
+        """Back to the outbox, due at ``due``, with no attempt recorded (a paused message)."""
+        doc = job.document.copy()
+        doc.nextattempt = due
+        self._settle(job, [Publication(self.options.queue("outbox"), doc.json)])
+
     def _due(self, token: Any) -> None:
         _, lease = self._timers.pop(token)
         self._received(lease)
