@@ -53,7 +53,7 @@ def add_parsers(sub: Any, where: argparse.ArgumentParser) -> None:
 
 
 def _backend(args: argparse.Namespace) -> Any:
-    from mqtwisted.state.backend import open_backend
+    from mqtwisted.state.opening import open_backend
 
     state = getattr(args, "state", "") or ""
     if not state and not os.path.isdir(args.data_dir):

@@ -11,7 +11,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from mqtwisted.cli import main
-from mqtwisted.state.keeper import OwnThread, StateKeeper
+from mqtwisted.state.keeper import StateKeeper
+from mqtwisted.state.opening import OwnThread
 from mqtwisted.state.pauses import PauseList
 from mqtwisted.state.redis import RedisBackend, split_url
 from mqtwisted.state.redisstore import RedisStore

@@ -42,8 +42,9 @@ from mqtwisted.results import Attempt
 from mqtwisted.shaping import Shaper, ShapingConfig, ShapingError, UnknownPool, load_shaping
 from mqtwisted.signing import DkimPropertyError, Signer, parse_dkim_property
 from mqtwisted.smtp.client import EncryptOnly, OutMessage
+from mqtwisted.state.keeper import StateKeeper
+from mqtwisted.state.opening import make_keeper
 from mqtwisted.tlspolicy import TLSPolicies, make_policies
-from mqtwisted.state.keeper import StateKeeper, make_keeper
 
 log = Logger()
 

@@ -10,7 +10,6 @@ shaper's tuple keys); times are seconds since the epoch.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 Holds = dict[str, tuple[float, str]]
 #: (warm-up key, day) -> events counted that day
 Days = dict[tuple[str, int], int]
-STATE_FILE = "state.sqlite3"
 
 
 class Backend(Protocol):
@@ -47,16 +45,3 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
-
-def open_backend(url: str, data_dir: str) -> Backend:
-    """The backend ``--state`` names: empty for the data directory, ``redis://…`` for Redis.
-    ValueError for anything else."""
-    if not url:
-        from mqtwisted.state.sqlite import SqliteBackend
-
-        return SqliteBackend(os.path.join(data_dir, STATE_FILE))
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from mqtwisted.state.redis import RedisBackend
-
-        return RedisBackend(url)
-    raise ValueError(f"expected redis://host:port/db (or nothing: the data directory), got {url!r}")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from mqtwisted.state.backend import Backend
+if TYPE_CHECKING:
+    from mqtwisted.state.backend import Backend
 
 
 def _lower(value: str | None) -> str | None:

@@ -2,7 +2,7 @@
 
 redis-py, the client the Redis project maintains, rather than a Twisted client (txredisapi has
 had no release since 2021): its calls block, so the MTA makes them in threads of its own
-(:class:`~mqtwisted.state.keeper.OwnThread`), and the ``mqmta`` command calls it directly.
+(:class:`~mqtwisted.state.opening.OwnThread`), and the ``mqmta`` command calls it directly.
 Every check-and-update is one Lua script, atomic in Redis, and every time in a script is
 Redis's own clock (``TIME``), so nodes whose clocks differ slightly still share one schedule.
 
@@ -15,7 +15,7 @@ time).
 from __future__ import annotations
 
 import json
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mqtwisted.state.backend import Days, Holds
 from mqtwisted.state.pauses import Pause
@@ -100,7 +100,7 @@ def split_url(url: str) -> tuple[str, str]:
     query = parse_qsl(parts.query)
     prefix = next((v for k, v in query if k == "prefix"), "mqmta:")
     rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return parts._replace(query=rest).geturl(), prefix
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, rest, parts.fragment)), prefix
 
 
 class RedisBackend:

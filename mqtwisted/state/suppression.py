@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from mqtwisted.state.backend import Backend
+if TYPE_CHECKING:
+    from mqtwisted.state.backend import Backend
 
 DEFAULT_CODE = 550
 DEFAULT_ENHANCED = "5.7.1"
