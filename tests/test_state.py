@@ -314,3 +314,35 @@ def test_paused_messages_beyond_half_the_prefetch_go_back_to_the_outbox(tmp_path
     net.run()
     assert len(queue.docs("success")) == 5
     assert all(len(d["results"]) == 1 for d in queue.docs("success"))
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--queue", "amqp://guest:guest@127.0.0.1:5672/%2F"], "per node"),
+    (["--queue", "amqp://guest:guest@127.0.0.1:5672/%2F", "--delivery-processes", "2"], "per delivery process"),
+    (["--queue", "amqp://guest:guest@127.0.0.1:5672/%2F", "--state", "redis://127.0.0.1:6379/0"], None),
+    ([], None),
+])
+def test_nodes_on_a_broker_without_shared_state_say_their_limits_are_their_own(args, says, logged, tmp_path):
+    from mqtwisted.options import MQOptions
+    from mqtwisted.service import make_delivery
+    from mqtwisted.wiring import make_queue
+
+    options = MQOptions()
+    options.parseOptions(["--data-dir", str(tmp_path), *args])
+    make_delivery(options, make_queue(options), None)
+    warnings = [e for e in logged if "enforced per" in e.get("log_format", "")]
+    if says is None:
+        assert warnings == []
+    else:
+        (event,) = warnings
+        assert event["what"] == says.removeprefix("per ")
+
+
+def test_a_state_url_that_is_not_redis_is_refused():
+    from mqtwisted.options import MQOptions
+
+    with pytest.raises(Exception, match="state.*expected redis://host:port/db"):
+        MQOptions().parseOptions(["--state", "memcache://127.0.0.1"])
