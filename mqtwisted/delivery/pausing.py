@@ -55,6 +55,8 @@ class PausedJobs:
     def recheck(self) -> None:
         """Pauses changed or one ended: send on what no pause holds any more; hold what a new
         pause matches among the messages waiting for a connection."""
+        if self.service.stopping:
+            return
         held, self.held = self.held, []
         for job, key in held:
             if not self.hold_if_paused(job, key):

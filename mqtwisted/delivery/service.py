@@ -183,7 +183,7 @@ class DeliveryService(service.Service):
             self.queue.release(lease)
         self._timers.clear()
         self.paused.release_all()
-        waits = [self.state.stop()]
+        waits = []
         for dest in list(self.destinations.values()):
             dest.stop_waking()
             while dest.pending:
@@ -201,6 +201,8 @@ class DeliveryService(service.Service):
             return None
 
         d.addCallback(settled)
+        # Last: what the sessions that finished counted and suspended is written too.
+        d.addCallback(lambda _: self.state.stop())
         d.addCallback(lambda _: None)
         return d
 

@@ -174,12 +174,12 @@ class StateKeeper:
             return defer.succeed(None)
         self.store.tick()
         holds, days = self.store.changes()
-        known = self.version
+        known, now = self.version, self.reactor.seconds()
 
         def round_trip() -> tuple[int, Any, Holds, Days]:
             version = backend.version()
             lists = (backend.pauses(), backend.suppressions()) if version != known else None
-            all_holds, all_days = backend.sync(holds, days, self.reactor.seconds())
+            all_holds, all_days = backend.sync(holds, days, now)
             return version, lists, all_holds, all_days
 
         d = self.run(round_trip)
