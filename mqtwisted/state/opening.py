@@ -45,6 +45,9 @@ class OwnThread:
     def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         if not self.pool.started:
             self.pool.start()
+            # Its thread would keep the process alive: however the reactor stops (a shutdown
+            # timeout cuts the services' stop short), the pool stops after it, its work done.
+            self.reactor.addSystemEventTrigger("after", "shutdown", self.stop)
         return deferToThreadPool(self.reactor, self.pool, f, *args)
 
     def stop(self) -> None:
