@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from mqtwisted import api
 from mqtwisted.contexts import current_plugin
 from mqtwisted.cplugins import native
-from mqtwisted.cplugins.handles import Handles
+from mqtwisted.cplugins.handles import Handles, numbers
 from mqtwisted.cplugins.native import ffi
 from mqtwisted.jsonvalues import dump_mime
 
@@ -29,7 +29,6 @@ log = Logger()
 contexts = Handles("MQ_Context *")
 connections = Handles("MQ_Connection *")
 messages = Handles("MQ_Message *")
-addresses = Handles("MQ_Address *")
 timers = Handles("MQ_Timer *")
 watchers = Handles("MQ_IOWatcher *")
 
@@ -42,75 +41,91 @@ _DOCUMENT_KEYS = ("envelope", "recipient", "mime")
 class Address:
     """An ``MQ_Address``: the text of MAIL FROM / RCPT TO, or a message's envelope."""
 
-    __slots__ = ("text", "email", "__weakref__")
+    __slots__ = ("text", "email")
 
     def __init__(self, text: str | None) -> None:
         self.text = text
         self.email: Any = None
 
 
-class ConnectionState:
-    """What C plugins hold for one connection: this transaction's addresses, open JSON trees."""
-
-    __slots__ = ("addresses", "trees", "__weakref__")
-
-    def __init__(self) -> None:
-        self.addresses: list[Address] = []
-        self.trees: list[MessageState] = []
-
-
 class MessageState:
     """A message as C sees it: the strings handed out, and the ``MQ_json`` tree while open."""
 
-    __slots__ = ("message", "conn", "strings", "envelope", "tree", "baseline", "__weakref__")
+    __slots__ = ("document", "conn_id", "strings", "envelope", "tree", "baseline")
 
-    def __init__(self, message: Any) -> None:
-        self.message = message
-        self.conn: Any = None
+    def __init__(self, document: dict[str, Any]) -> None:
+        # No reference to the message or its connection: this state must not keep them alive.
+        self.document = document
+        self.conn_id = 0
         self.strings: dict[int, Any] = {}
-        self.envelope: Address | None = None
+        self.envelope = 0
         self.tree: Any = ffi.NULL
         self.baseline: dict[str, Any] = {}
 
 
-_connection_states: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictionary()
-_message_states: weakref.WeakKeyDictionary[Any, MessageState] = weakref.WeakKeyDictionary()
+# Plain dicts, cleaned up by weakref.finalize as their connection or message dies: these are
+# touched on every hook call, where a WeakKeyDictionary costs several times as much.
+#: handle number -> Address; an address is dropped with its transaction, connection or message
+_addresses: dict[int, Address] = {}
+#: connection id -> the handle numbers of its transaction's addresses
+_transactions: dict[int, list[int]] = {}
+#: id(message) -> its state
+_message_states: dict[int, MessageState] = {}
+#: connection id -> messages whose MQ_json tree is open
+_trees: dict[int, list[MessageState]] = {}
 
 
-def connection_state(conn: Any) -> ConnectionState:
-    state = _connection_states.get(conn)
-    if state is None:
-        state = _connection_states[conn] = ConnectionState()
-    return state
+def _new_address(text: str | None) -> int:
+    n = next(numbers)
+    _addresses[n] = Address(text)
+    return n
+
+
+def _drop_addresses(numbers_: list[int]) -> None:
+    for n in numbers_:
+        _addresses.pop(n, None)
+
+
+def _connection_gone(conn_id: int) -> None:
+    _drop_addresses(_transactions.pop(conn_id, []))
+    _trees.pop(conn_id, None)
+
+
+def _message_gone(key: int) -> None:
+    m = _message_states.pop(key, None)
+    if m is not None and m.envelope:
+        _addresses.pop(m.envelope, None)
 
 
 def message_state(message: Any, conn: Any = None) -> MessageState:
-    state = _message_states.get(message)
+    state = _message_states.get(id(message))
     if state is None:
-        state = _message_states[message] = MessageState(message)
+        state = _message_states[id(message)] = MessageState(message.document)
+        weakref.finalize(message, _message_gone, id(message))
     if conn is not None:
-        state.conn = conn
+        state.conn_id = conn.id
     return state
 
 
 def address(conn: Any, text: str, new_transaction: bool = False) -> Any:
     """The ``MQ_Address *`` for a MAIL FROM (``new_transaction``) or RCPT TO argument."""
-    state = connection_state(conn)
-    if new_transaction:
-        state.addresses.clear()
-    a = Address(text)
-    state.addresses.append(a)
-    return addresses.pointer(a)
+    held = _transactions.get(conn.id)
+    if held is None:
+        held = _transactions[conn.id] = []
+        weakref.finalize(conn, _connection_gone, conn.id)
+    elif new_transaction:
+        _drop_addresses(held)
+        held.clear()
+    n = _new_address(text)
+    held.append(n)
+    return ffi.cast("MQ_Address *", n)
 
 
 def handed_back(conn: Any) -> None:
     """Control returns to mqmta for ``conn``: write the open JSON trees back to their messages."""
-    state = _connection_states.get(conn)
-    if state is None or not state.trees:
-        return
-    trees, state.trees = state.trees, []
-    for m in trees:
-        _close_tree(m)
+    if _trees:
+        for m in _trees.pop(conn.id, ()):
+            _close_tree(m)
 
 
 # -- JSON --------------------------------------------------------------------------------------
@@ -128,7 +143,7 @@ def _tree_to_python(fj: Any, tree: Any) -> Any:
 
 def _open_tree(m: MessageState) -> Any:
     fj = native.fjson()
-    tree = fj.fjson_tokener_parse(json.dumps(m.message.document, default=_plain).encode())
+    tree = fj.fjson_tokener_parse(json.dumps(m.document, default=_plain).encode())
     if tree == ffi.NULL:
         api.MQ_log(api.MQ_CRIT, "MQ_json: libfastjson could not parse the message's JSON")
         return ffi.NULL
@@ -136,8 +151,8 @@ def _open_tree(m: MessageState) -> Any:
     # that only what the plugin changed is written back (the mime above all stays untouched).
     m.baseline = _tree_to_python(fj, tree)
     m.tree = tree
-    if m.conn is not None:
-        connection_state(m.conn).trees.append(m)
+    if m.conn_id:
+        _trees.setdefault(m.conn_id, []).append(m)
     return tree
 
 
@@ -150,7 +165,7 @@ def _close_tree(m: MessageState) -> None:
         edited = _tree_to_python(fj, tree)
     finally:
         fj.fjson_object_put(tree)
-    document, baseline = m.message.document, m.baseline
+    document, baseline = m.document, m.baseline
     m.baseline = {}
     if not isinstance(edited, dict):
         api.MQ_log(api.MQ_CRIT, "MQ_json: the object was replaced by a non-object; edits ignored")
@@ -261,7 +276,7 @@ def _start_timer(ctx_n: int, timeout: float, callback: Any, data: Any) -> int:
 
 def _timer(timer_n: int, op: int, timeout: float) -> None:
     timer = timers.get(timer_n)
-    if timer is None:
+    if timer is None or timer.fired:  # a fired timer may live on a moment (the reactor's frame)
         api.MQ_log(api.MQ_WARN, "MQ_stopTimer/MQ_resetTimer on a timer that fired or was stopped")
         return
     if op == 0:
@@ -304,14 +319,16 @@ def _envelope(message_n: int) -> int:
         return 0
     text = api.MQ_envelope(message)
     m = message_state(message)
-    if m.envelope is None or m.envelope.text != text:
-        m.envelope = Address(text)
-    return addresses.number(m.envelope)
+    kept = _addresses.get(m.envelope)
+    if kept is None or kept.text != text:
+        _addresses.pop(m.envelope, None)
+        m.envelope = _new_address(text)
+    return m.envelope
 
 
 def _string(n: int, which: int) -> Any:
     if which == 3:
-        a = addresses.get(n)
+        a = _addresses.get(n)
         if a is None or not a.text:
             return ffi.NULL  # MailerQ: NULL for the null sender
         if a.email is None:
@@ -348,7 +365,7 @@ def _set_string(message_n: int, which: int, value: Any, size: int) -> None:
 def _sync_tree(message: Any, key: str) -> None:
     """A setter changed ``key`` while the plugin holds MQ_json's tree: mirror it there (and in the
     baseline), so the plugin reads what it set and the hand-back does not undo it."""
-    m = _message_states.get(message)
+    m = _message_states.get(id(message))
     if m is None or m.tree == ffi.NULL or message.outgoing:
         return
     fj = native.fjson()
