@@ -36,13 +36,12 @@ class LookupFailed(Exception):
 
 @attrs.frozen
 class Answer:
-    """The records of the asked type (an empty tuple for NXDOMAIN or no data), whether the resolver
+    """The records of the asked type (none for NXDOMAIN or no data), whether the resolver
     vouched for them (``authentic``: the AD bit), and how long they may be kept (``ttl``)."""
 
     records: tuple[Any, ...]
     authentic: bool
     ttl: int = 0
-    nxdomain: bool = False
 
 
 class _Ignore:
@@ -137,7 +136,7 @@ class SecureLookup:
 def _answer(name: str, rtype: int, message: dns.Message) -> Answer:
     authentic = bool(message.authenticData)
     if message.rCode == dns.ENAME:
-        return Answer((), authentic, _negative_ttl(message), nxdomain=True)
+        return Answer((), authentic, _negative_ttl(message))
     if message.rCode != dns.OK:
         raise LookupFailed(name, _ERRORS.get(message.rCode, f"rcode {message.rCode}"))
     found = [rr for rr in message.answers if rr.type == rtype]

@@ -64,10 +64,6 @@ class HostTLS:
     report_only: bool = False
     host: str = ""
 
-    @property
-    def encrypts(self) -> bool:
-        return self.name != "none"
-
     def problem(self, chain: Sequence[x509.Certificate]) -> str | None:
         """Why the chain fails this policy; None when it passes (or the policy only reports)."""
         for check in self.checks:
