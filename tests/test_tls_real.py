@@ -134,7 +134,10 @@ class Net:
         svc = DeliveryService(queue, None, self.options(**kw))
         svc.startService()
         try:
-            await queue.publish([Publication("outbox", doc(r)) for r in rcpts])
+            # "security=LEVEL:" in front of a recipient gives its message that security property.
+            docs = [doc(r.partition(":")[2], security=r.partition(":")[0].removeprefix("security="))
+                    if r.startswith("security=") else doc(r) for r in rcpts]
+            await queue.publish([Publication("outbox", d) for d in docs])
             await wait_until(lambda: len(queue.docs("results")) + len(queue.docs("retry")) >= len(rcpts), 30,
                              "every message attempted")
         finally:
@@ -272,8 +275,13 @@ async def test_dane_match_mismatch_servfail_no_ad_and_dane_over_mta_sts(tmp_path
             if name != "noad":
                 zone.authentic.add(f"_{port}._tcp.mx.{name}.test")
         zone.resolver.servfail.add(f"_{port}._tcp.mx.servfail.test")
-        queue, _ = await net.deliver([f"u@{name}.test" for name in hosts])
+        queue, _ = await net.deliver([f"u@{name}.test" for name in hosts] + ["security=verified:v@dane.test"])
         got = outcomes(queue)
+        # A message's own ``verified`` adds PKIX on top of DANE: the matching self-signed key is
+        # not enough for it.
+        verified = got["v@dane.test"]
+        assert (verified["queue"], verified["state"], verified["tls_policy"]) == ("retry", "starttls", "dane")
+        assert verified["description"] == "dane: certificate chain not trusted: the certificate is self-signed"
         for name in ("dane", "both", "ta"):
             r = got[f"u@{name}.test"]
             assert (r["queue"], r["tls_policy"]) == ("success", "dane"), r
