@@ -85,7 +85,16 @@ def worker_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """The MTA's option values (:data:`mqtwisted.options.OPTIONS`) as JSON-able data."""
     from mqtwisted.options import OPTIONS
 
-    return {name: list(v) if isinstance(v := options[name], tuple) else v for name, *_ in OPTIONS}
+    return {name: _jsonable(options[name]) for name, *_ in OPTIONS}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    # An option parsed into an object of its own (smtp-connection-rate's Rate): its option text.
+    return str(value)
 
 
 # -- the parent's side ------------------------------------------------------------------------------

@@ -351,3 +351,17 @@ def test_the_watchdog_and_the_restart_back_off_follow_their_settings():
         assert len(reactor.spawned) == expected
     dp.stopService()
     assert not reactor.clock.getDelayedCalls()
+
+
+def test_every_option_value_reaches_a_delivery_worker_as_json() -> None:
+    # The worker gets the MTA's options as one JSON line; a value JSON cannot carry (a parsed
+    # smtp-connection-rate) stopped every --delivery-processes start.
+    import json
+
+    from mqtwisted.delivery_process import worker_options
+    from mqtwisted.options import MQOptions
+
+    o = MQOptions()
+    o.parseOptions(["--smtp-connection-rate", "5/600"])
+    sent = json.loads(json.dumps(worker_options(o)))
+    assert sent["smtp-connection-rate"] == "5/600" and sent["tls-ca"] == "" and sent["mta-sts"] is True

@@ -203,3 +203,4 @@ def test_policy_cache_outlives_its_object_and_ignores_a_damaged_file(tmp_path, l
     odd = PolicyCache(str(tmp_path)).path("../../etc/passwd")
     assert odd.startswith(str(tmp_path)) and "/../" not in odd
     assert PolicyCache(None).get("example.com") is None
+
