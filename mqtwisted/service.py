@@ -22,6 +22,7 @@ from twisted.python.components import Componentized
 from mqtwisted import shutdown
 from mqtwisted.cleanup import Cleanup
 from mqtwisted.connection import HookRunner
+from mqtwisted.filtering import NoFilters
 from mqtwisted.listening import SSLListener, TCPListener
 from mqtwisted.metrics import METRICS
 from mqtwisted.options import OPTIONS
@@ -49,6 +50,7 @@ RELOADABLE = (
     "max-connections-per-domain", "shutdown-timeout", "dkim-keys", "shaping", "smtp-defaultips",
     "bounce-rules", "smtp-connection-rate", "smtp-auth-failures", "smtp-limit-exceptions",
     "smtp-proxy-from", "queue-minfree",
+    "milters", "milters-out", "milter-timeout", "milter-default-action",
 )
 
 
@@ -257,6 +259,8 @@ class MTAService(service.MultiService):
             self.factory.config = _server_config(options)
             self.factory.relay = _relay(options)
             self.factory.auth = auth
+            # New sessions ask the new milters; open ones keep the chain they began with.
+            self.factory.filters = _milters(options) or NoFilters()
         if self.cleanup is not None:
             self.cleanup.relay = self.factory.relay if self.factory is not None else _relay(options)
             self.cleanup.extract = options["smtp-extract"]

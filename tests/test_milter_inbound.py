@@ -335,3 +335,36 @@ async def test_milters_run_after_the_plugins_at_each_step_and_before_mq_smtp_in_
         ("plugin rcpt", "b@example.com"), ("plugin data", False), ("plugin message", True, "b@example.com")]
     assert order == [("milter rcpt", "<milter-no@example.com>"), ("milter rcpt", "<b@example.com>"),
                      ("milter end of message",)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sighup_gives_new_sessions_the_new_milters(tmp_path, milters):
+    first, second = milters(), milters()
+    config = tmp_path / "mqmta.conf"
+    config.write_text(f"milters: {first.spec}\n")
+    mta = await start_mta(str(tmp_path / "data"), config=str(config))
+    try:
+        await in_thread(send, mta.port)
+        config.write_text(f"milters: {second.spec}\nmilter-default-action: accept\n")
+        assert mta.service.reload()
+        await in_thread(send, mta.port)
+    finally:
+        await mta.stop()
+    assert first.commands().count("M") == 1 and second.commands().count("M") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_milter_on_a_unix_socket(tmp_path, mtas):
+    from twisted.internet import reactor
+
+    milter = MilterPeer(lambda cmd, args: [add_header("X-Unix", "yes"), pkt(b"c")] if cmd == "E" else None)
+    path = str(tmp_path / "milter.sock")
+    listening = reactor.listenUNIX(path, milter)
+    try:
+        mta = await mtas(tmp_path, f"unix:{path}")
+        replies = await in_thread(send, mta.port)
+        assert replies[-1][0] == 250
+        [doc] = await mta.documents()
+        assert "\r\nX-Unix: yes\r\n" in doc["mime"]
+    finally:
+        await listening.stopListening()

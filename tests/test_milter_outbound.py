@@ -139,3 +139,25 @@ async def test_opendkim_signs_what_mqmta_delivers_and_dkimpy_verifies_it(tmp_pat
         assert await peers.verify(delivered) == [True]
     finally:
         await peers.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_prepare_step_runs_the_milters_after_the_headers_edits_and_sighup_changes_them(milters):
+    from mqtwisted.delivery.options import DeliveryOptions
+    from mqtwisted.delivery.service import DeliveryService
+    from mqtwisted.document import OutgoingDocument
+    from tests.memqueue import MemoryQueue
+
+    milter = milters(lambda cmd, args: [add_header("X-Milter", "out"), pkt(b"c")] if cmd == "E" else None)
+    service = DeliveryService(MemoryQueue.__new__(MemoryQueue), None,
+                              DeliveryOptions(helo="mx.test", milters_out=(milter.spec,)))
+    doc = OutgoingDocument({"envelope": "a@example.org", "recipient": "b@example.net", "mime": MIME.decode(),
+                            "headers": {"append": {"X-Edit": "1"}}})
+    step = service.signing.step(doc)
+    assert step is not None
+    assert await step(MIME) == MIME.replace(b"\r\n\r\n", b"\r\nX-Edit: 1\r\nX-Milter: out\r\n\r\n")
+    # the milter saw the MailerQ headers edit: it runs after it
+    assert ("X-Edit", "1") in milter.args("L")
+    service.reconfigure({"hostname": "mx.test", "milters-out": ""})
+    assert service.signing.step(OutgoingDocument({"envelope": "a@example.org", "recipient": "b@example.net",
+                                                  "mime": MIME.decode()})) is None

@@ -78,12 +78,8 @@ class DeliveryService(service.Service):
 
     def _init_runtime(self, reactor: Any = None, resolver: Any = None, rng: Any = None,
                       run_in_thread: ThreadRunner | None = None, state: StateKeeper | None = None) -> None:
-        milters = None
-        if self.options.milters_out:
-            milters = OutboundMilters(list(self.options.milters_out), self.options.milter_timeout,
-                                      self.options.milter_default_action, self.options.helo or "localhost", reactor)
         self.signing = Signing(Signer(self.options.helo or "localhost"), run_in_thread or self.in_thread,
-                               load_keys(self.options.dkim_keys), milters)
+                               load_keys(self.options.dkim_keys), self.outbound_milters(reactor))
         self._reactor = reactor
         self._resolver = resolver
         self._rng = rng
@@ -106,6 +102,13 @@ class DeliveryService(service.Service):
         #: (sending address, site) -> the destinations there, which share the shaper's counters
         self.sites: dict[tuple[str | None, str], set[Destination]] = {}
         self.board = Board()
+
+    def outbound_milters(self, reactor: Any) -> OutboundMilters | None:
+        """The ``--milters-out`` of the current options (None: none)."""
+        if not self.options.milters_out:
+            return None
+        return OutboundMilters(list(self.options.milters_out), self.options.milter_timeout,
+                               self.options.milter_default_action, self.options.helo or "localhost", reactor)
 
     # TAP files pickle the service tree: configuration only, never live objects.
     def __getstate__(self) -> dict[str, Any]:
@@ -222,6 +225,7 @@ class DeliveryService(service.Service):
             log.error("reload: {error}; signing with the keys loaded before", error=str(e))
             fresh = attrs.evolve(fresh, dkim_keys=self.options.dkim_keys)
         self.options = fresh
+        self.signing.milters = self.outbound_milters(self.reactor)
         config = self.shaper.config
         try:
             config = load_shaping(self.options.shaping) if self.options.shaping else ShapingConfig()

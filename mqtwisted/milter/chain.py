@@ -10,8 +10,9 @@ What a milter answers (libmilter's meaning):
 
 * continue: ask the next one; accept: this milter is done with the connection (at CONNECT or
   HELO) or the message (later); reject, tempfail or a reply code refuse the command (at RCPT that
-  recipient only; at CONNECT the connection); discard: the message is answered 250 and dropped;
-  skip: no more body chunks for it.
+  recipient only; at CONNECT the connection); discard: the message is answered 250 and dropped
+  (at CONNECT or HELO, where there is no message, it is nonsense); skip: no more body chunks for
+  it (only after a body chunk, and only when SMFIP_SKIP was agreed).
 * At the end of the message, before its answer: header edits, change of sender, recipients added
   or deleted, a new body, quarantine (the message goes to the ``refused`` queue with the reason).
 
@@ -165,7 +166,7 @@ class ChainSession:
     # -- asking one milter -----------------------------------------------------------------------
 
     def _fail(self, link: Link, why: Any) -> None:
-        if not link.failed:
+        if not link.failed and not self.closed:  # a client gone mid-step is no milter's fault
             log.warn("milter {spec}: {why}; default action {action} for the rest of session {id}",
                      spec=link.spec, why=str(why), action=self.chain.default, id=self.conn.id)
         link.failed = True
