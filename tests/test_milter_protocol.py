@@ -6,6 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.testing import StringTransport
 
@@ -259,3 +261,24 @@ def test_macros_per_stage_and_as_asked():
     assert macros.for_stage(mp.MAIL, known, None) == {"i": "Q1", "{mail_addr}": "a@b"}
     assert macros.for_stage(mp.MAIL, known, ("j", "mail_addr", "{nope}")) == {"j": "mx", "{mail_addr}": "a@b"}
     assert macros.for_stage(mp.HEADER, known, None) == {}
+
+
+# -- anything a milter may send -------------------------------------------------------------------
+
+packets = st.builds(pkt, st.sampled_from([bytes([c]) for c in b"+-2abcdefhilmpqrsty4OZ"]),
+                    st.binary(max_size=40))
+
+
+@settings(max_examples=60)
+@given(st.lists(packets | st.binary(max_size=12), max_size=8), st.booleans())
+def test_whatever_arrives_is_an_answer_or_a_clean_failure(chunks, negotiating):
+    """Random packets and garbage: the waiting ask fires once, with answers or MilterFailed,
+    and nothing else escapes."""
+    conn, _, clock = connection()
+    results = outcome(conn.negotiate(mp.encode_optneg()) if negotiating else conn.ask(mp.encode_simple(mp.EOH)))
+    for chunk in chunks:
+        conn.dataReceived(chunk)
+    clock.advance(10)  # past the deadline: whatever was pending fails now
+    assert len(results) == 1
+    if not isinstance(results[0], (list, mp.OptNeg)):
+        assert results[0].check(MilterFailed)
