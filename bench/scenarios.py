@@ -781,6 +781,16 @@ def scenario_e2e_shaping(opts: Options) -> ScenarioResult:
     return e2e_shaping(opts)
 
 
+def scenario_milter(opts: Options) -> ScenarioResult:
+    from bench.milters import milter_sides
+
+    res = ScenarioResult("milter", "7 milter: inbound through rspamd as a milter, -l 2000, seconds")
+    sides = prepare_sides(milter_sides(), opts, res)
+    if len(sides) < 2:
+        return not_available(res, "; ".join(res.unavailable.values()) or "a side could not be prepared")
+    return accept_2000(res, sides, opts)
+
+
 SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "inbound": scenario_inbound,
     "plugins": scenario_plugins,
@@ -790,4 +800,6 @@ SCENARIOS: dict[str, Callable[[Options], ScenarioResult]] = {
     "dkim": scenario_dkim,
     "farm": scenario_farm,
     "e2e-shaping": scenario_e2e_shaping,
+    "milter": scenario_milter,
 }
+
