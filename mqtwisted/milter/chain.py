@@ -51,10 +51,11 @@ CONNECT_TEMPFAIL = Reply(421, "Service unavailable - try again later", "4.7.1")
 CONNECT_REJECT = Reply(554, "Access denied", "5.7.1")
 
 #: Which action a modification needs to have been negotiated.
-NEEDS = {
-    mp.AddHeader: mp.Action.ADDHDRS, mp.InsertHeader: mp.Action.ADDHDRS, mp.ChangeHeader: mp.Action.CHGHDRS,
-    mp.ChangeFrom: mp.Action.CHGFROM, mp.AddRecipient: mp.Action.ADDRCPT | mp.Action.ADDRCPT_PAR,
-    mp.DeleteRecipient: mp.Action.DELRCPT, mp.ReplaceBody: mp.Action.CHGBODY, mp.Quarantine: mp.Action.QUARANTINE,
+_A = mp.Action
+NEEDS: dict[type, int] = {
+    mp.AddHeader: _A.ADDHDRS.value, mp.InsertHeader: _A.ADDHDRS.value, mp.ChangeHeader: _A.CHGHDRS.value,
+    mp.ChangeFrom: _A.CHGFROM.value, mp.AddRecipient: _A.ADDRCPT.value | _A.ADDRCPT_PAR.value,
+    mp.DeleteRecipient: _A.DELRCPT.value, mp.ReplaceBody: _A.CHGBODY.value, mp.Quarantine: _A.QUARANTINE.value,
 }
 
 _ids = itertools.count(1)
@@ -91,6 +92,10 @@ class Link:
     spec: str
     conn: MilterConnection | None = None
     neg: mp.OptNeg | None = None
+    #: the negotiated steps and actions as plain ints (asked at every command)
+    steps: int = 0
+    actions: int = 0
+    leading_space: bool = False
     failed: bool = False
     #: accepted the connection: asked nothing more
     done: bool = False
@@ -99,14 +104,13 @@ class Link:
     #: was told of a MAIL whose message it has not seen the end of (an ABORT is owed)
     in_message: bool = False
 
-    def wants(self, cmd: bytes) -> bool:
-        assert self.neg is not None
-        flag = mp.NOT_WANTED.get(cmd)
-        return flag is None or not self.neg.steps & flag
+    def negotiated(self, neg: mp.OptNeg) -> None:
+        self.neg, self.steps, self.actions = neg, int(neg.steps), int(neg.actions)
+        self.leading_space = bool(self.steps & mp.Step.HDR_LEADSPC.value)
 
-    @property
-    def leading_space(self) -> bool:
-        return bool(self.neg is not None and self.neg.steps & mp.Step.HDR_LEADSPC)
+    def wants(self, cmd: bytes) -> bool:
+        flag = mp.NOT_WANTED.get(cmd)
+        return flag is None or not self.steps & flag
 
 
 class _Stop(Exception):
@@ -181,14 +185,14 @@ class ChainSession:
         if values:
             link.conn.send(mp.encode_macros(cmd, values))
         waived = mp.NO_REPLY.get(cmd)
-        if waived is not None and link.neg.steps & waived:
+        if waived is not None and link.steps & waived:
             link.conn.send(data)
             return [mp.Continue()]
         answers = await link.conn.ask(data)
         if final_only and len(answers) > 1:
             raise MilterFailed(f"modification {type(answers[0]).__name__} before the end of the message")
         final = answers[-1]
-        if isinstance(final, mp.Skip) and not (cmd == mp.BODY and link.neg.steps & mp.Step.SKIP):
+        if isinstance(final, mp.Skip) and not (cmd == mp.BODY and link.steps & mp.Step.SKIP.value):
             raise MilterFailed("skip outside the body")
         if isinstance(final, mp.Discard) and cmd in (mp.CONNECT, mp.HELO):
             raise MilterFailed("discard outside a message")
@@ -232,7 +236,7 @@ class ChainSession:
             if link.conn is None or link.failed:
                 continue
             try:
-                link.neg = await link.conn.negotiate(mp.encode_optneg())
+                link.negotiated(await link.conn.negotiate(mp.encode_optneg()))
             except (MilterFailed, mp.MilterProtocolError) as e:
                 self._fail(link, e)
         ip = self.conn.remote_ip
@@ -360,7 +364,7 @@ class ChainSession:
         assert link.neg is not None
         for change in changes:
             need = NEEDS.get(type(change))
-            if need is None or not link.neg.actions & need:
+            if need is None or not link.actions & need:
                 raise MilterFailed(f"{type(change).__name__} without having negotiated it")
         new_body: list[bytes] = []
         for change in changes:

@@ -65,18 +65,15 @@ def address_macros(prefix: str, address: str, local: bool) -> dict[str, str | No
     }
 
 
-def _bare(name: str) -> str:
-    return name.strip("{}")
-
-
 def for_stage(cmd: bytes, known: dict[str, str | None], wanted: tuple[str, ...] | None) -> dict[str, str]:
     """The macros to send before ``cmd``: those the milter wants (else the stage's usual ones)
-    that have a value, named as sendmail names them (``j``, ``{client_addr}``)."""
-    by_bare = {_bare(k): k for k in known}
+    that have a value, named as sendmail names them (``j``, ``{client_addr}``, whichever way
+    the milter spelt them)."""
     out: dict[str, str] = {}
     for name in wanted if wanted is not None else STAGE_MACROS.get(cmd, ()):
-        key = by_bare.get(_bare(name))
-        value = known.get(key) if key is not None else None
-        if key is not None and value is not None:
+        bare = name.strip("{}")
+        key = bare if len(bare) == 1 else f"{{{bare}}}"
+        value = known.get(key)
+        if value is not None:
             out[key] = value
     return out
