@@ -1,4 +1,4 @@
-"""Scenario 7, ``milter``: inbound mail through real rspamd as a milter, mqmta (``--milters``)
+"""Scenario 9, ``milter``: inbound mail through real rspamd as a milter, mqmta (``--milters``)
 against Postfix (``smtpd_milters``), each round with a fresh rspamd of its own.
 
 Also the minimal rspamd configuration both this scenario and tests/test_milter_rspamd.py start:

@@ -784,7 +784,7 @@ def scenario_e2e_shaping(opts: Options) -> ScenarioResult:
 def scenario_milter(opts: Options) -> ScenarioResult:
     from bench.milters import milter_sides
 
-    res = ScenarioResult("milter", "7 milter: inbound through rspamd as a milter, -l 2000, seconds")
+    res = ScenarioResult("milter", "9 milter: inbound through rspamd as a milter, -l 2000, seconds")
     sides = prepare_sides(milter_sides(), opts, res)
     if len(sides) < 2:
         return not_available(res, "; ".join(res.unavailable.values()) or "a side could not be prepared")
