@@ -42,6 +42,8 @@ class Connection:
     helo: str | None = None
     user: str | None = None
     authenticated: bool = False
+    #: the SASL mechanism the client authenticated with (``PLAIN``, ``LOGIN``)
+    auth_mechanism: str | None = None
     secure: bool = False
     tls_version: str | None = None
     tls_cipher: str | None = None

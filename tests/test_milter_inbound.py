@@ -368,3 +368,19 @@ async def test_a_milter_on_a_unix_socket(tmp_path, mtas):
         assert "\r\nX-Unix: yes\r\n" in doc["mime"]
     finally:
         await listening.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_and_auth_macros_after_starttls_and_login(tmp_path, milters, mtas):
+    from tests.conftest import send_mail
+
+    milter = milters()
+    mta = await mtas(tmp_path, milter, smtp_auth="hardcoded://alice:secret")
+    await in_thread(send_mail, mta.port, starttls=True, login=("alice", "secret"))
+    # HELO twice: before STARTTLS without TLS macros, after it with them
+    assert milter.args("H") == ["client.test", "client.test"]
+    assert milter.macros["H"]["{tls_version}"].startswith("TLS")
+    assert milter.macros["H"]["{cipher}"]
+    assert milter.macros["M"]["{auth_authen}"] == "alice"
+    assert milter.macros["M"]["{auth_type}"] in ("PLAIN", "LOGIN")  # smtplib's choice
+    assert len(await mta.documents()) == 1

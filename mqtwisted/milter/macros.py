@@ -51,7 +51,7 @@ def connection_macros(conn: Connection, hostname: str) -> dict[str, str | None]:
         "{cipher}": conn.tls_cipher if conn.secure else None,
         "{cert_subject}": subject,
         "{cert_issuer}": issuer,
-        "{auth_type}": "PLAIN" if conn.authenticated else None,
+        "{auth_type}": conn.auth_mechanism if conn.authenticated else None,
         "{auth_authen}": conn.user if conn.authenticated else None,
     }
 

@@ -65,6 +65,7 @@ class AuthCommands:
                 self._error(reply)
             elif self.conn.authenticated:
                 self.conn.user = login
+                self.conn.auth_mechanism = exchange.mech
                 self.session.advance(exchange.transition)
                 self._send(reply or Reply(235, "Authentication successful", "2.7.0"))
             else:
