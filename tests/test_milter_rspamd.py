@@ -19,6 +19,9 @@ from mqtwisted.testing import start_mta
 from tests.conftest import free_port, in_thread, wait_port
 from tests.test_milter_inbound import send
 
+# One worker runs both tests, so the suite starts one rspamd, not one per worker.
+pytestmark = pytest.mark.xdist_group("rspamd")
+
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 
