@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, protocol
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -47,6 +47,10 @@ def parse_specs(value: str) -> list[str]:
 
 
 def endpoint_of(reactor: Any, spec: str, timeout: float) -> Any:
+    # Imported here: twisted.internet.endpoints is most of the import time of this module, and
+    # every MTA and delivery process imports it (options, the prepare step) milters or not.
+    from twisted.internet import endpoints
+
     kind, where, port = parse_spec(spec)
     if kind == "unix":
         return endpoints.UNIXClientEndpoint(reactor, where, timeout=timeout)
