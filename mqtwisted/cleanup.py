@@ -14,7 +14,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mqtwisted import hooks as hook_names
+from mqtwisted.authcheck.header import stamp
 from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
+from mqtwisted.document import IncomingDocument
 from mqtwisted.envelope import Body, Envelope
 from mqtwisted.message import extract_properties, header_block, incoming_document, message_id
 from mqtwisted.queue import Publication, Queue, QueueUnavailable, mime_text
@@ -32,8 +34,21 @@ class TrustPolicy(Protocol):
         """True when a client at ``ip`` may set properties through headers."""
 
 
+class Verifier(Protocol):
+    """Inbound authentication (``--verify-inbound on``, :mod:`mqtwisted.authcheck`)."""
+
+    def verify(self, conn: Connection, envelope: Envelope, body: Body) -> defer.Deferred[Any]:
+        """Fires (on the reactor thread, never failing for DNS) with the message's results: an
+        object with ``header_field()`` and ``to_json()``."""
+
+
 class Cleanup:
-    """The server's ``accept`` callable.  Pickles: holds configuration and collaborators only."""
+    """The server's ``accept`` callable.  Pickles: holds configuration and collaborators only.
+
+    With a ``verifier``, each message is checked (off the reactor thread) before its documents
+    are made: the ``Authentication-Results`` field it gets is in the one stored body, its
+    ``auth`` property in every document, both before ``mq_smtp_in_message`` sees them.
+    """
 
     def __init__(
         self,
@@ -45,6 +60,7 @@ class Cleanup:
         local: str = "local",
         extract: str = "trusted",
         refused: str = "refused",
+        verifier: Verifier | None = None,
     ) -> None:
         self.queue = queue
         self.relay = relay
@@ -54,6 +70,7 @@ class Cleanup:
         self.local = local
         self.extract = extract
         self.refused = refused
+        self.verifier = verifier
 
     def _extracts(self, conn: Connection) -> bool:
         if self.extract == "always":
@@ -64,30 +81,46 @@ class Cleanup:
 
     def __call__(self, conn: Connection, envelope: Envelope, body: Body) -> defer.Deferred:
         try:
-            return self._accept(conn, envelope, body)
+            if self.verifier is None:
+                return self._accept(conn, envelope, body, None)
+            d = self.verifier.verify(conn, envelope, body)
+            d.addCallback(lambda results: self._accept(conn, envelope, body, results))
+            d.addErrback(self._local_error, conn)
+            return d
         except Exception:
             log.failure("cleanup failed for session {id}", id=conn.id)
             return defer.succeed(LOCAL_ERROR)
 
-    def _accept(self, conn: Connection, envelope: Envelope, body: Body) -> defer.Deferred:
+    def _local_error(self, failure: Any, conn: Connection) -> Reply:
+        log.failure("cleanup failed for session {id}", failure, id=conn.id)
+        return LOCAL_ERROR
+
+    def _accept(self, conn: Connection, envelope: Envelope, body: Body, results: Any) -> defer.Deferred:
         head_source = body.data if body.data is not None else _head_of_file(body.path)
         head = header_block(head_source)
         properties: dict[str, Any] = {}
         rewritten: str | None = None
+        start = head_source
         if self._extracts(conn):
             properties, stripped = extract_properties(head_source, head)
-            if properties and body.data is not None:
-                body = Body(data=stripped, size=len(stripped))
-            elif properties and body.path is not None:
-                body = _rewrite_file(body.path, stripped, len(head_source))
-                rewritten = body.path
-        d = self._accept_message(conn, envelope, body, head, properties)
+            if properties:
+                start = stripped
+        if results is not None:
+            # RFC 8601 §5: fields claiming to be ours were not written by us; ours goes on top.
+            start = stamp(start, results.header_field(), self.hostname)
+        if start is not head_source and body.data is not None:
+            body = Body(data=start, size=len(start))
+        elif start is not head_source and body.path is not None:
+            body = _rewrite_file(body.path, start, len(head_source))
+            rewritten = body.path
+        d = self._accept_message(conn, envelope, body, head, properties, results)
         if rewritten is not None:
             d.addBoth(_remove, rewritten)  # the queue has its own copy once publish fired
         return d
 
     def _accept_message(
-        self, conn: Connection, envelope: Envelope, body: Body, head: bytes, properties: dict[str, Any]
+        self, conn: Connection, envelope: Envelope, body: Body, head: bytes, properties: dict[str, Any],
+        results: Any,
     ) -> defer.Deferred:
         msgid = message_id(head)
         handles = [
@@ -106,6 +139,9 @@ class Cleanup:
             )
             for r in envelope.recipients
         ]
+        if results is not None:
+            for handle in handles:
+                IncomingDocument.of(handle.document).auth = results.to_json()
         locals_ = [r.local for r in envelope.recipients]
         held = envelope.quarantine is not None
         if held:

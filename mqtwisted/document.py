@@ -382,6 +382,9 @@ class Document:
     dsn = Property("dsn", DsnRequest.parse, doc="the sender's RFC 3461 DSN request")
     tags = Property("tags", tags_value, _list, doc="labels that travel with the message")
     received = Property("received", timestamp_value, doc="when the MTA received it (epoch seconds)")
+    auth = Property("auth", object_value,
+                    doc="inbound authentication results (--verify-inbound): spf, dkim, dmarc, arc and "
+                        "the Authentication-Results value as header (mqtwisted.authcheck.results)")
 
     @classmethod
     def of(cls, value: Mapping[str, Any] | Document) -> Self:

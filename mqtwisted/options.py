@@ -177,6 +177,9 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("delivery-restart-delays", "1,2,4,8,16,30", _intervals, "waits before restarting a failing worker, seconds"),
     ("smarthost", "", str, "send all mail via host[:port]"),
     ("dns-server", "", str, "DNS resolver host:port (default: the system's)"),
+    ("verify-inbound", "off", _on_off,
+     "check SPF, DKIM, DMARC and ARC of arriving mail: an Authentication-Results header and the auth "
+     "property (on/off; DNS through dns-server)"),
     ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),
     ("max-delivertime", "86400", _seconds, "give up delivering after this many seconds"),
     ("max-attempts", "0", _positive_int, "give up after this many attempts (0: no limit)"),

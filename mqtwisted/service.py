@@ -82,6 +82,17 @@ def _relay(options: Any) -> RelayPolicy:
     )
 
 
+def _verifier(options: Any) -> Any:
+    """``--verify-inbound on``: the checks cleanup asks for (their libraries load only then)."""
+    if not options["verify-inbound"]:
+        return None
+    from mqtwisted.authcheck.verifier import InboundVerifier
+    from mqtwisted.jsonvalues import parse_hostport
+
+    server = options["dns-server"]
+    return InboundVerifier(options["hostname"], [parse_hostport(server, 53)] if server else None)
+
+
 class MTAService(service.MultiService):
     """The whole MTA.  Children (in start order): ``queue``, ``plugins``, ``delivery``, the SMTP
     ports, ``web``.
@@ -335,6 +346,7 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
         local=options["local"],
         extract=options["smtp-extract"],
         refused=options["refused"],
+        verifier=_verifier(options),
     )
     tls = server_tls(options)
     auth = load_checker(options["smtp-auth"]) if options["smtp-auth"] else None

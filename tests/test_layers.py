@@ -28,6 +28,7 @@ MAX_LINES = 600
 INBOUND = frozenset({
     "mqtwisted.smtp.server", "mqtwisted.smtp.session", "mqtwisted.smtp.commands",
     "mqtwisted.smtp.body", "mqtwisted.smtp.policy", "mqtwisted.cleanup", "mqtwisted.service",
+    "mqtwisted.authcheck.verifier", "mqtwisted.authcheck.header",
 })
 
 #: ``obj._name`` where ``obj`` is not ``self``/``cls``, allowed (file, source fragment, why): the

@@ -2,6 +2,8 @@
 (:data:`mqtwisted.smtp.client.PrepareStep`): MailerQ's ``headers`` edits, then the milters of
 ``--milters-out`` (:mod:`mqtwisted.milter.outbound`), then the DKIM signatures (and ARC seal) of
 its ``dkim`` property or, without one, of the ``--dkim-keys`` file's keys for its ``From:`` domain.
+An ARC seal carries the results inbound verification recorded in the ``auth`` property
+(``--verify-inbound``), else the message's own field of this host.
 
 The outbound client runs the step on the MIME the ``mq_smtp_out_data`` hook left, so the edits
 apply to a MIME a plugin replaced too, and every header edit is covered by the signature.
@@ -56,9 +58,22 @@ def relayed(doc: OutgoingDocument) -> bool:
         return True
 
 
-def sign(signer: Signer, mime: bytes, dkim_property: Any, keys: KeyTable | None, relayed: bool) -> bytes:
-    """In a thread: ``mime`` with its signatures prepended (``mime`` itself when nothing signs it)."""
-    return signer.sign(mime, signing_requests(dkim_property, mime, keys, relayed=relayed))
+def inbound_results(doc: OutgoingDocument, host_name: str) -> str | None:
+    """The ``Authentication-Results`` value this MTA wrote when the message arrived
+    (``--verify-inbound``: the ``auth`` property's ``header``), the input of an ARC seal; None
+    when there is none, or when a host of another name wrote it (a seal may carry only its own)."""
+    auth = usable(lambda: doc.auth, None)
+    header = auth.get("header") if auth is not None else None
+    if not isinstance(header, str) or auth.get("authserv-id") != host_name:
+        return None
+    return header if header.split(";", 1)[0].strip() == host_name else None
+
+
+def sign(signer: Signer, mime: bytes, dkim_property: Any, keys: KeyTable | None, relayed: bool,
+         results: str | None = None) -> bytes:
+    """In a thread: ``mime`` with its signatures prepended (``mime`` itself when nothing signs it);
+    ``results``: this hop's inbound results for an ARC seal (:func:`inbound_results`)."""
+    return signer.sign(mime, signing_requests(dkim_property, mime, keys, relayed=relayed), results)
 
 
 def refusal(failure: Any) -> Reply:
@@ -86,11 +101,12 @@ class Signing:
         if edits is None and not signs and milters is None:
             return None
         from_elsewhere = signs and relayed(doc)
+        results = inbound_results(doc, self.signer.host_name) if signs else None
 
         def signed(mime: bytes | Reply) -> Deferred[bytes | Reply]:
             if not signs or isinstance(mime, Reply):
                 return succeed(mime)
-            d = self.run_in_thread(sign, self.signer, mime, dkim_property, keys, from_elsewhere)
+            d = self.run_in_thread(sign, self.signer, mime, dkim_property, keys, from_elsewhere, results)
             d.addErrback(refusal)
             return d
 
