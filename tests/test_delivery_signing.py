@@ -126,8 +126,9 @@ async def test_mail_is_signed_rsa_and_ed25519_once_for_many_recipients(tmp_path:
             assert await peers.verify(body.replace(b"Hello Bob.", b"Hello Eve.")) == [False, False]
         # One signing for the five copies: two signatures (RSA, Ed25519), not ten.
         assert signer_of(mta).signatures_made == 2
-        # Never on the reactor's thread.
-        assert len(threads) == 5 and threading.main_thread().name not in threads
+        # Never on the reactor's thread; the copies after the first signing come from its cache
+        # there, or from a thread when they were asked for while it was signing.
+        assert 1 <= len(threads) <= 5 and threading.main_thread().name not in threads
         assert ("rsa1._domainkey.example.org", 16) in peers.zone.resolver.queries
         success = await results(mta, "success")
         assert len(success) == 5 and all(d["results"][0]["result"] == "accepted" for d in success)

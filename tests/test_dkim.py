@@ -16,7 +16,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dkim
@@ -316,13 +316,13 @@ def test_no_request_leaves_the_message_as_it_is() -> None:
 @pytest.fixture
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    original = signer_module.dkim_signature
+    original = signer_module.dkim_signatures
 
-    def counting(message: bytes, request: SigningRequest, linesep: bytes = b"\r\n") -> bytes:
-        calls.append(request.selector)
-        return original(message, request, linesep)
+    def counting(message: bytes, requests: Sequence[SigningRequest], *args: Any) -> list[bytes]:
+        calls.extend(request.selector for request in requests)
+        return original(message, requests, *args)
 
-    monkeypatch.setattr(signer_module, "dkim_signature", counting)
+    monkeypatch.setattr(signer_module, "dkim_signatures", counting)
     return calls
 
 
@@ -344,6 +344,47 @@ def test_100_recipients_in_threads_are_signed_once(counted: list[str], rsa_pair:
     with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
         outputs = set(pool.map(lambda _: signer.sign(message, requests), range(100)))
     assert len(outputs) == 1 and sorted(counted) == ["ed1", "rsa1"]
+
+
+def test_keys_are_not_parsed_again_and_a_body_is_canonicalized_once(rsa_pair: KeyPair, ed_pair: KeyPair,
+                                                                    published: Published,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # dkimpy's sign would parse the PEM (in Python) for every signature: the key read at start-up
+    # signs instead.  Two signatures of a message, and two messages that differ only in their
+    # headers (a campaign's copies for two recipients), canonicalize the body once.
+    def no_parsing(*args: Any) -> Any:
+        raise AssertionError("dkimpy parsed the private key")
+
+    monkeypatch.setattr(dkim, "parse_pem_private_key", no_parsing)
+    bodies: list[bytes] = []
+    original = dkim.CanonicalizationPolicy.canonicalize_body
+
+    def counting(self: Any, body: bytes) -> bytes:
+        bodies.append(body)
+        return original(self, body)
+
+    monkeypatch.setattr(dkim.CanonicalizationPolicy, "canonicalize_body", counting)
+    requests = [make_request(published, rsa_pair), make_request(published, ed_pair)]
+    signer = Signer(HOST)
+    first = signer.sign(MESSAGES["plain"], requests)
+    second = signer.sign(MESSAGES["plain"].replace(b"To: Bob", b"To: Carol"), requests)
+    simple = make_request(published, rsa_pair, selector="rsa2", canonicalization="relaxed/simple")
+    third = signer.sign(MESSAGES["plain"], [simple])
+    assert len(bodies) == 2  # once for relaxed, once more for the simple body canonicalization
+    assert verify_each(first, published.dnsfunc) == [True, True]
+    assert verify_each(second, published.dnsfunc) == [True, True]
+    assert verify_each(third, published.dnsfunc) == [True]
+
+
+def test_signed_if_cached_answers_only_from_the_cache(counted: list[str], rsa_pair: KeyPair,
+                                                       published: Published) -> None:
+    requests = [make_request(published, rsa_pair)]
+    signer = Signer(HOST)
+    assert signer.signed_if_cached(MESSAGES["plain"], requests) is None and counted == []
+    signed = signer.sign(MESSAGES["plain"], requests)
+    assert signer.signed_if_cached(MESSAGES["plain"], requests) == signed and counted == ["rsa1"]
+    assert signer.signed_if_cached(MESSAGES["plain"], requests, f"{HOST}; spf=pass") is None
+    assert signer.signed_if_cached(MESSAGES["plain"], []) == MESSAGES["plain"]
 
 
 def test_a_changed_message_old_entry_or_full_cache_signs_again(counted: list[str], rsa_pair: KeyPair,

@@ -146,3 +146,30 @@ def test_sighup_reads_the_keys_file_again_and_keeps_the_old_keys_if_it_broke(tmp
     options["dkim-keys"] = ""
     svc.reconfigure(options)
     assert svc.signing.keys is None and svc.options.dkim_keys is None
+
+
+def test_a_copy_already_signed_is_taken_from_the_cache_without_a_thread(tmp_path: Any) -> None:
+    pair = generate_key_pair(RSA)
+    (tmp_path / "k.pem").write_bytes(pair.private_pem)
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[key]]\ndomain = "example.org"\nselector = "s1"\nfile = "k.pem"\n')
+    svc, *_ = make({}, dkim_keys=str(keys))
+    hops: list[Any] = []
+
+    def counted(f: Any, *args: Any) -> defer.Deferred:
+        hops.append(f)
+        return defer.maybeDeferred(f, *args)
+
+    svc.signing.run_in_thread = counted
+    outputs: list[Any] = []
+    for rcpt in ("u1@example.com", "u2@example.com", "u3@example.com"):
+        prepare = svc.signing.step(OutgoingDocument(doc(rcpt)))
+        prepare(MIME).addCallback(outputs.append)
+    assert len(hops) == 1 and len(set(outputs)) == 1 and outputs[0].startswith(b"DKIM-Signature:")
+    # A dkim property, or a message too large to hash on the reactor's thread, always goes there.
+    svc.signing.step(OutgoingDocument(doc(dkim=keyed(pair))))(MIME)
+    large = MIME + b"x" * (64 * 1024) + b"\r\n"
+    svc.signing.step(OutgoingDocument(doc()))(large)
+    svc.signing.step(OutgoingDocument(doc()))(large)
+    # The property names the same key as the file: the thread found that signature cached.
+    assert len(hops) == 4 and svc.signing.signer.signatures_made == 2

@@ -32,6 +32,10 @@ from mqtwisted.smtp.client import PrepareStep
 
 log = Logger()
 
+#: The largest message whose cached signatures are looked up on the reactor thread (hashing
+#: 64 KiB takes about 0.1 ms; a larger message goes to the thread, cached or not).
+INLINE_HASH_LIMIT = 64 * 1024
+
 #: Runs ``f(*args)`` off the reactor thread: Deferred of its result.
 ThreadRunner = Callable[..., "Deferred[Any]"]
 
@@ -93,6 +97,17 @@ class Signing:
     keys: KeyTable | None = None
     milters: OutboundMilters | None = None
 
+    def cached(self, mime: bytes, dkim_property: Any, keys: KeyTable | None, relayed: bool,
+               results: str | None) -> bytes | None:
+        """``mime`` signed from the signer's cache (another copy of it was signed before), or None:
+        asked on the reactor thread, where it saves each later copy of a campaign's message the
+        trip to a thread and back.  Only for a message small enough to hash at once and signed
+        with the keys file's keys: a ``dkim`` property's key may not have been read yet, which
+        takes milliseconds, so such a message always goes to the thread."""
+        if len(mime) > INLINE_HASH_LIMIT or dkim_property is not None or keys is None:
+            return None
+        return self.signer.signed_if_cached(mime, keys.for_message(mime, relayed=relayed), results)
+
     def step(self, doc: OutgoingDocument) -> PrepareStep | None:
         """The prepare step of ``doc`` (checked, its ``dkim`` property too), or None when it has
         no header edits, no milter sees it and nothing can sign it."""
@@ -106,6 +121,9 @@ class Signing:
         def signed(mime: bytes | Reply) -> Deferred[bytes | Reply]:
             if not signs or isinstance(mime, Reply):
                 return succeed(mime)
+            signed = self.cached(mime, dkim_property, keys, from_elsewhere, results)
+            if signed is not None:
+                return succeed(signed)
             d = self.run_in_thread(sign, self.signer, mime, dkim_property, keys, from_elsewhere, results)
             d.addErrback(refusal)
             return d

@@ -19,6 +19,7 @@ Every key is read and tried at start-up: a file that cannot be read, a key that 
 from __future__ import annotations
 
 import email.utils
+import functools
 import os
 import re
 import tomllib
@@ -26,7 +27,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
-import dkim
 
 from mqtwisted.signing.keys import (
     ALGORITHMS,
@@ -45,6 +45,8 @@ from mqtwisted.signing.signer import dkim_signature
 
 _KEY_TABLE = re.compile(r"^\s*\[\[\s*key\s*\]\]")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+#: a From: field, unfolded by the caller (RFC 5322 §2.2: a field starts at a line's start)
+_FROM = re.compile(rb"^from[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
 _PROBE = b"From: probe@example.org\r\nSubject: key check\r\n\r\nkey check\r\n"
 
 
@@ -87,17 +89,19 @@ class KeyTable:
 
 def from_domain(message: bytes) -> str | None:
     """The domain of the first address of the ``From:`` header, or None."""
-    # Only the header section: parsing a body line by line costs more than the rest of choosing
-    # keys, once per recipient of every message.
+    # Only the header section, and the field's value parsed once per distinct value: a sender's
+    # messages share their From:, and choosing keys happens for every recipient of every message.
     end = _HEADER_END.search(message)
-    headers, _ = dkim.rfc822_parse(message[: end.end()] if end else message)
-    for name, value in headers:
-        if name.lower() == b"from":
-            text = re.sub(r"\r?\n", "", value.decode("utf-8", "replace"))
-            for _, address in email.utils.getaddresses([text]):
-                if "@" in address:
-                    return address.rpartition("@")[2].strip().rstrip(">") or None
-            return None
+    field = _FROM.search(message, 0, end.end() if end else len(message))
+    return _domain_of(field.group(1)) if field else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _domain_of(value: bytes) -> str | None:
+    text = re.sub(r"\r?\n", "", value.decode("utf-8", "replace"))
+    for _, address in email.utils.getaddresses([text]):
+        if "@" in address:
+            return address.rpartition("@")[2].strip().rstrip(">") or None
     return None
 
 
