@@ -121,9 +121,9 @@ class Signing:
         def signed(mime: bytes | Reply) -> Deferred[bytes | Reply]:
             if not signs or isinstance(mime, Reply):
                 return succeed(mime)
-            signed = self.cached(mime, dkim_property, keys, from_elsewhere, results)
-            if signed is not None:
-                return succeed(signed)
+            from_cache = self.cached(mime, dkim_property, keys, from_elsewhere, results)
+            if from_cache is not None:
+                return succeed(from_cache)
             d = self.run_in_thread(sign, self.signer, mime, dkim_property, keys, from_elsewhere, results)
             d.addErrback(refusal)
             return d
