@@ -273,3 +273,18 @@ def test_cli_inject_json(tmp_path):
                          text=True, env=env(), timeout=60)
     assert bad.returncode != 0 and "stdin:2: /recipient" in bad.stderr
     assert len(spool_documents(str(tmp_path))) == 3  # nothing of the refused input was queued
+
+
+def test_sessions_are_bounded_and_expire(monkeypatch):
+    from mqtwisted.console import access
+
+    monkeypatch.setattr(access, "MAX_SESSIONS", 3)
+    now = [0.0]
+    sessions = access.Sessions(clock=lambda: now[0])
+    keys = []
+    for _ in range(4):
+        now[0] += 1
+        keys.append(sessions.create("anonymous")[0])
+    assert sessions.get(keys[0]) is None and all(sessions.get(k) for k in keys[1:])
+    now[0] += access.IDLE_TIMEOUT + 1
+    assert sessions.get(keys[3]) is None

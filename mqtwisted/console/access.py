@@ -30,6 +30,9 @@ from mqtwisted.console.http import ApiError
 COOKIE = b"mqmta_session"
 #: a session unused this long ends
 IDLE_TIMEOUT = 12 * 3600.0
+#: sessions kept at most: without www-auth every visitor gets one, so a script fetching the page
+#: in a loop must not grow memory; the least recently used go first
+MAX_SESSIONS = 10000
 
 
 @attrs.define(eq=False)
@@ -46,6 +49,9 @@ class Sessions:
 
     def create(self, user: str) -> tuple[str, Session]:
         self.expire()
+        if len(self.table) >= MAX_SESSIONS:
+            for old in sorted(self.table, key=lambda k: self.table[k].seen)[: len(self.table) - MAX_SESSIONS + 1]:
+                del self.table[old]
         key = secrets.token_urlsafe(32)
         session = self.table[key] = Session(user, secrets.token_urlsafe(32), self.clock())
         return key, session
