@@ -225,6 +225,10 @@ class Bounce:
 
 
 #: attempt record field -> JSON key (MailerQ's names: ``from`` is our address, ``to`` the peer's)
+#: the record's fields left out of its JSON when they hold these values
+_RECORD_DEFAULTS = {"code": None, "status": None, "description": "", "mta": None, "local_ip": None,
+                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None, "classification": None,
+                    "tls_policy": None}
 _RECORD_KEYS: tuple[tuple[str, str], ...] = (
     ("state", "state"), ("result", "result"), ("code", "code"), ("status", "status"),
     ("description", "description"), ("mta", "mta"), ("local_ip", "from"), ("remote_ip", "to"),
@@ -277,11 +281,9 @@ class AttemptRecord:
             out["time"] = self.time_text
         elif self.time is not None:
             out["time"] = format_time(self.time)
-        defaults = {"code": None, "status": None, "description": "", "mta": None, "local_ip": None,
-                    "remote_ip": None, "messages": None, "cipher": None, "dsn": None, "classification": None, "tls_policy": None}
         for field, name in _RECORD_KEYS:
             value = getattr(self, field)
-            if field in defaults and value == defaults[field]:
+            if field in _RECORD_DEFAULTS and value == _RECORD_DEFAULTS[field]:
                 continue
             out[name] = value
         out.update(self.extra)
@@ -458,8 +460,11 @@ class OutgoingDocument(Document):
         self.recipient_domain  # noqa: B018 (read for its check)
         if self.json.get("mime") is not None and not self.has_mime:
             raise DocumentError("mime", self.json["mime"], "the message as a string")
-        for prop in _CHECKED:
-            getattr(self, prop)
+        json = self.json
+        for key, parse in _CHECKS:
+            value = json.get(key)
+            if value is not None:
+                parse(key, value)
 
     def first_attempt_time(self) -> float | None:
         results = self.results or ()
@@ -488,3 +493,5 @@ class OutgoingDocument(Document):
 
 _CHECKED = ("envelope", "dsn", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues",
             "smarthost", "security", "headers", "keepmime", "results", "ips", "pool")
+#: (JSON key, reader) of each checked property: what reading it through its accessor does
+_CHECKS = tuple((prop.key, prop.parse) for prop in (getattr(OutgoingDocument, name) for name in _CHECKED))

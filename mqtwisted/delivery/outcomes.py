@@ -69,10 +69,10 @@ def after_attempt(doc: OutgoingDocument, attempt: Attempt, now: float, options: 
 
 def final(doc: OutgoingDocument, attempt: Attempt, now: float, options: DeliveryOptions,
           reporting_mta: str) -> list[Publication]:
-    """The publications of a final outcome; ``doc`` has its last attempt recorded, ``attempt``
-    is the one that decided (reported in the DSN).  ``doc`` may be one that failed its check:
-    its unusable properties are read as absent."""
-    doc = doc.copy()
+    """The publications of a final outcome; ``doc`` has its last attempt recorded (a copy of the
+    leased document, made by ``with_attempt``: it is changed here), ``attempt`` is the one that
+    decided (reported in the DSN).  ``doc`` may be one that failed its check: its unusable
+    properties are read as absent."""
     doc.nextattempt = None
     outcome = "success" if attempt.accepted else "failure"
     copy = doc.result_copy()

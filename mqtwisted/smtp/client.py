@@ -24,6 +24,7 @@ lives in private attributes, is not used at all.
 from __future__ import annotations
 
 import io
+import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -216,7 +217,7 @@ class OutboundSender(smtp.ESMTPSender):
     def run(self, event: ev.Event) -> None:
         """Feed ``event`` to the table and carry out what it says, in order."""
         for action in self.table.handle_event(event):
-            getattr(self, "do_" + type(action).__name__)(action)
+            _DOERS[type(action)](self, action)
 
     def do_Send(self, action: ev.Send) -> None:
         write_now(self.transport, action.data)
@@ -321,6 +322,10 @@ class OutboundSender(smtp.ESMTPSender):
         except Exception:
             log.failure("hook runner connection_closed raised")
         self.factory.session_ended(self, action.fault)
+
+
+#: action type -> the sender's ``do_`` method, looked up once
+_DOERS = {cls: getattr(OutboundSender, "do_" + cls.__name__) for cls in typing.get_args(ev.Action)}
 
 
 class OutboundFactory(smtp.ESMTPSenderFactory):

@@ -52,6 +52,7 @@ The table knows neither Twisted nor the queue; :mod:`mqtwisted.smtp.client` is i
 
 from __future__ import annotations
 
+import typing
 from collections import deque
 from collections.abc import Container
 
@@ -79,6 +80,7 @@ class Row:
 
 
 _2XX = range(200, 300)
+_ENDING = (Phase.CLOSING, Phase.CLOSED)
 #: every code a reply line can carry (``int`` of three characters)
 _ANY = range(-99, 1000)
 _A = Await
@@ -137,12 +139,12 @@ class Outbound(AuthSteps):
     def handle_event(self, event: ev.Event) -> list[ev.Action]:
         """Apply ``event``; the actions to carry out, in order."""
         self.out = []
-        if self.closing and not isinstance(event, ev.Lost):
+        if self.phase in _ENDING and not isinstance(event, ev.Lost):
             # Nothing the server says matters any more; a message handed over meanwhile goes back.
             if isinstance(event, ev.Offered):
                 self.out.append(ev.GiveBack(event.message))
             return self.out
-        getattr(self, "on_" + type(event).__name__)(event)
+        _HANDLERS[type(event)](self, event)
         return self.out
 
     @property
@@ -151,7 +153,7 @@ class Outbound(AuthSteps):
 
     @property
     def closing(self) -> bool:
-        return self.phase in (Phase.CLOSING, Phase.CLOSED)
+        return self.phase in _ENDING
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -536,3 +538,7 @@ class Outbound(AuthSteps):
         message, self.tx = self.tx.message, None
         self.reported += 1
         self.out.append(ev.Report(message, attempt))
+
+
+#: event type -> its ``on_`` method, looked up once (an event per reply line adds up)
+_HANDLERS = {cls: getattr(Outbound, "on_" + cls.__name__) for cls in typing.get_args(ev.Event)}

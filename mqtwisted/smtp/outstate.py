@@ -20,6 +20,8 @@ from mqtwisted.results import Attempt, from_reply
 class Await(enum.Enum):
     """What a command sent is waiting for."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum's hash is a Python call per reply
+
     GREETING = "greeting"
     EHLO = "ehlo"
     HELO = "helo"
