@@ -184,6 +184,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("max-delivertime", "86400", _seconds, "give up delivering after this many seconds"),
     ("max-attempts", "0", _positive_int, "give up after this many attempts (0: no limit)"),
     ("max-messages-per-connection", "100", _positive_int, "messages sent over one outbound connection"),
+    ("max-recipients-per-transaction", "50", _positive_int,
+     "recipients of one message (same body, sender and destination) sent in one SMTP transaction; 1: one each"),
     ("delivery-port", "25", _positive_int, "TCP port of MX hosts (25; a test network may use another)"),
     ("max-idle-time", "5", _seconds, "seconds an idle outbound connection waits for more mail (0: QUIT at once)"),
     ("max-connections-per-domain", "10", _positive_int, "concurrent outbound connections per destination"),

@@ -89,7 +89,9 @@ def test_max_idle_time_option() -> None:
 
 def test_reuse_and_connection_cap() -> None:
     server = ScriptedFactory()
-    svc, queue, net, reactor = make({"10.0.0.1": server}, max_connections_per_domain=2, max_messages_per_connection=4)
+    # One document per transaction: the cap counts transactions (messages) on a connection.
+    svc, queue, net, reactor = make({"10.0.0.1": server}, max_connections_per_domain=2, max_messages_per_connection=4,
+                                     max_recipients=1)
     svc.startService()
     publish(queue, *[doc(f"u{i}@example.com") for i in range(10)])
     assert len(reactor.tcpClients) == 2

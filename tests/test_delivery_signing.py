@@ -101,8 +101,9 @@ async def results(mta: Any, queue: str) -> list[dict[str, Any]]:
 
 
 @pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("per_transaction", [1, 50])
 async def test_mail_is_signed_rsa_and_ed25519_once_for_many_recipients(tmp_path: Path, pairs: Any,
-                                                                       peers: Peers,
+                                                                       peers: Peers, per_transaction: int,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[str] = []
     original = delivery_signing.sign
@@ -113,11 +114,15 @@ async def test_mail_is_signed_rsa_and_ed25519_once_for_many_recipients(tmp_path:
 
     monkeypatch.setattr(delivery_signing, "sign", sign)
     mta = await start_mta(str(tmp_path / "mta"), dkim_keys=keys_file(tmp_path / "keys", pairs),
-                          **peers.options)
+                          max_recipients_per_transaction=per_transaction, **peers.options)
+    # Five copies in five transactions (each signed, by the signer's cache), or all in one.
+    transactions = 5 if per_transaction == 1 else 1
     try:
         recipients = [f"bob{i}@example.net" for i in range(5)]
         await mta.send("alice@example.org", recipients, MESSAGE)
-        await wait_until(lambda: len(peers.received()) == 5, what="5 deliveries")
+        await wait_until(lambda: len(peers.received()) == transactions, what=f"{transactions} deliveries")
+        assert sorted(r for m in peers.receiver.messages for r in m["rcpt"]) == [
+            f"RCPT TO:<{r}>".encode() for r in recipients]
         for body in peers.received():
             signatures = dkim_headers(body)
             assert [tag(s, "a") for s in signatures] == ["rsa-sha256", "ed25519-sha256"]
@@ -128,7 +133,7 @@ async def test_mail_is_signed_rsa_and_ed25519_once_for_many_recipients(tmp_path:
         assert signer_of(mta).signatures_made == 2
         # Never on the reactor's thread; the copies after the first signing come from its cache
         # there, or from a thread when they were asked for while it was signing.
-        assert 1 <= len(threads) <= 5 and threading.main_thread().name not in threads
+        assert 1 <= len(threads) <= transactions and threading.main_thread().name not in threads
         assert ("rsa1._domainkey.example.org", 16) in peers.zone.resolver.queries
         success = await results(mta, "success")
         assert len(success) == 5 and all(d["results"][0]["result"] == "accepted" for d in success)

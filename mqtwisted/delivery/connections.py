@@ -7,6 +7,7 @@ When the shaper says wait, the destination sets one timer and asks again when it
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ log = Logger()
 
 #: seconds a destination's resolution is used for new connections before it is looked up again
 RESOLVE_AGAIN = 60.0
+#: jobs of other messages a destination looks past for more recipients of the one it sends (the
+#: copies of a message are fetched together, so they are next to each other in the queue)
+BATCH_LOOKAHEAD = 16
 
 
 @attrs.define(eq=False)
@@ -46,6 +50,8 @@ class Job:
     source: str = ""
     #: the shaper's site it was sent to ('' until a connection took it)
     site: str = ""
+    #: what documents must share to be sent in one transaction (:func:`batch_key`); None: alone
+    batch: Any = None
 
 
 @attrs.define(frozen=True)
@@ -113,8 +119,10 @@ class Destination:
                 break
             self.idle.pop().wake()
         # One more connection while there is more waiting than the connections still being set
-        # up will take, as far as the shaper allows.
-        while self.pending and len(self.pending) > self.starting and not service.stopping:
+        # up will take (each a transaction's worth: copies of one message share one), as far as
+        # the shaper allows.
+        share = service.batch_size() if self.pending and self.pending[0].batch is not None else 1
+        while self.pending and len(self.pending) > self.starting * share and not service.stopping:
             wait = shaper.may_connect(self.source, site)
             if wait == math.inf:
                 # At the connection limit: a close pumps again.  A connection parked idle for
@@ -189,16 +197,34 @@ class Destination:
 
     # -- what runners ask and tell ---------------------------------------------------------------
 
-    def take(self) -> Job | None:
+    def take(self, most: int = 1) -> list[Job]:
+        """The next job, and up to ``most - 1`` more of the same message (equal :attr:`Job.batch`)
+        to send in its transaction; each one admitted by the shaper."""
         if self.service.stopping or not self.pending or self.site is None:
-            return None
-        wait = self.service.shaper.may_send(self.source, self.site)
+            return []
+        shaper = self.service.shaper
+        wait = shaper.may_send(self.source, self.site)
         if wait:
             self.wake_in(wait)
-            return None
-        job = self.pending.popleft()
-        job.site = self.site
-        return job
+            return []
+        first = self.pending.popleft()
+        jobs = [first]
+        if most > 1 and first.batch is not None and self.pending:
+            # The copies of one message were queued together: look a little way ahead only.
+            skipped: list[Job] = []
+            while self.pending and len(jobs) < most and len(skipped) < BATCH_LOOKAHEAD:
+                job = self.pending.popleft()
+                if job.batch != first.batch:
+                    skipped.append(job)
+                elif shaper.may_send(self.source, self.site):
+                    skipped.append(job)
+                    break
+                else:
+                    jobs.append(job)
+            self.pending.extendleft(reversed(skipped))
+        for job in jobs:
+            job.site = self.site
+        return jobs
 
     def give_back(self, job: Job) -> None:
         if self.service.stopping:
@@ -327,11 +353,11 @@ class Runner:
     # MessageSource
 
     def next_message(self, session: OutboundSender) -> OutMessage | None:
-        job = self.dest.take()
-        if job is None:
+        jobs = self.dest.take(self.service.batch_size())
+        if not jobs:
             return None
         self.established = True
-        return self.service.out_message(job)
+        return self.service.out_message(jobs)
 
     def park(self, session: OutboundSender) -> bool:
         """The session has nothing to send: keep it for the idle timeout."""
@@ -420,3 +446,21 @@ def destination_key(doc: OutgoingDocument, options: DeliveryOptions, source: Sou
         host, port = parse_hostport(options.smarthost, 25)
         return DestinationKey("smarthost", host.lower(), port, security, source=source)
     return DestinationKey("mx", doc.recipient_domain, options.port, security, source=source)
+
+
+def batch_key(doc: OutgoingDocument, signing: bool) -> tuple[Any, ...] | None:
+    """What documents sent in one transaction must share: the sender and the MIME, the DSN
+    ``ret`` and ``envid`` (parameters of MAIL FROM), and what the prepare step reads (``headers``
+    edits, ``dkim``, and when keys may sign it the ``connection`` that tells relayed mail).  None
+    for a document without its MIME (a plugin may build one for it alone).  ``doc`` has passed
+    its check."""
+    raw = doc.json
+    mime = raw.get("mime")
+    if not isinstance(mime, str):
+        return None
+    dsn = doc.dsn
+    signs = signing or raw.get("dkim") is not None
+    extra = (raw.get("headers"), raw.get("dkim"), raw.get("connection") if signs else None)
+    # The MIME compares by identity first: the spool hands the copies of one body out as one str.
+    return (doc.sender, mime, dsn.ret if dsn else None, dsn.envid if dsn else None,
+            json.dumps(extra, sort_keys=True) if any(v is not None for v in extra) else None)

@@ -55,6 +55,7 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("port", "delivery-port", int),
     ("max_connections_per_domain", "max-connections-per-domain", int),
     ("max_messages_per_connection", "max-messages-per-connection", int),
+    ("max_recipients", "max-recipients-per-transaction", int),
     ("max_idle_time", "max-idle-time", float),
     ("retry_interval", "retry-interval", _schedule),
     ("max_delivertime", "max-delivertime", lambda v: int(float(v))),
@@ -95,6 +96,8 @@ class DeliveryOptions:
     port: int = 25
     max_connections_per_domain: int = 10
     max_messages_per_connection: int = 100
+    #: recipients sent in one transaction when their documents share a message and a destination
+    max_recipients: int = 50
     #: seconds an outbound connection with nothing to send stays open for the next message to
     #: its destination (0: QUIT at once).  MailerQ keeps idle connections too: under a trickle
     #: of mail, a new connection per message costs more than the message itself.

@@ -26,7 +26,13 @@ from mqtwisted.classify import Classifier, RulesError
 from mqtwisted.connection import HookRunner, NoHooks
 from mqtwisted.delivery import outcomes
 from mqtwisted.delivery.board import Board
-from mqtwisted.delivery.connections import Destination, DestinationKey, Job, destination_key
+from mqtwisted.delivery.connections import (
+    Destination,
+    DestinationKey,
+    Job,
+    batch_key,
+    destination_key,
+)
 from mqtwisted.delivery.options import DeliveryOptions
 from mqtwisted.delivery.pausing import PausedJobs
 from mqtwisted.delivery.signing import Signing, ThreadRunner, load_keys
@@ -348,6 +354,7 @@ class DeliveryService(service.Service):
             return
         key = destination_key(doc, self.options, source)
         job.destination, job.source = key.host, source.address or ""
+        job.batch = batch_key(doc, self.signing.keys is not None)
         if not self.paused.hold_if_paused(job, key):
             self.dispatch(job, key)
 
@@ -368,12 +375,30 @@ class DeliveryService(service.Service):
         _, lease = self._timers.pop(token)
         self._received(lease)
 
-    def out_message(self, job: Job) -> OutMessage:
-        doc = job.document
-        dsn = doc.dsn.to_json() if doc.dsn is not None else None
+    def batch_size(self) -> int:
+        """Recipients per transaction: one while a plugin's outbound hook or an outbound milter
+        would see only the first document (or recipient) of a transaction."""
+        if (self.hooks.defines(hook_names.OUT_DATA) or self.hooks.defines(hook_names.OUT_SENT)
+                or self.signing.milters is not None):
+            return 1
+        return max(1, self.options.max_recipients)
+
+    def out_message(self, jobs: list[Job]) -> OutMessage:
+        """The first job's message, with the others (same :func:`batch_key`) as its ``also``."""
+        doc = jobs[0].document
+        mime = doc.mime or b""
         # The headers edits and signing are the message's prepare step, after mq_smtp_out_data.
-        return OutMessage(doc.sender, doc.recipient or "", doc.mime or b"", dsn=dsn, document=doc.json, key=job,
-                          prepare=self.signing.step(doc))
+        message = OutMessage(doc.sender, doc.recipient or "", mime, dsn=self._dsn(doc), document=doc.json,
+                             key=jobs[0], prepare=self.signing.step(doc))
+        for job in jobs[1:]:
+            other = job.document
+            message.also.append(OutMessage(other.sender, other.recipient or "", mime, dsn=self._dsn(other),
+                                           document=other.json, key=job))
+        return message
+
+    @staticmethod
+    def _dsn(doc: OutgoingDocument) -> dict[str, Any] | None:
+        return doc.dsn.to_json() if doc.dsn is not None else None
 
     # -- outcomes ------------------------------------------------------------------------------
 

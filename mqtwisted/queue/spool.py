@@ -42,6 +42,7 @@ from twisted.logger import Logger
 
 from mqtwisted.document import Document as MailerQDocument
 from mqtwisted.document import due_time
+from mqtwisted.jsonvalues import mime_text
 from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable
 from mqtwisted.reactors import LazyReactor
 
@@ -327,40 +328,47 @@ class SpoolQueue:
             consumer.again = True
             return
         room = consumer.prefetch - len(consumer.leased)
-        if room <= 0:
+        # While it holds work, the consumer fetches again only once a quarter of its prefetch is
+        # free: fewer, larger fetches (each one skips every leased id), and the copies of one
+        # message arrive together, to be sent in one transaction.
+        if room <= 0 or (consumer.leased and room < consumer.prefetch // 4):
             return
         consumer.fetching = True
         consumer.again = False
         exclude = json.dumps(list(consumer.leased))
         now = time.time()
 
-        def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, bytes | None]], float | None]:
+        def fetch(db: sqlite3.Connection) -> tuple[list[tuple[int, str, bytes | None, int | None]],
+                                                   dict[int, bytes | None], float | None]:
             # One statement: the leased ids are skipped on the covering index, before their JSON
-            # and MIME are read (reading them only to drop them cost more than the delivery),
-            # and a shared body comes with its document.
+            # and MIME are read (reading them only to drop them cost more than the delivery).
             rows = db.execute(
-                "SELECT d.id, d.doc, coalesce(d.mime, b.data) FROM docs AS d"
-                " LEFT JOIN bodies AS b ON b.id = d.body"
-                " WHERE d.queue = ? AND d.due <= ? AND d.id NOT IN (SELECT value FROM json_each(?))"
-                " ORDER BY d.due, d.id LIMIT ?",
+                "SELECT id, doc, mime, body FROM docs"
+                " WHERE queue = ? AND due <= ? AND id NOT IN (SELECT value FROM json_each(?))"
+                " ORDER BY due, id LIMIT ?",
                 (queue, now, exclude, room),
             ).fetchall()
+            # A body shared by many recipients is read once, not once per document.
+            bodies = {body: _load_body(db, body) for *_, body in rows if body is not None}
             (nxt,) = db.execute(
                 "SELECT MIN(due) FROM docs WHERE queue = ? AND due > ?", (queue, now)
             ).fetchone()
-            return rows, nxt
+            return rows, bodies, nxt
 
         self._submit(fetch, reads=True).addCallbacks(
             self._fetched, self._fetch_failed, callbackArgs=(consumer,), errbackArgs=(consumer,)
         )
 
-    def _fetched(self, result: tuple[list, float | None], consumer: _Consumer) -> None:
-        rows, next_due = result
+    def _fetched(self, result: tuple[list, dict[int, bytes | None], float | None], consumer: _Consumer) -> None:
+        rows, bodies, next_due = result
         consumer.fetching = False
         if self._consumers.get(consumer.queue) is not consumer:
             return
-        for row_id, doc, mime in rows:
-            document = _with_mime(json.loads(doc), mime)
+        # Each shared body becomes one str that every document of it holds (memory once; and
+        # delivery finds the copies of one message by comparing it, identity first).
+        texts = {body: None if data is None else mime_text(data) for body, data in bodies.items()}
+        for row_id, doc, inline, body in rows:
+            document = _with_mime(json.loads(doc), mime_text(inline) if inline is not None else texts.get(body))
             consumer.leased.add(row_id)
             lease = Lease(consumer.queue, str(row_id), document, token=row_id)
             try:
@@ -550,7 +558,7 @@ def _complete(db: sqlite3.Connection, doc: str, body_id: int | None, inline: byt
     return _with_mime(json.loads(doc), _load_body(db, body_id, inline))
 
 
-def _with_mime(document: Document, mime: bytes | None) -> Document:
+def _with_mime(document: Document, mime: bytes | str | None) -> Document:
     """The stored JSON completed with its body (stored apart, once per message)."""
     if mime is not None:
         MailerQDocument(document).mime = mime

@@ -72,7 +72,11 @@ PrepareStep = Callable[[bytes], "Deferred[bytes | Reply]"]
 
 
 class OutMessage:
-    """One message for one recipient, as the session sends it; ``prepare``: see :data:`PrepareStep`."""
+    """One message for one recipient, as the session sends it; ``prepare``: see :data:`PrepareStep`.
+
+    ``also``: messages for further recipients sent in the same transaction (one RCPT each): the
+    same sender, MIME and DSN ``ret``/``envid``; only their recipient, DSN ``notify``/``orcpt``,
+    ``document`` and ``key`` are read.  Each gets its own outcome (``message_done``)."""
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class OutMessage:
         self.document = document if document is not None else {"envelope": envelope, "recipient": recipient}
         self.key = key
         self.prepare = prepare
+        self.also: list[OutMessage] = []
 
 
 class MessageSource(Protocol):

@@ -27,7 +27,11 @@ Rules (everything that decides what the client sends next, and what a reply mean
 6. Per message: the ``mq_smtp_out_data`` hook, then the message's ``prepare`` step if it has one
    (signing: the MIME to send), either may refuse (state ``data``; no reply timer meanwhile), then
    ``[RSET] MAIL RCPT DATA``, in one write with PIPELINING (RFC 2920), one at a time without.
-   The first refusal decides the attempt; without PIPELINING nothing more is sent after it.
+   A message may bring others for the same transaction (its ``also``: same sender and body,
+   another recipient each): one RCPT per recipient, each with its own DSN parameters.
+   A refused MAIL, DATA or pipelined RSET decides the attempt of every recipient, and without
+   PIPELINING nothing more is sent after it; a refused RCPT decides its own recipient's alone,
+   and the transaction goes on while another is accepted (every one refused: no DATA).
    A 354 after a pipelined refusal is answered by a lone dot (RFC 2920 §3.1), its reply ignored.
    A refused pipelined RSET is not the message's fault: temporary, and the session ends.
 7. After 354 the body goes out with its dot; a reply before the dot is written cannot be matched
@@ -99,7 +103,7 @@ TABLE: dict[Await, Row] = {
     _A.RSET: Row("rset", (250,), "take_message", "quit_temporary"),
     _A.TX_RSET: Row("rset", _2XX, "transaction_reply", "transaction_reply"),
     _A.MAIL: Row("mailfrom", _2XX, "transaction_reply", "transaction_reply"),
-    _A.RCPT: Row("rcptto", _2XX, "transaction_reply", "transaction_reply"),
+    _A.RCPT: Row("rcptto", _2XX, "recipient_reply", "recipient_reply"),
     _A.DATA: Row("data", (354,), "transaction_reply", "transaction_reply"),
     _A.LONE_DOT: Row("data", _ANY, "lone_dot_reply", "lone_dot_reply"),
     _A.DOT: Row("message", _ANY, "final_reply", "final_reply"),
@@ -142,7 +146,7 @@ class Outbound(AuthSteps):
         if self.phase in _ENDING and not isinstance(event, ev.Lost):
             # Nothing the server says matters any more; a message handed over meanwhile goes back.
             if isinstance(event, ev.Offered):
-                self.out.append(ev.GiveBack(event.message))
+                self.out += [ev.GiveBack(m) for m in Transaction(event.message, event.handle).rcpts]
             return self.out
         _HANDLERS[type(event)](self, event)
         return self.out
@@ -278,10 +282,10 @@ class Outbound(AuthSteps):
             fault = self.facts.attempt(self.state, "lost", description=event.description)
         if tx is not None:
             if tx.on_wire and not self.unconfirmed:
-                self.reported += 1
-                self.out.append(ev.Report(tx.message, fault or self.facts.attempt(self.state, "lost", description="connection lost")))
+                self.tx = tx
+                self.report(fault or self.facts.attempt(self.state, "lost", description="connection lost"))
             else:
-                self.out.append(ev.GiveBack(tx.message))
+                self.out += [ev.GiveBack(m) for m in tx.rcpts]
         self.out.append(ev.Ended(fault))
 
     # -- greeting, EHLO, STARTTLS, AUTH ----------------------------------------------------------
@@ -420,12 +424,11 @@ class Outbound(AuthSteps):
             mime = tx.mime
         tx.body = encode_body(mime)
         dsn = tx.message.dsn
+        rcpts = [(recipient, dsn), *((m.recipient, m.dsn) for m in tx.rcpts[1:])]
         commands = [(Await.TX_RSET, b"RSET")] if self.needs_rset else []
-        commands += [
-            (Await.MAIL, mail_line(envelope, recipient, tx.body, dsn, self.extensions)),
-            (Await.RCPT, rcpt_line(recipient, dsn, self.extensions)),
-            (Await.DATA, b"DATA"),
-        ]
+        commands.append((Await.MAIL, mail_line(envelope, "".join(r for r, _ in rcpts), tx.body, dsn, self.extensions)))
+        commands += [(Await.RCPT, rcpt_line(r, d, self.extensions)) for r, d in rcpts]
+        commands.append((Await.DATA, b"DATA"))
         self.needs_rset = False
         tx.stage = Stage.ENVELOPE
         if b"PIPELINING" in self.extensions:
@@ -471,6 +474,22 @@ class Outbound(AuthSteps):
             self.send_next()
         elif not self.awaiting:
             self.transaction_done()
+
+    def recipient_reply(self, row: Row, code: int, resp: bytes) -> None:
+        """A refused RCPT is that recipient's outcome alone; the transaction fails when every
+        recipient is refused (then each is reported with its own refusal)."""
+        tx = self.tx
+        if tx is None or code == 421 or tx.error is not None:
+            self.transaction_reply(row, code, resp)
+            return
+        if code not in row.ok:
+            tx.refusals[tx.answered] = self.facts.reply_attempt(row.state, code, resp)
+        tx.answered += 1
+        if tx.answered == len(tx.rcpts) and len(tx.refusals) == tx.answered:
+            code, resp = 554, b"5.5.1 No valid recipients"  # stands for the refusals, never reported
+        else:
+            code = 250
+        self.transaction_reply(row, code, resp)
 
     def lone_dot_reply(self, row: Row, code: int, resp: bytes) -> None:
         self.transaction_done()
@@ -534,10 +553,15 @@ class Outbound(AuthSteps):
             self.take_message()
 
     def report(self, attempt: Attempt) -> None:
+        """Every recipient's outcome: its own refusal, else ``attempt`` (one copy each)."""
         assert self.tx is not None
-        message, self.tx = self.tx.message, None
-        self.reported += 1
-        self.out.append(ev.Report(message, attempt))
+        tx, self.tx = self.tx, None
+        self.reported += len(tx.rcpts)
+        for i, message in enumerate(tx.rcpts):
+            own = tx.refusals.get(i)
+            if own is None:
+                own, attempt = attempt, attrs.evolve(attempt)
+            self.out.append(ev.Report(message, own))
 
 
 #: event type -> its ``on_`` method, looked up once (an event per reply line adds up)

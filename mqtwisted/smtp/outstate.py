@@ -78,6 +78,9 @@ class Transaction:
     message: Any
     #: what hooks see; its ``wire_*`` overrides change what is sent
     handle: Any
+    #: every recipient's message, ``message`` first, then its ``also`` (those sharing its sender
+    #: and body, sent in this transaction with a RCPT each)
+    rcpts: list[Any] = attrs.field()
     stage: Stage = Stage.HOOK
     #: the MIME its prepare step returned (None: the MIME as the hooks left it)
     mime: bytes | None = None
@@ -87,6 +90,13 @@ class Transaction:
     error: Attempt | None = None
     hook_reply: Reply | None = None
     held_reply: tuple[int, bytes] | None = None
+    #: replies to RCPT so far, and the attempt of each recipient refused, by position
+    answered: int = 0
+    refusals: dict[int, Attempt] = attrs.field(factory=dict)
+
+    @rcpts.default
+    def _rcpts(self) -> list[Any]:
+        return [self.message, *getattr(self.message, "also", ())]
 
     @property
     def on_wire(self) -> bool:
