@@ -8,10 +8,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.bulk import scenario_drain, scenario_fanout
 from bench.peers import Mqmta
 from bench.proc import BENCH_DIR, log, raise_nofile, sigterm_as_interrupt
 from bench.report import table, to_json, write_json
-from bench.scenarios import SCENARIOS, Options, ScenarioResult
+from bench.scenarios import SCENARIOS as BASIC
+from bench.scenarios import Options, ScenarioResult
+
+SCENARIOS = {**BASIC, "fanout": scenario_fanout, "drain": scenario_drain}
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
 ALL_PEERS = ("smtp-sink", "postfix", "aiosmtpd", "haraka", "twisted.mail")

@@ -298,10 +298,11 @@ class Postfix(Peer):
     def start(self, reaper: Reaper, workdir: Path) -> Server:
         port = free_port()
         conf = workdir / "postfix"
-        conf.mkdir()
+        # A second start on the same workdir keeps the queue (the drain scenario fills it first).
+        conf.mkdir(exist_ok=True)
         # postfix-script wants both to exist; the data dir (locks, caches) belongs to postfix.
-        (workdir / "queue").mkdir()
-        (workdir / "data").mkdir()
+        (workdir / "queue").mkdir(exist_ok=True)
+        (workdir / "data").mkdir(exist_ok=True)
         shutil.chown(workdir / "data", "postfix", "postfix")
         maillog = workdir / "maillog"
         routing, services = self.routing(conf)
