@@ -483,7 +483,7 @@ class Mqmta(Peer):
         port = free_port()
         www = free_port() if "--www-port" in self.help_text else None
         datadir = workdir / "data"
-        datadir.mkdir()
+        datadir.mkdir(exist_ok=True)  # the drain scenario fills its spool first
         logpath = workdir / "mqmta.log"
         logf = open(logpath, "wb")  # noqa: SIM115 - child keeps it
         p = reaper.popen(
