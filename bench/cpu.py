@@ -53,6 +53,12 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def write_calls(pid: int) -> int:
+    """Write system calls the process made so far (``syscw`` of /proc/PID/io)."""
+    with open(f"/proc/{pid}/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -94,11 +100,13 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             wait_smtp(port, timeout=60, proc=p)
             deliveries = args.messages * args.recipients
             before = {"mta": thread_cpu(p.pid)}
+            writes = {"mta": write_calls(p.pid)}
             worker = None
             if args.processes:
                 wait_for(lambda: bool(children(p.pid)), 30)
                 worker = children(p.pid)[0]
                 before["worker"] = thread_cpu(worker)
+                writes["worker"] = write_calls(worker)
             spy = None
             if args.profile:
                 target = worker if args.profile_side == "worker" and worker else p.pid
@@ -132,6 +140,9 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             if worker is not None:
                 after["worker"] = thread_cpu(worker)
             out = {"accept s": accept, "total s": total}
+            for proc, pid in (("mta", p.pid), ("worker", worker)):
+                if pid is not None:
+                    out[f"{proc} writes per delivery"] = (write_calls(pid) - writes[proc]) / deliveries
             for proc, threads in after.items():
                 for name, secs in threads.items():
                     used = secs - before[proc].get(name, 0.0)
