@@ -31,7 +31,9 @@ async def test_end_to_end_spool_dns_smtp_sink(tmp_path, smtp_sink: int) -> None:
     queue = SpoolQueue(str(tmp_path / "spool.db"))
     queue.start()
     n = 300
-    await queue.publish([Publication("outbox", doc(f"u{i}@example.com")) for i in range(n)])
+    # Distinct messages (a transaction each), so connections must be reused for them.
+    await queue.publish([Publication("outbox", doc(f"u{i}@example.com", mime=f"Subject: {i}\r\n\r\nhello\r\n"))
+                         for i in range(n)])
     svc = DeliveryService(queue, None, DeliveryOptions(helo="mqmta.test", dns_server=f"127.0.0.1:{zone.port}", port=smtp_sink, security="none"))
     svc.startService()
     try:

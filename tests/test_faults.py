@@ -215,7 +215,8 @@ async def test_bad_destination_holds_only_its_cap_and_others_flow(kind):
         queue, None,
         DeliveryOptions(helo="mqmta.test", security="none", timeout=2, connect_timeout=2,
                         max_connections_per_domain=CAP, max_messages_per_connection=5,
-                        retry_interval=(3600,)),
+                        # a transaction per document: each keeps the bad destination busy
+                        max_recipients=1, retry_interval=(3600,)),
         resolver=StaticResolver({"127.0.0.1": [("127.0.0.1", ["127.0.0.1"])]}),
     )
     svc.startService()

@@ -85,7 +85,8 @@ def test_connection_limit_is_shared_by_domains_with_the_same_mx_hosts(tmp_path):
         "other.org": [("mx1.provider.test", ["10.0.0.1"])],
     }
     server = ScriptedFactory()
-    svc, queue, net, reactor = make({"10.0.0.1": server}, table, shaping=path)
+    # One document per transaction: the test counts transactions at the receiver.
+    svc, queue, net, reactor = make({"10.0.0.1": server}, table, shaping=path, max_recipients=1)
     svc.startService()  # learns example.com's MX hosts
     publish(queue, *[doc(f"u{i}@example.com") for i in range(3)], *[doc(f"u{i}@other.org") for i in range(3)])
     assert len(reactor.tcpClients) == 2  # two connections for both domains together
@@ -105,7 +106,8 @@ def test_a_matching_421_suspends_the_destination_and_messages_wait(tmp_path):
         duration = "30s"
     """)
     server = ScriptedFactory(replies={"MAIL": ["250 ok", "421-4.7.0 slow down\r\n421 4.7.0 rate limited"]})
-    svc, queue, net, reactor = make({"10.0.0.1": server}, shaping=path, retry_interval=(60,))
+    # One document per transaction: the test counts transactions at the receiver.
+    svc, queue, net, reactor = make({"10.0.0.1": server}, shaping=path, retry_interval=(60,), max_recipients=1)
     svc.startService()
     publish(queue, *[doc(f"u{i}@example.com") for i in range(4)])
     net.run()
@@ -170,7 +172,8 @@ def test_warmup_through_delivery_sends_each_day_what_the_schedule_allows(tmp_pat
     an IP that is not warming is not held."""
     path = shaping_file(tmp_path, '[warmup."127.0.0.3"]\nschedule = ["2/day", "4/day", "6/day"]\n')
     server = ScriptedFactory()
-    svc, queue, net, reactor = make({"10.0.0.1": server}, shaping=path)
+    # One document per transaction: the test counts transactions at the receiver.
+    svc, queue, net, reactor = make({"10.0.0.1": server}, shaping=path, max_recipients=1)
     reactor.advance(20 * 86400 + 3600)  # some day, 01:00 UTC
     svc.startService()
 

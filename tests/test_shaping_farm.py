@@ -60,7 +60,9 @@ async def test_the_farm_gets_everything_with_no_limit_broken(tmp_path) -> None:
     down = len(expected["down.test"])
     mta = await start_mta(str(tmp_path / "mta"), delivery="on", dns_server=f"127.0.0.1:{zone.port}",
                           delivery_port=str(port), shaping=str(shaping), retry_interval="1",
-                          smtp_connections_per_ip="0")
+                          smtp_connections_per_ip="0",
+                          # The receivers count messages (transactions): one recipient each.
+                          max_recipients_per_transaction="1")
     try:
         await threads.deferToThread(inject, mta.port, batches, str(tmp_path), source)
 
