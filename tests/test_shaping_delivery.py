@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import textwrap
 
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import MemoryReactorClock
+
+from mqtwisted.delivery import DeliveryOptions, DeliveryService
+from mqtwisted.delivery.service import LEARN_AT_ONCE
+from mqtwisted.dns import Target
 from mqtwisted.queue import Publication
 from tests.deliveryhelpers import doc, make
 from tests.memqueue import MemoryQueue
@@ -198,3 +204,34 @@ def test_warmup_through_delivery_sends_each_day_what_the_schedule_allows(tmp_pat
     # Held messages waited in the queue's lease: never attempted, never retried.
     assert queue.docs("retry") == [] and len(queue.docs("success")) == 28
     assert all(len(d["results"]) == 1 for d in queue.docs("success"))
+
+
+class PendingResolver:
+    """Answers only when the test says: what is in flight can be counted."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[str, Deferred]] = []
+
+    def resolve(self, domain: str, port: int = 25) -> Deferred:
+        d: Deferred = Deferred()
+        self.pending.append((domain, d))
+        return d
+
+
+def test_the_shaping_files_domains_are_looked_up_a_few_at_a_time(tmp_path):
+    """A file of many domains: their MX look-ups at start go a few at a time (all at once, a
+    thousand overflowed the resolver's socket and stalled the worker), and every one is learned."""
+    domains = [f"d{i}.test" for i in range(50)]
+    path = shaping_file(tmp_path, "".join(f'["{d}"]\nconnection_limit = 2\n' for d in domains))
+    resolver = PendingResolver()
+    reactor = MemoryReactorClock()
+    svc = DeliveryService(MemoryQueue(reactor), None, DeliveryOptions(helo="mqmta.test", shaping=path),
+                          reactor=reactor, resolver=resolver)
+    svc.startService()
+    in_flight = []
+    while resolver.pending:
+        in_flight.append(len(resolver.pending))
+        domain, d = resolver.pending.pop(0)
+        d.callback([Target(f"mx.{domain}", ("10.0.0.1",), 25)])
+    assert max(in_flight) == LEARN_AT_ONCE
+    assert sorted(svc.shaper.site_domains.values()) == sorted(domains)

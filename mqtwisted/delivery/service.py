@@ -54,6 +54,9 @@ from mqtwisted.tlspolicy import TLSPolicies, make_policies
 
 log = Logger()
 
+#: MX lookups of the shaping file's domains in flight at once
+LEARN_AT_ONCE = 8
+
 
 class DeliveryService(service.Service):
     """Delivers the outbox.  ``queue`` is a started :class:`~mqtwisted.queue.Queue`; ``hooks``
@@ -300,8 +303,12 @@ class DeliveryService(service.Service):
         for dest in list(self.destinations.values()):
             if dest.targets is not None and dest.key.kind == "mx":
                 self.shaper.site(dest.key.host, [t.host for t in dest.targets])
+        # A few lookups at a time: a file of a thousand domains sent a thousand queries at once,
+        # whose answers overflowed the socket buffers (lost, retried, timed out) and whose burst
+        # held the worker's reactor long enough for its parent to kill it as silent.
+        lookups = defer.DeferredSemaphore(LEARN_AT_ONCE)
         for domain in self.shaper.configured_domains():
-            d = self.resolver.resolve(domain, self.options.port)
+            d = lookups.run(self.resolver.resolve, domain, self.options.port)
             d.addCallback(lambda targets, domain=domain: self.shaper.site(domain, [t.host for t in targets]))
             d.addErrback(lambda f, domain=domain: log.info("shaping: MX of {domain} not known yet: {error}",
                                                            domain=domain, error=f.getErrorMessage()))
