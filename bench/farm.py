@@ -421,8 +421,9 @@ def limit_violations(stats: dict[str, dict[str, Any]]) -> int:
 
 def serve(state_dir: str, bulk: int = 0) -> None:
     """Serve the farm and its DNS zone (with ``bulk`` domains) until SIGTERM:
-    ``state_dir/farm.json`` says their ports once they listen; ``state_dir/stats.json`` is
-    rewritten whenever what the receivers saw changes (checked every 50 ms)."""
+    ``state_dir/farm.json`` says their ports once they listen; ``state_dir/stats.json`` (what the
+    receivers saw, and how many DNS queries the zone answered) is rewritten whenever it changes
+    (checked every 50 ms)."""
     from twisted.internet import task
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -436,7 +437,7 @@ def serve(state_dir: str, bulk: int = 0) -> None:
     last: list[str] = [""]
 
     def dump() -> None:
-        text = json.dumps(farm.stats(), sort_keys=True)
+        text = json.dumps({"receivers": farm.stats(), "dns_queries": len(zone.resolver.queries)}, sort_keys=True)
         if text != last[0]:
             last[0] = text
             _write(os.path.join(state_dir, "stats.json"), json.loads(text))
