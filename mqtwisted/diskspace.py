@@ -2,7 +2,9 @@
 before the disk is full rather than after a client sent a whole message, and accept again by
 itself when space returns.
 
-The answer is cached for a second: ``statvfs`` is cheap, but not at every MAIL of a busy server.
+The answer is cached for a second while the free space is well above the minimum (``statvfs`` is
+cheap, but not at every MAIL of a busy server); within twice the minimum it is asked at every MAIL,
+because a fast load writes more than the margin in a second.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class FreeSpace:
         if not self.minimum:
             return False
         now = self.clock()
-        if now - self.checked >= self.interval:
+        if now - self.checked >= self.interval or self.free < 2 * self.minimum:
             self.checked = now
             try:
                 st = self.statvfs(self.path)

@@ -72,7 +72,7 @@ def test_behind_haproxy_the_json_shows_the_real_client(tmp_path, haproxy):
 def small_fs(tmp_path):
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
     yield mount
@@ -81,12 +81,13 @@ def small_fs(tmp_path):
 
 def test_a_filling_disk_refuses_at_mail_with_452_keeps_every_250_and_recovers(small_fs):
     data_dir = small_fs / "data"
-    # smtp-maxsize 1 MiB: queue-minfree is 4 MiB by default
-    mta = MTAProcess(str(data_dir), "--smtp-maxsize=1048576", "--local-domains=local.test").start()
+    # The margin covers the messages in flight and SQLite's write-ahead log, which a checkpoint
+    # copies into the spool at once (up to about 4 MiB): 12 MiB, with 16 MiB left free.
+    mta = MTAProcess(str(data_dir), "--queue-minfree=12582912", "--local-domains=local.test").start()
     filler = small_fs / "filler"
     free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
     with open(filler, "wb") as f:
-        f.write(b"\0" * (free - 9 * 1024 * 1024))  # leave about 5 MiB above the limit
+        f.write(b"\0" * (free - 16 * 1024 * 1024))  # leave about 4 MiB above the limit
     body = MSG + b"x" * 76 + (b"\r\n" + b"y" * 76) * 2000  # about 156 kB
     accepted, refusals = [], []
     lock = threading.Lock()
