@@ -89,12 +89,9 @@ def worker_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return list(value)
-    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
-        return value
-    # An option parsed into an object of its own (smtp-connection-rate's Rate): its option text.
-    return str(value)
+    # Option values are plain data (options.py keeps parsed rates as their text); a value JSON
+    # cannot carry fails here, at the parent, where the test of this function sees it.
+    return list(value) if isinstance(value, tuple) else value
 
 
 # -- the parent's side ------------------------------------------------------------------------------

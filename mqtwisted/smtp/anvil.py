@@ -10,11 +10,12 @@ forgotten first when that many are tracked.  Clients in the exception networks a
 
 from __future__ import annotations
 
-import ipaddress
 from collections import OrderedDict, deque
 from collections.abc import Callable
 
 import attrs
+
+from mqtwisted.networks import in_networks
 
 #: clients tracked per limit before the least recently seen is forgotten
 MAX_CLIENTS = 100_000
@@ -53,17 +54,10 @@ class EventLimit:
         self.rate = rate
         self.clock = clock
         self.networks = exceptions
-        self.exceptions = tuple(ipaddress.ip_network(n, strict=False) for n in exceptions)
         self.events: OrderedDict[str, deque[float]] = OrderedDict()
 
     def exempt(self, ip: str) -> bool:
-        if not self.rate.count:
-            return True
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(address in net for net in self.exceptions)
+        return not self.rate.count or in_networks(self.networks, ip)
 
     def exceeded(self, ip: str) -> bool:
         """True when ``ip`` had ``count`` events in the last ``seconds`` (the next is refused)."""

@@ -6,19 +6,13 @@
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-
 import attrs
 
 from mqtwisted.connection import Connection
+from mqtwisted.networks import in_parsed, parse_networks
 from mqtwisted.smtp.commands import domain_of
 
 DEFAULT_RANGE = ("127.0.0.0/8", "::1/128")
-
-
-def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(c.strip(), strict=False) for c in cidrs if c.strip())
 
 
 @attrs.frozen
@@ -28,7 +22,7 @@ class RelayPolicy:
     _networks: tuple = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_networks", _networks(self.trusted))
+        object.__setattr__(self, "_networks", parse_networks(self.trusted))
 
     def __getstate__(self) -> dict:
         return {"trusted": self.trusted, "local_domains": self.local_domains}
@@ -42,19 +36,7 @@ class RelayPolicy:
         return domain_of(address) in self.local_domains
 
     def is_trusted(self, ip: str) -> bool:
-        return _trusted(self._networks, ip)
+        return in_parsed(self._networks, ip)
 
     def may_relay(self, conn: Connection) -> bool:
         return conn.authenticated or self.is_trusted(conn.remote_ip)
-
-
-@functools.lru_cache(maxsize=4096)
-def _trusted(networks: tuple, ip: str) -> bool:
-    # Cached: parsing an address costs more than the rest of a RCPT command.
-    try:
-        addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
-    return any(addr in net for net in networks if net.version == addr.version)

@@ -8,28 +8,18 @@ completes its header is closed by the idle timeout like any other.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any
 
 from twisted.logger import Logger
 
 from mqtwisted.connection import Connection, Reply
+from mqtwisted.networks import in_networks
 from mqtwisted.smtp.proxyheader import ProxyHeaderError, parse
 
 log = Logger()
 
 NOT_A_PROXY = Reply(421, "PROXY protocol not accepted from this address", "4.7.0")
 BAD_HEADER = Reply(421, "Invalid PROXY protocol header", "5.5.2")
-
-
-def from_trusted_proxy(ip: str, networks: tuple[str, ...]) -> bool:
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 class ProxyHeaderSession:
@@ -46,7 +36,7 @@ class ProxyHeaderSession:
     def _admit(self) -> None: ...  # SMTPServer's: the start of a session once the client is known
 
     def _await_proxy_header(self) -> None:
-        if not from_trusted_proxy(self.conn.remote_ip, self.factory.config.proxy_from):
+        if not in_networks(self.factory.config.proxy_from, self.conn.remote_ip):
             log.warn("{ip}: sent to a PROXY port but not in smtp-proxy-from: closed", ip=self.conn.remote_ip)
             self._send(NOT_A_PROXY)
             self._close()
