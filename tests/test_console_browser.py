@@ -3,7 +3,8 @@
 
 An operator's session: a refused login, a login, the Overview's graph moving while mail arrives
 over SMTP, destinations and the delivery log filling, a message found by its recipient and retried
-(then delivered), another deleted, a POST without the CSRF token refused.  With
+(then delivered), another deleted, a POST without the CSRF token refused, a pause and a suppression
+added and removed through their page (and seen by delivery).  With
 ``MQMTA_SCREENSHOTS=1`` the test saves a screenshot of each page to ``docs/`` (the README shows
 them); otherwise it writes nothing there.
 """
@@ -210,6 +211,54 @@ def test_operator_session(tmp_path):
                 f"fetch('/v1/queues/outbox/{ids['hold-5@example.com']}/retry', {{method: 'POST'}}).then(r => r.status)")
             assert status == 403
             assert api(base, "GET", f"/v1/queues/outbox/{ids['hold-5@example.com']}")[1].get("nextattempt")
+
+            # Pauses and suppressions: added through the page's forms, seen by the API and the state
+            # file, and by delivery (a paused message waits, a suppressed recipient fails).
+            page.click("a[data-page=holds]")
+            expect(page.locator("#pause-empty")).to_be_visible()
+            api(base, "POST", "/v1/pauses", {"source": "warmup-pool", "tag": "newsletter", "reason": "warm-up week 1"})
+            page.fill("#pause-form [name=domain]", "Paused.Example")
+            page.fill("#pause-form [name=duration]", "2h")
+            page.fill("#pause-form [name=reason]", "complaints from their postmaster")
+            page.click("#pause-form button")
+            expect(page.locator("#toast")).to_have_text("Paused to paused.example")
+            expect(page.locator("#pause-table tbody tr")).to_have_count(2)
+            page.fill("#suppress-form [name=pattern]", "Blocked@Example.com")
+            page.click("#suppress-form button")
+            expect(page.locator("#toast")).to_have_text("Suppressed blocked@example.com")
+            page.fill("#suppress-form [name=pattern]", "not an address")
+            page.click("#suppress-form button")
+            expect(page.locator("#toast")).to_contain_text("/pattern: expected user@example.com")
+            page.fill("#suppress-form [name=pattern]", "spamtrap.example")
+            page.fill("#suppress-form [name=code]", "554")
+            page.fill("#suppress-form [name=text]", "Spam trap: never send")
+            page.fill("#suppress-form [name=duration]", "30d")
+            page.click("#suppress-form button")
+            expect(page.locator("#suppress-table tbody tr")).to_have_count(2)
+            pauses = api(base, "GET", "/v1/pauses")[1]["pauses"]
+            [paused] = [p for p in pauses if p["domain"] == "paused.example"]
+            assert paused["reason"] == "complaints from their postmaster" and paused["until"] > time.time() + 7000
+            from mqtwisted.state.opening import open_backend
+            from mqtwisted.state.suppression import SuppressionList
+
+            state = SuppressionList(open_backend("", str(tmp_path / "data")))
+            assert [(s.pattern, s.code) for s in state.list()] == [("blocked@example.com", 550), ("spamtrap.example", 554)]
+            shot(page, "holds")
+
+            time.sleep(1.5)  # more than a round of the delivery worker's state poll
+            send(mta.port, ["wait1@paused.example", "blocked@example.com"], 400)
+            block_until(lambda: api(base, "GET", "/v1/queues/failure?search=blocked@")[1]["total"] == 1, 30,
+                        "the suppressed recipient failed")
+            assert "blocked@example.com" not in host.received and "wait1@paused.example" not in host.received
+            page.click(f"#pause-table tr[data-id='{paused['id']}'] button")
+            expect(page.locator("#confirm-text")).to_contain_text("to paused.example")
+            page.click("#confirm-yes")
+            expect(page.locator("#toast")).to_have_text("Pause removed")
+            block_until(lambda: "wait1@paused.example" in host.received, 30, "the paused message delivered once removed")
+            page.click("#suppress-table tr[data-pattern='blocked@example.com'] button")
+            page.click("#confirm-yes")
+            expect(page.locator("#suppress-table tbody tr")).to_have_count(1)
+            assert [s.pattern for s in state.list()] == ["spamtrap.example"]
 
             page.click("a[data-page=plugins]")
             expect(page.locator("#plugin-list")).to_contain_text("tagger")

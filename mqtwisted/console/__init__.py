@@ -6,7 +6,8 @@
   ``/static/…``, ``/console/session`` (the CSRF token), ``/console/events`` (the delivery log as
   server-sent events, ``events``);
 * ``/v1/…`` the REST API (``http.Router``): ``inject`` (``api_inject``), ``queues``
-  (``api_queues`` on :mod:`mqtwisted.queue.admin`), the console's views (``api_status``), the
+  (``api_queues`` on :mod:`mqtwisted.queue.admin`), ``pauses`` and ``suppressions``
+  (``api_holds`` on :mod:`mqtwisted.state`), the console's views (``api_status``), the
   OpenAPI document (``openapi``);
 * ``/metrics`` and ``/status``, as before (:mod:`mqtwisted.web`).
 
@@ -21,6 +22,7 @@ from typing import Any
 from twisted.web import resource
 
 from mqtwisted.console.access import Guard
+from mqtwisted.console.api_holds import HoldsApi
 from mqtwisted.console.api_inject import InjectApi
 from mqtwisted.console.api_queues import QueueApi
 from mqtwisted.console.api_status import StatusApi
@@ -49,6 +51,7 @@ def make_api(mta: Any, guard: Guard, series: Series) -> Router:
     router.add("openapi.json", public=True, get=openapi)
     InjectApi(mta).install(router)
     QueueApi(mta).install(router)
+    HoldsApi(mta).install(router)
     StatusApi(mta, series).install(router)
     return router
 

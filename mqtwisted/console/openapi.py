@@ -12,9 +12,12 @@ from typing import Any
 
 from mqtwisted import __version__
 from mqtwisted.console.http import ApiError
+from mqtwisted.state.suppression import DEFAULT_CODE, DEFAULT_ENHANCED, DEFAULT_TEXT
 
 QUEUE_NAME = "^[A-Za-z0-9._:-]{1,100}$"
 MAX_INJECT = 10000
+#: the longest pause or suppression with an end, in seconds (ten years; without one: until removed)
+MAX_DURATION = 10 * 365 * 86400
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -73,6 +76,17 @@ _PROPERTIES = {
     "pool": {"type": "string"},
 }
 
+_TEXT = {"type": ["string", "null"], "maxLength": 255}
+#: an address or a domain (``@domain`` too); :func:`mqtwisted.state.suppression.normalize` decides
+_PATTERN = {"type": "string", "maxLength": 320, "pattern": "^@?([^@\\s]+@)?([^@\\s]+\\.[^@\\s]+|localhost)$",
+            "description": "user@example.com, or example.com for the whole domain"}
+_UNTIL = {"type": ["number", "null"], "description": "when it ends, seconds since the epoch (null: when removed)"}
+_DURATION = {"oneOf": [
+    {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_DURATION},
+    {"type": "string", "minLength": 1, "maxLength": 20},
+    {"type": "null"},
+], "description": "how long: seconds, or 60s, 5m, 2h, 1d (absent or null: until removed)"}
+
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object", "required": ["error", "status"],
@@ -110,6 +124,40 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"id": {"type": "string"}, "document": _OBJECT}}},
         },
     },
+    "NewPause": {
+        "type": "object", "additionalProperties": False,
+        "description": "Hold deliveries that match: each of source, domain and tag left out matches anything.",
+        "properties": {"source": {**_TEXT, "description": "a sending IP or a pool name"},
+                       "domain": {**_TEXT, "description": "the recipients' domain"},
+                       "tag": {**_TEXT, "description": "one of the messages' tags"},
+                       "duration": _DURATION,
+                       "reason": {"type": ["string", "null"], "maxLength": 500}},
+    },
+    "Pause": {
+        "type": "object", "required": ["id", "source", "domain", "tag", "until", "reason", "created"],
+        "properties": {"id": {"type": "string"}, "source": _TEXT, "domain": _TEXT, "tag": _TEXT,
+                       "until": _UNTIL, "reason": {"type": "string"}, "created": {"type": "number"}},
+    },
+    "Pauses": {"type": "object", "required": ["pauses"],
+               "properties": {"pauses": {"type": "array", "items": _ref("Pause")}}},
+    "NewSuppression": {
+        "type": "object", "required": ["pattern"], "additionalProperties": False,
+        "description": "Never send to an address, or to any address of a domain.",
+        "properties": {
+            "pattern": _PATTERN,
+            "code": {"type": "integer", "minimum": 500, "maximum": 599, "default": DEFAULT_CODE},
+            "enhanced": {"type": "string", "pattern": "^5\\.[0-9]{1,3}\\.[0-9]{1,3}$", "default": DEFAULT_ENHANCED},
+            "text": {"type": "string", "maxLength": 500, "default": DEFAULT_TEXT},
+            "duration": _DURATION,
+        },
+    },
+    "Suppression": {
+        "type": "object", "required": ["pattern", "code", "enhanced", "text", "until", "created"],
+        "properties": {"pattern": {"type": "string"}, "code": {"type": "integer"}, "enhanced": {"type": "string"},
+                       "text": {"type": "string"}, "until": _UNTIL, "created": {"type": "number"}},
+    },
+    "Suppressions": {"type": "object", "required": ["suppressions"],
+                     "properties": {"suppressions": {"type": "array", "items": _ref("Suppression")}}},
     "Queues": {"type": "object", "required": ["queues"], "properties": {"queues": {"type": "array", "items": {
         "type": "object", "required": ["name", "count"],
         "properties": {"name": {"type": "string"}, "count": {"type": "integer"}}}}}},
@@ -122,6 +170,12 @@ def _linked(op: dict[str, Any]) -> dict[str, Any]:
         name: {"operationId": name, "parameters": where}
         for name in ("getDocument", "retryDocument", "bounceDocument", "deleteDocument")
     }
+    return op
+
+
+def _removable(op: dict[str, Any], remove: str, where: dict[str, str]) -> dict[str, Any]:
+    """A link from what was added to its removal."""
+    op["responses"]["200"]["links"] = {remove: {"operationId": remove, "parameters": where}}
     return op
 
 
@@ -142,6 +196,22 @@ PATHS: dict[str, Any] = {
         op_id="bounceDocument")},
     "/v1/queues/{name}/{id}/move": {"post": _op(
         "move a document to another queue", _QUEUED, body="Move", params=[_NAME, _ID])},
+    "/v1/pauses": {
+        "get": _op("the pauses in force (as mqmta pause list)", _ref("Pauses")),
+        "post": _removable(_op("add a pause (as mqmta pause add)", _ref("Pause"), body="NewPause"),
+                           "removePause", {"id": "$response.body#/id"}),
+    },
+    "/v1/pauses/{id}": {"delete": _op("end a pause now", _DONE, op_id="removePause", params=[
+        {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 100}}])},
+    "/v1/suppressions": {
+        "get": _op("the suppression list (as mqmta suppress list)", _ref("Suppressions")),
+        "post": _removable(_op("suppress an address or a domain; replaces its entry (as mqmta suppress add)",
+                               _ref("Suppression"), body="NewSuppression"),
+                           "removeSuppression", {"pattern": "$response.body#/pattern"}),
+    },
+    "/v1/suppressions/{pattern}": {"delete": _op(
+        "take an address or a domain off the list", _DONE, op_id="removeSuppression", params=[
+            {"name": "pattern", "in": "path", "required": True, "schema": _PATTERN}])},
     "/v1/overview": {"get": _op("rates over the last 5 minutes and hour, queue sizes, connections", _OBJECT)},
     "/v1/destinations": {"get": _op("destinations by sending address: connections, rates, limits, replies",
                                     {"type": "object", "required": ["destinations"],
@@ -195,4 +265,6 @@ def check(name: str, value: Any, where: str = "") -> None:
     if m is not None:
         path += f"/{m.group(1)}"
     message = error.message if len(error.message) < 300 else error.message[:300] + "..."
+    if error.validator == "pattern" and "description" in error.schema:
+        message = f"expected {error.schema['description']}, got {error.instance[:100]!r}"
     raise ApiError(400, f"{path or 'body'}: {message}", field=path or "body")

@@ -255,9 +255,74 @@ Console.register("config", {
   },
 });
 
+/* Pauses and suppressions: the forms send what is filled in; empty fields are left out. */
+function formBody(form, numbers) {
+  const body = {};
+  for (const [k, v] of new FormData(form)) {
+    const text = String(v).trim();
+    if (text) body[k] = numbers.includes(k) && /^\d+$/.test(text) ? Number(text) : text;
+  }
+  return body;
+}
 Console.register("holds", {
+  every: 3000,
+  enter() {
+    if (this.bound) return;
+    this.bound = true;
+    const pauseForm = document.getElementById("pause-form"), suppressForm = document.getElementById("suppress-form");
+    pauseForm.addEventListener("submit", async ev => {
+      ev.preventDefault();
+      const body = formBody(pauseForm, []);
+      if (!body.source && !body.domain && !body.tag &&
+          !await Console.confirm("No sending IP, domain or tag: this pauses every delivery. Go on?", "Pause everything")) return;
+      this.add("/v1/pauses", body, pauseForm, p => `Paused ${describePause(p)}`);
+    });
+    suppressForm.addEventListener("submit", ev => {
+      ev.preventDefault();
+      this.add("/v1/suppressions", formBody(suppressForm, ["code"]), suppressForm, s => `Suppressed ${s.pattern}`);
+    });
+  },
+  async add(path, body, form, said) {
+    try {
+      const made = await Console.api("POST", path, body);
+      form.reset();
+      Console.toast(said(made));
+      this.refresh();
+    } catch (e) { Console.toast(e.message, true); }
+  },
+  async remove(path, question, label, said) {
+    if (!await Console.confirm(question, label)) return;
+    try {
+      await Console.api("DELETE", path);
+      Console.toast(said);
+      this.refresh();
+    } catch (e) { Console.toast(e.message, true); }
+  },
   async refresh() {
-    document.getElementById("pause-empty").textContent = "Pauses are not available in this version.";
-    document.getElementById("suppress-empty").textContent = "Suppressions are not available in this version.";
+    const [{pauses}, {suppressions}] = await Promise.all([Console.api("GET", "/v1/pauses"), Console.api("GET", "/v1/suppressions")]);
+    const any = v => v ? el("span", {class: "mono", text: v}) : el("span", {class: "muted", text: "any"});
+    const until = t => t ? fmtTime(t) : el("span", {class: "muted", text: "until removed"});
+    document.getElementById("pause-count").textContent = pauses.length ? `${pauses.length} in force` : "";
+    document.getElementById("pause-empty").hidden = pauses.length > 0;
+    fill(document.querySelector("#pause-table tbody"), pauses.map(p => el("tr", {"data-id": p.id},
+      el("td", {}, any(p.source)), el("td", {}, any(p.domain)), el("td", {}, any(p.tag)),
+      el("td", {class: "nowrap"}, until(p.until)), el("td", {class: "wrap", text: p.reason || "–"}),
+      el("td", {class: "nowrap muted", text: fmtTime(p.created)}),
+      el("td", {class: "num"}, el("button", {class: "btn btn-small", text: "Remove", onclick: () => this.remove(
+        `/v1/pauses/${encodeURIComponent(p.id)}`, `End the pause of ${describePause(p)} now? Its messages go out at once.`,
+        "End pause", "Pause removed")})))));
+    document.getElementById("suppress-count").textContent = suppressions.length ? `${suppressions.length} on the list` : "";
+    document.getElementById("suppress-empty").hidden = suppressions.length > 0;
+    fill(document.querySelector("#suppress-table tbody"), suppressions.map(s => el("tr", {"data-pattern": s.pattern},
+      el("td", {class: "mono", text: s.pattern}),
+      el("td", {class: "wrap"}, badge(String(s.code), "bad"), " ", el("span", {class: "mono", text: s.enhanced}), " ", s.text),
+      el("td", {class: "nowrap"}, until(s.until)), el("td", {class: "nowrap muted", text: fmtTime(s.created)}),
+      el("td", {class: "num"}, el("button", {class: "btn btn-small", text: "Remove", onclick: () => this.remove(
+        `/v1/suppressions/${encodeURIComponent(s.pattern)}`, `Take ${s.pattern} off the suppression list? Mail to it is sent again.`,
+        "Remove", `${s.pattern} removed`)})))));
   },
 });
+function describePause(p) {
+  const parts = [p.source && `from ${p.source}`, p.domain && `to ${p.domain}`, p.tag && `tagged ${p.tag}`].filter(Boolean);
+  return parts.length ? parts.join(", ") : "every delivery";
+}

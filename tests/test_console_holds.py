@@ -1,0 +1,96 @@
+"""``/v1/pauses`` and ``/v1/suppressions`` over real loopback HTTP, on the very state ``mqmta
+pause`` and ``mqmta suppress`` read and write (``state.sqlite3`` in the data directory)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest_twisted
+
+from mqtwisted import cli
+from tests.consolehelpers import console_mta
+
+
+def command(capsys, *argv: str) -> tuple[int, list[dict]]:
+    """``mqmta ARGV --json``: its exit code and the JSON lines it printed."""
+    capsys.readouterr()
+    code = cli.main(list(argv))
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_pauses_over_the_api_are_the_commands_pauses(tmp_path, capsys):
+    data = str(tmp_path)
+    mta, client = await console_mta(data)
+    try:
+        assert (await client.call("GET", "/v1/pauses")).json == {"pauses": []}
+        added = await client.call("POST", "/v1/pauses", {"domain": "Example.COM.", "duration": "2h",
+                                                         "reason": "complaints"})
+        assert added.status == 200, added.body
+        pause = added.json
+        assert pause["domain"] == "example.com" and pause["source"] is None and pause["reason"] == "complaints"
+        assert 7190 < pause["until"] - time.time() <= 7200
+        tagged = (await client.call("POST", "/v1/pauses", {"tag": "promo", "source": "pool-a"})).json
+        assert tagged["until"] is None
+
+        code, listed = command(capsys, "pause", "list", "--json", "--data-dir", data)
+        assert code == 0 and [p["id"] for p in listed] == [pause["id"], tagged["id"]]
+        assert cli.main(["pause", "remove", tagged["id"], "--data-dir", data]) == 0
+        capsys.readouterr()
+        assert cli.main(["pause", "add", "--source", "127.0.0.9", "--data-dir", data]) == 0
+        from_command = capsys.readouterr().out.strip()
+        shown = (await client.call("GET", "/v1/pauses")).json["pauses"]
+        assert [p["id"] for p in shown] == [pause["id"], from_command]
+
+        assert (await client.call("DELETE", f"/v1/pauses/{pause['id']}")).json == {"ok": True}
+        gone = await client.call("DELETE", f"/v1/pauses/{pause['id']}")
+        assert gone.status == 404 and pause["id"] in gone.json["error"]
+        assert [p["id"] for p in command(capsys, "pause", "list", "--json", "--data-dir", data)[1]] == [from_command]
+
+        for body, field in [({"domain": "x", "duration": "soon"}, "/duration"), ({"duration": 0}, "/duration"),
+                            ({"duration": "0s"}, "/duration"), ({"duration": 10**12}, "/duration"),
+                            ({"domain": 7}, "/domain"), ({"domian": "x"}, "body"), ([], "body")]:
+            refused = await client.call("POST", "/v1/pauses", body)
+            assert refused.status == 400 and refused.json["field"] == field, (body, refused.json)
+        nan = await client.call("POST", "/v1/pauses", raw=b'{"duration": NaN}', content_type="application/json")
+        assert nan.status == 400 and nan.json["field"] == "body"
+        assert len((await client.call("GET", "/v1/pauses")).json["pauses"]) == 1  # nothing refused was stored
+    finally:
+        await mta.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_suppressions_over_the_api_are_the_commands_list(tmp_path, capsys):
+    data = str(tmp_path)
+    mta, client = await console_mta(data)
+    try:
+        added = await client.call("POST", "/v1/suppressions", {"pattern": "Bounced@Example.COM"})
+        assert added.status == 200, added.body
+        assert added.json["pattern"] == "bounced@example.com" and added.json["code"] == 550
+        assert added.json["enhanced"] == "5.7.1" and added.json["until"] is None
+        domain = (await client.call("POST", "/v1/suppressions", {
+            "pattern": "@spamtrap.example", "code": 554, "enhanced": "5.7.1", "text": "trap", "duration": 3600})).json
+        assert domain["pattern"] == "spamtrap.example" and domain["text"] == "trap"
+
+        code, listed = command(capsys, "suppress", "list", "--json", "--data-dir", data)
+        assert code == 0 and [e["pattern"] for e in listed] == ["bounced@example.com", "spamtrap.example"]
+        assert cli.main(["suppress", "add", "later@example.net", "--data-dir", data]) == 0
+        shown = (await client.call("GET", "/v1/suppressions")).json["suppressions"]
+        assert [e["pattern"] for e in shown] == ["bounced@example.com", "later@example.net", "spamtrap.example"]
+
+        assert (await client.call("DELETE", "/v1/suppressions/BOUNCED@example.com")).json == {"ok": True}
+        assert (await client.call("DELETE", "/v1/suppressions/bounced@example.com")).status == 404
+        bad = await client.call("DELETE", "/v1/suppressions/not%20an%20address")
+        assert bad.status == 400 and bad.json["field"] == "pattern"
+        code, listed = command(capsys, "suppress", "list", "--json", "--data-dir", data)
+        assert [e["pattern"] for e in listed] == ["later@example.net", "spamtrap.example"]
+
+        for body, field in [({"pattern": "nobody"}, "/pattern"), ({"pattern": "a@b.example", "code": 450}, "/code"),
+                            ({"pattern": "a@b.example", "enhanced": "4.7.1"}, "/enhanced"),
+                            ({"pattern": "a@b.example", "duration": -5}, "/duration"), ({}, "/pattern")]:
+            refused = await client.call("POST", "/v1/suppressions", body)
+            assert refused.status == 400 and refused.json["field"] == field, (body, refused.json)
+        assert len((await client.call("GET", "/v1/suppressions")).json["suppressions"]) == 2
+    finally:
+        await mta.stop()
