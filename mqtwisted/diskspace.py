@@ -60,3 +60,11 @@ class FreeSpace:
                 else:
                     log.info("{path}: {free} bytes free again: accepting mail", path=self.path, free=self.free)
         return self.low
+
+
+def watching(space: FreeSpace | None, path: str, minimum: int, clock: Callable[[], float]) -> FreeSpace:
+    """``space`` while it watches ``path`` for ``minimum``, else a new one (SIGHUP may have
+    changed ``queue-minfree``)."""
+    if space is None or space.minimum != minimum or space.path != path:
+        return FreeSpace(path, minimum, clock)
+    return space

@@ -144,7 +144,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-proxy-from", "127.0.0.0/8,::1", _networks,
      "networks (CIDR) trusted to send the PROXY header on smtp-proxy-ports"),
     ("queue-minfree", "", _optional_bytes,
-     "free bytes the data directory keeps: below it MAIL gets 452 4.3.1 (default 4 x smtp-maxsize; 0: off)"),
+     "free bytes the data directory keeps: below it MAIL gets 452 4.3.1 and /v1/inject 503 "
+     "(default 4 x smtp-maxsize; 0: off)"),
     ("smtp-extract", "trusted", _choice("trusted", "always", "never"), "turn x-mq-* headers into JSON properties"),
     ("hostname", "", str, "this MTA's host name (default: the machine's FQDN)"),
     ("data-dir", "mqmta-data", str, "directory for the spool, certificates and temporary files"),

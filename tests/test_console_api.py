@@ -288,3 +288,18 @@ def test_sessions_are_bounded_and_expire(monkeypatch):
     assert sessions.get(keys[0]) is None and all(sessions.get(k) for k in keys[1:])
     now[0] += access.IDLE_TIMEOUT + 1
     assert sessions.get(keys[3]) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_inject_refused_while_the_disk_is_below_queue_minfree(tmp_path):
+    mta, client = await console_mta(str(tmp_path), queue_minfree=str(1 << 62))
+    try:
+        full = await client.call("POST", "/v1/inject", [doc("x@example.com")])
+        assert full.status == 503 and full.header("Retry-After") == "30"
+        assert "below queue-minfree" in full.json["error"] and "nothing was queued" in full.json["error"]
+        assert await mta.documents() == []
+        mta.service.options["queue-minfree"] = 4096  # as SIGHUP applies it; the real disk has that much
+        ok = await client.call("POST", "/v1/inject", [doc("x@example.com")])
+        assert ok.status == 200 and len(await mta.documents()) == 1
+    finally:
+        await mta.stop()

@@ -1,6 +1,11 @@
 """``POST /v1/inject``: MailerQ JSON documents (or ``{"envelope", "recipients", "mime"}``, or a
 list of either) onto the outbox, answered with their queue ids once they are durable: the rule
 of the 250 after DATA.  ``mqmta inject --json`` reads the same documents (:func:`documents`).
+
+While the data directory has less than ``queue-minfree`` free, an inject is answered 503 with
+``Retry-After`` and stores nothing, as SMTP answers ``452 4.3.1`` at MAIL FROM: 503 rather than
+507 because HTTP clients retry a 503 after ``Retry-After`` by themselves (urllib3's ``Retry``,
+for one), and the shortage is meant to pass.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from typing import Any
 
 from mqtwisted.console.http import ApiError, Router, read_json
 from mqtwisted.console.openapi import MAX_INJECT, check
+from mqtwisted.diskspace import FreeSpace, watching
 from mqtwisted.document import DocumentError, OutgoingDocument
 from mqtwisted.envelope import Body
 from mqtwisted.metrics import METRICS
@@ -54,9 +60,14 @@ def _checked(doc: dict[str, Any], where: str, now: float) -> None:
         raise ApiError(400, f"{field}: {e}", field=field) from e
 
 
+#: seconds a client is asked to wait when the disk is short of space
+FULL_RETRY_AFTER = 30
+
+
 class InjectApi:
     def __init__(self, mta: Any) -> None:
         self.mta = mta
+        self.space: FreeSpace | None = None
 
     def install(self, router: Router) -> None:
         router.add("inject", post=self.inject)
@@ -64,6 +75,12 @@ class InjectApi:
     async def inject(self, request: Any) -> Any:
         if self.mta.shutting_down:
             raise ApiError(503, "shutting down", headers={"Retry-After": "5"})
+        options = self.mta.options
+        space = self.space = watching(self.space, options["data-dir"], options["queue-minfree"], time.monotonic)
+        if space.short():
+            raise ApiError(503, f"insufficient storage: {space.free} bytes free, below queue-minfree "
+                           f"({space.minimum}); nothing was queued, try again later",
+                           headers={"Retry-After": str(FULL_RETRY_AFTER)})
         pubs = documents(read_json(request), self.mta.options["outbox"], time.time())
         ids = await self.mta.queue.publish(pubs)
         METRICS.injected += len(ids)

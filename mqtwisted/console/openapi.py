@@ -173,6 +173,16 @@ def _linked(op: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
+def _unavailable(op: dict[str, Any]) -> dict[str, Any]:
+    """The 503 of an inject, which a client should retry after the time it says."""
+    op["responses"]["503"] = {
+        **_json(_ref("Error"), "nothing was queued: the queue is down, the MTA is shutting down, or its data "
+                "directory has less than queue-minfree free; try again after Retry-After seconds"),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+    }
+    return op
+
+
 def _removable(op: dict[str, Any], remove: str, where: dict[str, str]) -> dict[str, Any]:
     """A link from what was added to its removal."""
     op["responses"]["200"]["links"] = {remove: {"operationId": remove, "parameters": where}}
@@ -181,8 +191,8 @@ def _removable(op: dict[str, Any], remove: str, where: dict[str, str]) -> dict[s
 
 PATHS: dict[str, Any] = {
     "/v1/openapi.json": {"get": _op("this document", _OBJECT, public=True)},
-    "/v1/inject": {"post": _linked(_op(
-        "queue documents on the outbox; answered once they are durable", _QUEUED, body="Inject"))},
+    "/v1/inject": {"post": _unavailable(_linked(_op(
+        "queue documents on the outbox; answered once they are durable", _QUEUED, body="Inject")))},
     "/v1/queues": {"get": _op("the named queues and their sizes", _ref("Queues"))},
     "/v1/queues/{name}": {"get": _op("one page of a queue", _ref("Page"), params=[_NAME, *_PAGE])},
     "/v1/queues/{name}/{id}": {

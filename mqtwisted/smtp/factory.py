@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 
 from mqtwisted.connection import HookRunner, NoHooks, Reply
-from mqtwisted.diskspace import FreeSpace
+from mqtwisted.diskspace import FreeSpace, watching
 from mqtwisted.filtering import Filters, NoFilters
 from mqtwisted.smtp.anvil import EventLimit
 from mqtwisted.smtp.config import Accept, Authenticator, ServerConfig
@@ -75,10 +75,7 @@ class SMTPFactory(smtp.SMTPFactory):
 
     def storage_full(self) -> Reply | None:
         """``452 4.3.1`` while the file system of accepted mail has less than ``min_free``."""
-        config = self.config
-        space = self._space
-        if space is None or space.minimum != config.min_free or space.path != config.spill_dir:
-            space = self._space = FreeSpace(config.spill_dir or ".", config.min_free, self.clock)
+        space = self._space = watching(self._space, self.config.spill_dir or ".", self.config.min_free, self.clock)
         if space.short():
             return Reply(452, "Insufficient system storage, try again later", "4.3.1")
         return None
