@@ -1,6 +1,9 @@
 """Between the SMTP server and the queue (Postfix's cleanup): turn an accepted transaction into
 one MailerQ document per recipient, let ``mq_smtp_in_message`` see and edit each, and publish them
 all durably.  What the server receives back is the list of queue ids, or the reply that refuses.
+
+The ``local`` queue is mqmta's final delivery: a recipient put there whose NOTIFY names SUCCESS
+gets its "delivered" report (:mod:`mqtwisted.bounce`) on the ``dsn`` queue in the same publish.
 """
 
 from __future__ import annotations
@@ -8,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mqtwisted import bounce
 from mqtwisted import hooks as hook_names
 from mqtwisted.authcheck.header import stamp
 from mqtwisted.connection import Connection, HookRunner, MessageHandle, NoHooks, Reply
@@ -61,6 +66,7 @@ class Cleanup:
         extract: str = "trusted",
         refused: str = "refused",
         verifier: Verifier | None = None,
+        dsn: str = "dsn",
     ) -> None:
         self.queue = queue
         self.relay = relay
@@ -71,6 +77,7 @@ class Cleanup:
         self.extract = extract
         self.refused = refused
         self.verifier = verifier
+        self.dsn = dsn
 
     def _extracts(self, conn: Connection) -> bool:
         if self.extract == "always":
@@ -148,11 +155,12 @@ class Cleanup:
             for handle in handles:
                 handle.document["quarantine"] = envelope.quarantine
         if not self.hooks.defines(hook_names.IN_MESSAGE):
-            return self._publish(handles, locals_, body, held=held)
-        return defer.ensureDeferred(self._with_hooks(conn, handles, locals_, body, held))
+            return self._publish(handles, locals_, body, head, held=held)
+        return defer.ensureDeferred(self._with_hooks(conn, handles, locals_, body, head, held))
 
     async def _with_hooks(
-        self, conn: Connection, handles: list[MessageHandle], locals_: list[bool], body: Body, held: bool
+        self, conn: Connection, handles: list[MessageHandle], locals_: list[bool], body: Body, head: bytes,
+        held: bool,
     ) -> Any:
         original = mime_text(body.data) if body.data is not None else None
         for handle, is_local in zip(handles, locals_, strict=True):
@@ -164,17 +172,19 @@ class Cleanup:
             reply = await self.hooks.run(hook_names.IN_MESSAGE, conn, handle)
             if reply is not None and reply.refuses:
                 return reply
-        return await self._publish(handles, locals_, body, original, held)
+        return await self._publish(handles, locals_, body, head, original, held)
 
     def _publish(
         self,
         handles: list[MessageHandle],
         locals_: list[bool],
         body: Body,
+        head: bytes,
         original: str | None = None,
         held: bool = False,
     ) -> defer.Deferred:
-        """``held``: a milter quarantined the message; every copy goes to the ``refused`` queue."""
+        """``held``: a milter quarantined the message; every copy goes to the ``refused`` queue.
+        ``head`` is the message's header section, returned in "delivered" reports."""
         pubs = []
         for handle, is_local in zip(handles, locals_, strict=True):
             local = handle.document.pop("local", is_local)
@@ -187,9 +197,20 @@ class Cleanup:
                     own_body = None  # a hook replaced it: this recipient's JSON carries its own
             queue = self.refused if held else self.local if local else self.inbox
             pubs.append(Publication(queue, doc, own_body))
+            if queue == self.local and not held and bounce.wants_report(doc, "delivered"):
+                pubs.append(self._delivered(doc, head))
         d = self.queue.publish(pubs)
         d.addErrback(self._unavailable)
         return d
+
+    def _delivered(self, doc: dict[str, Any], head: bytes) -> Publication:
+        """The "delivered" report of ``doc``, put on the local queue now: in the same durable
+        publish, so the report exists exactly when the delivery does.  It returns the headers
+        of the recipient's own ``mime`` when a hook gave it one, else of the shared body."""
+        now = time.time()
+        report = bounce.build_report(doc, bounce.delivered(self.local, now), reporting_mta=self.hostname,
+                                     now=now, original=None if "mime" in doc else head)
+        return Publication(self.dsn, report)
 
     def _unavailable(self, failure: Any) -> Reply:
         if not failure.check(QueueUnavailable):

@@ -100,7 +100,11 @@ class DsnRequest:
     @property
     def wants_failure_report(self) -> bool:
         """RFC 3461 §4.1: no NOTIFY means failures only; NEVER means none."""
-        return self.notify is None or ("FAILURE" in self.notify and "NEVER" not in self.notify)
+        return self.notify is None or self.asks("FAILURE")
+
+    def asks(self, keyword: str) -> bool:
+        """Whether NOTIFY names ``keyword`` (SUCCESS, FAILURE, DELAY) and not NEVER."""
+        return self.notify is not None and keyword in self.notify and "NEVER" not in self.notify
 
     @property
     def headers_only(self) -> bool:
@@ -210,18 +214,21 @@ class ConnectionInfo:
 
 @attrs.frozen
 class Bounce:
-    """What a DSN document reports (``bounce``): the failed recipient and its status."""
+    """What a DSN document reports (``bounce``): the recipient, its status and the RFC 3464
+    action (failed, delayed, relayed, delivered)."""
 
     recipient: str
     status: str
+    action: str = "failed"
 
     @classmethod
     def parse(cls, key: str, value: Any) -> Bounce:
         raw = object_value(key, value)
-        return cls(text_value(f"{key}.recipient", raw.get("recipient")), text_value(f"{key}.status", raw.get("status")))
+        return cls(text_value(f"{key}.recipient", raw.get("recipient")), text_value(f"{key}.status", raw.get("status")),
+                   text_value(f"{key}.action", raw.get("action", "failed")))
 
     def to_json(self) -> dict[str, Any]:
-        return {"recipient": self.recipient, "status": self.status}
+        return {"recipient": self.recipient, "status": self.status, "action": self.action}
 
 
 #: attempt record field -> JSON key (MailerQ's names: ``from`` is our address, ``to`` the peer's)
@@ -447,7 +454,9 @@ class OutgoingDocument(Document):
     keepmime = Property("keepmime", boolean_value, doc="result copies keep the mime")
     results = Property("results", _results, lambda rs: [r.to_json() for r in rs],
                        doc="one record per attempt, oldest first")
-    bounce = Property("bounce", Bounce.parse, doc="a DSN document: the failed recipient and status")
+    bounce = Property("bounce", Bounce.parse, doc="a DSN document: the recipient, status and action it reports")
+    delaywarning = Property("delaywarning", timestamp_value,
+                            doc="when the delayed DSN was written: one per document, never again on a retry")
     dkim = Property("dkim", lambda key, value: value,
                     doc="MailerQ's signing instructions as given (an object or a list); "
                         "mqtwisted.signing.parse_dkim_property reads them")
@@ -492,6 +501,6 @@ class OutgoingDocument(Document):
 
 
 _CHECKED = ("envelope", "dsn", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues",
-            "smarthost", "security", "headers", "keepmime", "results", "ips", "pool")
+            "smarthost", "security", "headers", "keepmime", "results", "ips", "pool", "delaywarning")
 #: (JSON key, reader) of each checked property: what reading it through its accessor does
 _CHECKS = tuple((prop.key, prop.parse) for prop in (getattr(OutgoingDocument, name) for name in _CHECKED))

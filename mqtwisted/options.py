@@ -72,6 +72,19 @@ def _seconds(value: str) -> float:
     return n
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def duration(value: str) -> float:
+    """Seconds, or a number with Postfix's one-letter unit (``4h``, ``30m``, ``1d``)."""
+    text = str(value).strip().lower()
+    scale = _UNITS.get(text[-1:], None)
+    n = float(text[:-1] if scale else text) * (scale or 1)
+    if n < 0:
+        raise ValueError("must not be negative")
+    return n
+
+
 def _ip_list(value: str) -> list[str]:
     import ipaddress
 
@@ -184,6 +197,9 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),
     ("max-delivertime", "86400", _seconds, "give up delivering after this many seconds"),
     ("max-attempts", "0", _positive_int, "give up after this many attempts (0: no limit)"),
+    ("delay-warning-time", "4h", duration,
+     "after this long in the queue (seconds, or with a unit: 4h, 30m) a message still retried gets one "
+     "'delayed' DSN to its sender, when its NOTIFY names DELAY (0: never)"),
     ("max-messages-per-connection", "100", _positive_int, "messages sent over one outbound connection"),
     ("max-recipients-per-transaction", "50", _positive_int,
      "recipients of one message (same body, sender and destination) sent in one SMTP transaction; 1: one each"),

@@ -46,7 +46,7 @@ RELOADABLE = (
     "smtp-max-line", "smtp-timeout", "smtp-connections", "smtp-connections-per-ip",
     "smtp-max-recipients", "smtp-max-errors", "smtp-extract", "smtp-certificate", "smtp-key",
     "plugin-directory", "threads", "plugin-timeout", "smarthost", "retry-interval",
-    "max-delivertime", "max-attempts", "max-messages-per-connection",
+    "max-delivertime", "max-attempts", "delay-warning-time", "max-messages-per-connection",
     "max-connections-per-domain", "shutdown-timeout", "dkim-keys", "shaping", "smtp-defaultips",
     "bounce-rules", "smtp-connection-rate", "smtp-auth-failures", "smtp-limit-exceptions",
     "smtp-proxy-from", "queue-minfree",
@@ -347,6 +347,7 @@ def make_service(options: Any, signals: bool = False) -> MTAService:
         extract=options["smtp-extract"],
         refused=options["refused"],
         verifier=_verifier(options),
+        dsn=options["dsn"],
     )
     tls = server_tls(options)
     auth = load_checker(options["smtp-auth"]) if options["smtp-auth"] else None

@@ -6,7 +6,7 @@ import email
 import importlib.util
 import pathlib
 
-from mqtwisted.bounce import build_dsn, wants_failure_dsn
+from mqtwisted.bounce import build_report, failed, wants_report
 from mqtwisted.connection import MessageHandle
 from mqtwisted.results import Attempt
 from tests.deliveryhelpers import RecordingHooks, doc, make
@@ -16,7 +16,7 @@ from tests.smtppeers import ScriptedFactory
 def test_dsn_structure_parses() -> None:
     d = doc(dsn={"orcpt": "orig@example.com", "envid": "X"})
     a = Attempt("rcptto", "error", 550, "5.1.1", "no such user", mta="mx.example.com")
-    out = build_dsn(d, a, reporting_mta="mqmta.test", now=0)
+    out = build_report(d, failed(a), reporting_mta="mqmta.test", now=0)
     assert out["envelope"] == "" and out["recipient"] == "sender@example.org"
     msg = email.message_from_bytes(out["mime"].encode())
     assert msg.get_content_type() == "multipart/report" and msg.get_param("report-type") == "delivery-status"
@@ -28,11 +28,19 @@ def test_dsn_structure_parses() -> None:
     assert "hello" in parts[2].as_string()
 
 
-def test_wants_failure_dsn() -> None:
-    assert wants_failure_dsn({"envelope": "a@b"})
-    assert not wants_failure_dsn({"envelope": ""})
-    assert not wants_failure_dsn({"envelope": "a@b", "dsn": {"notify": "SUCCESS"}})
-    assert wants_failure_dsn({"envelope": "a@b", "dsn": {"notify": ["SUCCESS", "FAILURE"]}})
+def test_wants_report_follows_notify() -> None:
+    assert wants_report({"envelope": "a@b"}, "failed")
+    assert not wants_report({"envelope": ""}, "failed")
+    assert not wants_report({"envelope": "a@b", "dsn": {"notify": "SUCCESS"}}, "failed")
+    assert wants_report({"envelope": "a@b", "dsn": {"notify": ["SUCCESS", "FAILURE"]}}, "failed")
+    # Delay and success reports only when NOTIFY names them (no NOTIFY: failures only).
+    for action in ("delayed", "relayed", "delivered"):
+        assert not wants_report({"envelope": "a@b"}, action)
+        assert not wants_report({"envelope": "", "dsn": {"notify": "SUCCESS,DELAY"}}, action)
+        assert not wants_report({"envelope": "a@b", "dsn": {"notify": "NEVER"}}, action)
+        assert wants_report({"envelope": "a@b", "dsn": {"notify": "SUCCESS,DELAY"}}, action)
+    assert not wants_report({"envelope": "a@b", "dsn": {"notify": "SUCCESS"}}, "delayed")
+    assert not wants_report({"envelope": "a@b", "dsn": {"notify": "DELAY"}}, "relayed")
 
 
 def _plugin():
@@ -76,9 +84,9 @@ def test_arrival_date_from_the_received_time_mqmta_stores() -> None:
     incoming = incoming_document(conn, "sender@example.org", {}, "user@example.com", {}, hostname="mx.test",
                                  received=1795953600.25, msgid=None, properties={})
     d = {**incoming, "mime": "Subject: t\r\n\r\nhello\r\n"}
-    out = build_dsn(d, Attempt("rcptto", "error", 550, "5.1.1", "no"), reporting_mta="mqmta.test", now=0)
+    out = build_report(d, failed(Attempt("rcptto", "error", 550, "5.1.1", "no")), reporting_mta="mqmta.test", now=0)
     report = email.message_from_bytes(out["mime"].encode()).get_payload()[1].as_string()
     assert "Arrival-Date: Sun, 29 Nov 2026 12:00:00 -0000" in report
     # A document without it (another publisher's) reports no arrival date.
-    out = build_dsn(doc(), Attempt("rcptto", "error", 550, "5.1.1", "no"), reporting_mta="mqmta.test", now=0)
+    out = build_report(doc(), failed(Attempt("rcptto", "error", 550, "5.1.1", "no")), reporting_mta="mqmta.test", now=0)
     assert "Arrival-Date" not in out["mime"]

@@ -60,6 +60,7 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("retry_interval", "retry-interval", _schedule),
     ("max_delivertime", "max-delivertime", lambda v: int(float(v))),
     ("max_attempts", "max-attempts", int),
+    ("delay_warning_time", "delay-warning-time", mta_options.duration),
     ("security", "smtp-client-security", str),
     ("timeout", "smtp-client-timeout", float),
     ("connect_timeout", "connect-timeout", float),
@@ -105,6 +106,8 @@ class DeliveryOptions:
     retry_interval: tuple[int, ...] = DEFAULT_RETRY_INTERVALS
     max_delivertime: int = DEFAULT_MAX_DELIVERTIME
     max_attempts: int = 0
+    #: seconds after its arrival a message still retried gets its one "delayed" DSN (0: never)
+    delay_warning_time: float = 4 * 3600
     security: str = "opportunistic"
     #: seconds to wait for each reply of the receiving server
     timeout: float = 300

@@ -1,10 +1,14 @@
 """Outcome routing: what an attempt's outcome publishes, decided without I/O.
 
-* accepted → ``results`` + ``success``;
+* accepted → ``results`` + ``success``; when the next hop did not offer DSN and NOTIFY names
+  SUCCESS, a "relayed" report to ``dsn`` (the obligation ends here: nobody further on will report);
 * permanent failure (5xx, NXDOMAIN, null MX, invalid input, expiry) → ``results`` + ``failure``
   and, unless the envelope is empty or NOTIFY says otherwise, an RFC 3464 report to ``dsn``;
 * temporary failure (4xx, connection faults, TLS policy) → back to ``outbox`` with
-  ``nextattempt`` from the retry schedule, and a copy to ``retry``;
+  ``nextattempt`` from the retry schedule, and a copy to ``retry``; the first such failure
+  ``delay-warning-time`` after the message arrived writes a "delayed" report to ``dsn`` when
+  NOTIFY names DELAY, and marks the document (``delaywarning``) in the same settle, so no retry
+  writes a second;
 * a temporary failure with no time or attempts left is final: a ``process``/``timeout`` record
   follows it and it is routed as a permanent one.
 
@@ -13,7 +17,7 @@ A message's ``queues`` redirect its results; ``keepmime`` keeps the MIME in resu
 
 from __future__ import annotations
 
-from mqtwisted.bounce import build_dsn, wants_failure_dsn
+from mqtwisted import bounce
 from mqtwisted.delivery.options import DeliveryOptions
 from mqtwisted.document import OutgoingDocument, usable
 from mqtwisted.queue import Publication
@@ -60,7 +64,11 @@ def after_attempt(doc: OutgoingDocument, attempt: Attempt, now: float, options: 
         updated = updated.with_attempt(expiry(now).as_record())
         return final(updated, attempt, now, options, reporting_mta)
     updated.nextattempt = now + interval
-    pubs = [Publication(options.queue("outbox"), updated.json)]
+    pubs = []
+    if delay_warning_due(updated, now, options):
+        updated.delaywarning = now
+        pubs += _report(updated, bounce.delayed(attempt, deadline(doc, now, options)), now, options, reporting_mta)
+    pubs.append(Publication(options.queue("outbox"), updated.json))
     retry = updated.result_queue("retry", options.queue("retry"))
     if retry:
         pubs.append(Publication(retry, updated.result_copy()))
@@ -81,8 +89,28 @@ def final(doc: OutgoingDocument, attempt: Attempt, now: float, options: Delivery
         queue = usable(lambda role=role: doc.result_queue(role, options.queue(role)), options.queue(role))
         if queue:
             pubs.append(Publication(queue, copy))
-    if outcome == "failure" and doc.has_mime and wants_failure_dsn(doc):
-        queue = usable(lambda: doc.result_queue("dsn", options.queue("dsn")), options.queue("dsn"))
-        if queue:
-            pubs.append(Publication(queue, build_dsn(doc, attempt, reporting_mta=reporting_mta, now=now)))
+    if outcome == "failure" and doc.has_mime and bounce.wants_report(doc, "failed"):
+        pubs += _report(doc, bounce.failed(attempt), now, options, reporting_mta)
+    elif attempt.accepted and not attempt.dsn and bounce.wants_report(doc, "relayed"):
+        pubs += _report(doc, bounce.relayed(attempt), now, options, reporting_mta)
     return pubs
+
+
+def delay_warning_due(doc: OutgoingDocument, now: float, options: DeliveryOptions) -> bool:
+    """Whether ``doc``, failed for now, gets its one "delayed" report: ``delay-warning-time`` has
+    passed since it arrived (its ``received``, else its first attempt), it has had none, and its
+    sender asked with NOTIFY=DELAY."""
+    if not options.delay_warning_time or usable(lambda: doc.delaywarning, None) is not None:
+        return False
+    since = usable(lambda: doc.received, None)
+    if since is None:
+        first = doc.first_attempt_time()
+        since = now if first is None else first
+    return now - since >= options.delay_warning_time and bounce.wants_report(doc, "delayed")
+
+
+def _report(doc: OutgoingDocument, notice: bounce.Notice, now: float, options: DeliveryOptions,
+            reporting_mta: str) -> list[Publication]:
+    """The report of ``notice`` on ``doc``'s ``dsn`` queue (none when its ``queues`` disable it)."""
+    queue = usable(lambda: doc.result_queue("dsn", options.queue("dsn")), options.queue("dsn"))
+    return [Publication(queue, bounce.build_report(doc, notice, reporting_mta=reporting_mta, now=now))] if queue else []
