@@ -17,7 +17,7 @@ from typing import Any
 
 from mqtwisted import cli_state
 from mqtwisted.document import Document, IncomingDocument
-from mqtwisted.queue import QUEUE_NAMES
+from mqtwisted.queue import AMQP_QUEUE_TYPES, QUEUE_NAMES
 
 
 def _spool_path(data_dir: str) -> str:
@@ -27,7 +27,7 @@ def _spool_path(data_dir: str) -> str:
     return path
 
 
-def _run_queue(url: str, call: Any) -> Any:
+def _run_queue(args: argparse.Namespace, call: Any) -> Any:
     """Run one queue call on a reactor of our own (amqp backend)."""
     from twisted.internet import defer, reactor
     from twisted.python.failure import Failure
@@ -35,7 +35,7 @@ def _run_queue(url: str, call: Any) -> Any:
     from mqtwisted.queue.amqp import AmqpQueue
 
     async def main() -> Any:
-        q = AmqpQueue(url)
+        q = AmqpQueue(args.queue_url, queue_type=args.amqp_queue_type)
         await q.start()
         try:
             return await call(q)
@@ -49,7 +49,7 @@ def _run_queue(url: str, call: Any) -> Any:
     d.addBoth(lambda _: reactor.callLater(0, reactor.stop))
     reactor.run()
     if isinstance(outcome[0], Failure):
-        raise SystemExit(f"mqmta: queue {url}: {outcome[0].getErrorMessage()}")
+        raise SystemExit(f"mqmta: queue {args.queue_url}: {outcome[0].getErrorMessage()}")
     return outcome[0]
 
 
@@ -77,16 +77,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 def _queue_amqp(args: argparse.Namespace) -> int:
     if args.action == "stats":
-        stats = _run_queue(args.queue_url, lambda q: q.stats())
+        stats = _run_queue(args, lambda q: q.stats())
         for name in sorted(set(QUEUE_NAMES) | set(stats or {})):
             print(f"{name:12} {(stats or {}).get(name, 0)}")
         return 0
     if args.action == "list":
-        docs = _run_queue(args.queue_url, lambda q: q.list(args.name, args.limit))
+        docs = _run_queue(args, lambda q: q.list(args.name, args.limit))
         for id_, doc in docs or []:
             print(id_, json.dumps(Document.of(doc).without_mime(), sort_keys=True))
         return 0
-    doc = _run_queue(args.queue_url, lambda q: q.show(args.name, args.id))
+    doc = _run_queue(args, lambda q: q.show(args.name, args.id))
     if doc is None:
         print(f"mqmta: no document {args.id} in queue {args.name}", file=sys.stderr)
         return 1
@@ -120,6 +120,8 @@ def parser() -> argparse.ArgumentParser:
     where = argparse.ArgumentParser(add_help=False)
     where.add_argument("--data-dir", default=argparse.SUPPRESS)
     where.add_argument("--queue", dest="queue_url", default=argparse.SUPPRESS, help="spool or amqp://...")
+    where.add_argument("--amqp-queue-type", choices=AMQP_QUEUE_TYPES, default=argparse.SUPPRESS,
+                       help="the type mqmta declares its AMQP queues with (classic)")
     where.add_argument("--state", default=argparse.SUPPRESS, help="redis://host:port/db (default: the data directory)")
     q = sub.add_parser("queue", help="inspect the queues", parents=[where])
     qs = q.add_subparsers(dest="action", required=True)
@@ -139,6 +141,7 @@ def parser() -> argparse.ArgumentParser:
                    help="read MailerQ JSON documents from stdin, one per line (as POST /v1/inject takes them)")
     i.add_argument("--data-dir", default="mqmta-data")
     i.add_argument("--queue", dest="queue_url", default="spool")
+    i.add_argument("--amqp-queue-type", choices=AMQP_QUEUE_TYPES, default="classic")
     i.add_argument("--outbox", default="outbox")
     d = sub.add_parser("dkim", help="DKIM keys").add_subparsers(dest="action", required=True)
     k = d.add_parser("keygen", help="write a new private key, print the DNS TXT record to publish")
@@ -199,7 +202,8 @@ def cmd_inject(args: argparse.Namespace) -> int:
         mime = sys.stdin.buffer.read()
         body = Body(data=mime, size=len(mime))
         pubs = [Publication(args.outbox, injected(args.sender, r, now), body) for r in args.recipients]
-    options = {"queue": args.queue_url, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1}
+    options = {"queue": args.queue_url, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1,
+               "amqp-queue-type": args.amqp_queue_type}
 
     async def main(reactor: Any) -> None:
         q = make_queue(options)
@@ -242,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.data_dir = getattr(args, "data_dir", "mqmta-data")
     args.queue_url = getattr(args, "queue_url", "spool")
+    args.amqp_queue_type = getattr(args, "amqp_queue_type", "classic")
     if args.command == "queue":
         return cmd_queue(args)
     if args.command == "inject":

@@ -12,6 +12,7 @@ from typing import Any
 from twisted.python import usage
 
 from mqtwisted.jsonvalues import SECURITY_LEVELS
+from mqtwisted.queue import AMQP_QUEUE_TYPES
 
 
 class ConfigError(usage.UsageError):
@@ -162,8 +163,11 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-extract", "trusted", _choice("trusted", "always", "never"), "turn x-mq-* headers into JSON properties"),
     ("hostname", "", str, "this MTA's host name (default: the machine's FQDN)"),
     ("data-dir", "mqmta-data", str, "directory for the spool, certificates and temporary files"),
-    ("queue", "spool", str, "queue backend: spool, or amqp://user:pass@host:port/vhost"),
+    ("queue", "spool", str, "queue backend: spool, or amqp://user:pass@host:port/vhost "
+     "(a cluster: amqp://user:pass@host1:port,host2:port/vhost)"),
     ("amqp-prefetch", "100", _positive_int, "unacknowledged messages per AMQP consumer"),
+    ("amqp-queue-type", "classic", _choice(*AMQP_QUEUE_TYPES),
+     "type of the AMQP queues mqmta declares: classic (one broker), or quorum (a cluster)"),
     ("inbox", "", str, "queue for incoming mail (default: the outbox)"),
     ("outbox", "outbox", str, "queue that delivery consumes"),
     ("local", "local", str, "queue for mail to local-domains"),

@@ -53,7 +53,8 @@ def make_queue(options: Any, settle_delay: float = 0.0) -> Queue:
     if url.startswith(("amqp://", "amqps://")):
         from mqtwisted.queue.amqp import AmqpQueue
 
-        return AmqpQueue(url, prefetch=options["amqp-prefetch"])
+        return AmqpQueue(url, prefetch=options["amqp-prefetch"],
+                         queue_type=options["amqp-queue-type"])
     from mqtwisted.options import ConfigError
 
     raise ConfigError(f"--queue: expected spool or amqp://..., got {url!r}")

@@ -20,7 +20,8 @@ from twisted.internet import defer, reactor
 from twisted.protocols import portforward
 
 from mqtwisted.queue import QUEUE_NAMES, Lease
-from mqtwisted.queue.amqp import DELAY_BUCKETS, AmqpQueue
+from mqtwisted.queue.amqp import AmqpQueue
+from mqtwisted.queue.amqp_wire import DELAY_BUCKETS
 
 AMQP_URL = os.environ.get("MQMTA_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 _parts = urlsplit(AMQP_URL)
@@ -120,6 +121,21 @@ def amqp_queue_fixture(amqp_prefix: str) -> Any:
     yield q
     pytest_twisted.blockon(q.stop())
     assert leaked_calls() == []  # stop() fires once every timer of the queue is gone
+
+
+@pytest.fixture(name="own")
+def own_fixture() -> Any:
+    """``own(queue_or_relay)``: stopped after the test even when it fails.  A queue left running
+    keeps reconnecting, and would fail test_reactor_is_clean_after_the_module as well."""
+    things: list = []
+
+    def take(thing: Any) -> Any:
+        things.append(thing)
+        return thing
+
+    yield take
+    for thing in reversed(things):
+        pytest_twisted.blockon(defer.maybeDeferred(thing.stop))
 
 
 # -- a TCP relay of the tests' own, between the client and the broker ---------------------------

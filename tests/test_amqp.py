@@ -11,7 +11,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from mqtwisted.queue import Body, Publication, QueueUnavailable, mime_bytes
-from mqtwisted.queue.amqp import AmqpQueue, decode_document, delay_bucket, encode_document
+from mqtwisted.queue.amqp import AmqpQueue
+from mqtwisted.queue.amqp_wire import decode_document, delay_bucket, encode_document
 from tests.conftest import sleep, wait_until
 from tests.conftest_amqp import (
     AMQP_URL,
@@ -22,6 +23,7 @@ from tests.conftest_amqp import (
     blocking_channel,
     closed_port,
     leaked_calls,
+    own_fixture,  # noqa: F401  (fixture own)
 )
 
 # -- no broker needed ---------------------------------------------------------------------------
@@ -61,21 +63,6 @@ def test_encoding_keeps_8bit_octets_and_stays_utf8():
     payload.decode("utf-8")  # valid UTF-8 for every other consumer
     assert "café".encode() in payload  # real UTF-8 stays readable, not \\u-escaped
     assert mime_bytes(decode_document(payload)["mime"]) == raw
-
-
-@pytest.fixture
-def own():
-    """``own(queue_or_relay)``: stopped after the test even when it fails.  A queue left running
-    keeps reconnecting, and would fail test_reactor_is_clean_after_the_module as well."""
-    things: list = []
-
-    def take(thing):
-        things.append(thing)
-        return thing
-
-    yield take
-    for thing in reversed(things):
-        pytest_twisted.blockon(defer.maybeDeferred(thing.stop))
 
 
 @pytest_twisted.inlineCallbacks

@@ -32,6 +32,9 @@ QUEUE_NAMES: tuple[str, ...] = (
     "outbox", "inbox", "local", "refused", "dsn", "results", "success", "failure", "retry",
 )
 
+#: the queue types the RabbitMQ backend declares its queues with (``--amqp-queue-type``)
+AMQP_QUEUE_TYPES: tuple[str, ...] = ("classic", "quorum")
+
 Document = dict[str, Any]
 
 

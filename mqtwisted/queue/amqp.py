@@ -2,8 +2,8 @@
 
 Topology (every name optionally prefixed, so test runs and tenants don't see each other):
 
-* one durable classic queue per named queue (``outbox``, ``inbox`` …), fed through the default
-  exchange, so any AMQP client can publish plain MailerQ JSON to ``outbox`` or read ``results``;
+* one durable queue per named queue (``outbox``, ``inbox`` …), classic or quorum
+  (``queue_type``), fed through the default exchange, so any AMQP client can publish plain MailerQ JSON to ``outbox`` or read ``results``;
 * a durable headers exchange ``mq-delay`` and durable queues ``mq-delay-<seconds>`` with that queue
   TTL and dead-lettering to the default exchange.  A document whose ``nextattempt`` lies in the
   future is published to the exchange with its *target queue as routing key* and a header choosing
@@ -11,6 +11,21 @@ Topology (every name optionally prefixed, so test runs and tenants don't see eac
   straight back into the target queue.  Nothing polls.  Buckets are rounded *down*, so a document
   never comes back late by more than the smallest bucket; one that comes back early (or that an
   outside client published with a future ``nextattempt``) is simply delayed again by the consumer.
+
+Queue types.  ``classic`` queues live on one broker node, and RabbitMQ dead-letters from them *at
+most once*: a broker that dies as a bucket's TTL expires may lose that document.  ``quorum``
+queues (RabbitMQ 3.8+; the buckets need 3.10+) are replicated by Raft over the nodes of a
+cluster, and the buckets dead-letter *at least once* (``x-dead-letter-strategy: at-least-once``,
+which RabbitMQ allows only with ``x-overflow: reject-publish``): a document leaves a bucket only
+once the target queue confirmed it.  A full queue then refuses a publish with ``basic.nack``,
+which fails the publication with :class:`QueueUnavailable` (451, or a retry), never silently.
+
+Repeated deliveries.  A lease whose outcome the broker confirmed but whose ack it never
+processed (the connection, or the broker node, went between the two) comes back with
+``redelivered`` set.  The queue remembers the ids of the last :data:`SETTLED_MEMORY` outcomes it
+made durable and acks such a redelivery at once instead of handing it out again.  This memory is
+the node's own: a redelivery that goes to another node is delivered again (at least once, never
+lost); see README.rst, "Running on a RabbitMQ cluster".
 
 Durability: messages are persistent (delivery mode 2) and every publication waits for its
 publisher confirm; ``publish`` fires only when the broker confirmed all of them, and errbacks with
@@ -26,9 +41,7 @@ consumers.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
+import collections
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -46,17 +59,24 @@ from twisted.python.failure import Failure
 from mqtwisted.document import Document as MailerQDocument
 from mqtwisted.document import due_time
 from mqtwisted.jsonvalues import mime_text
-from mqtwisted.queue import QUEUE_NAMES, Document, Lease, Publication, QueueUnavailable
+from mqtwisted.queue import (
+    AMQP_QUEUE_TYPES,
+    QUEUE_NAMES,
+    Document,
+    Lease,
+    Publication,
+    QueueUnavailable,
+)
 from mqtwisted.queue.amqp_link import AmqpLink, Outgoing, unavailable
+from mqtwisted.queue.amqp_wire import (
+    DELAY_BUCKETS,
+    decode_document,
+    delay_bucket,
+    encode_document,
+    message_id,
+)
 
 log = Logger()
-
-#: Delay buckets in seconds.  Dense at the low end (tests, short retries), MailerQ's retry
-#: schedule (600, 1800, 3600, 7200) exactly, and coarse above; a delay is served greedily by the
-#: largest bucket not longer than what remains, so a week costs a handful of hops at most.
-DELAY_BUCKETS: tuple[int, ...] = (
-    1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400,
-)
 
 #: Queues whose documents are published into a delay bucket when ``nextattempt`` lies ahead
 #: (besides any queue this process consumes): the ones an MTA processes.  Result queues
@@ -65,40 +85,12 @@ DELAY_BUCKETS: tuple[int, ...] = (
 #: hands out only due documents whatever the queue (the Queue contract).
 DEFAULT_DELAYED: tuple[str, ...] = ("outbox", "inbox", "local", "dsn")
 
+#: ids of settled leases remembered to recognize their redelivery (a few MB at most)
+SETTLED_MEMORY = 100_000
+
 # Not "x-…": the headers exchange ignores x- headers when matching.
 _DELAY_HEADER = "mq-delay"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _PERSISTENT = 2
-
-
-def encode_document(document: Document) -> bytes:
-    """MailerQ JSON as UTF-8.  ``mime`` may hold surrogate-escaped 8-bit octets (see
-    :func:`mime_text`); those, and only those, are written as ``\\udcXX`` escapes so the payload
-    stays valid UTF-8 for every consumer and Python's json reads the octets back unchanged."""
-    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text).encode("utf-8")
-
-
-def decode_document(payload: bytes) -> Document:
-    """The inverse of :func:`encode_document`, lenient about raw 8-bit octets from other clients."""
-    document = json.loads(payload.decode("utf-8", "surrogateescape"))
-    if not isinstance(document, dict):
-        raise ValueError("document is not a JSON object")
-    return document
-
-
-
-def delay_bucket(remaining: float) -> int:
-    """The bucket to wait in for a document due in ``remaining`` seconds (rounded down, at
-    least the smallest bucket)."""
-    best = DELAY_BUCKETS[0]
-    for bucket in DELAY_BUCKETS:
-        if bucket <= remaining:
-            best = bucket
-    return best
 
 
 @attrs.define(eq=False)
@@ -148,6 +140,8 @@ class AmqpQueue:
     :param max_backoff: longest pause between reconnection attempts.
     :param delayed: queues whose documents are published into a delay bucket when their
         ``nextattempt`` lies ahead (see :data:`DEFAULT_DELAYED`).
+    :param queue_type: ``classic`` or ``quorum``: the type of every queue it declares (named
+        queues, queues declared on first use, delay buckets).
     """
 
     def __init__(
@@ -160,27 +154,39 @@ class AmqpQueue:
         timeout: float = 10.0,
         max_backoff: float = 30.0,
         delayed: Sequence[str] = DEFAULT_DELAYED,
+        queue_type: str = "classic",
     ) -> None:
+        if queue_type not in AMQP_QUEUE_TYPES:
+            raise ValueError(f"AMQP queue type must be one of {', '.join(AMQP_QUEUE_TYPES)}, "
+                             f"got {queue_type!r}")
         self.url = url
+        self.queue_type = queue_type
         self.prefetch = max(1, prefetch)
         self.prefix = prefix
         self.delayed = frozenset(delayed)
+        self._buckets = {self._bucket_name(s): s for s in DELAY_BUCKETS}
         self.link = AmqpLink(url, reactor, timeout=timeout, max_backoff=max_backoff,
-                             topology=self._declare, on_ready=self._connected, on_lost=self._lost)
+                             topology=self._declare, on_ready=self._connected, on_lost=self._lost,
+                             arguments=self._arguments)
         self._consumers: dict[str, _Consumer] = {}
+        #: message ids whose outcome was made durable (insertion order: oldest first)
+        self._settled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: redeliveries acked without a second delivery (their outcome was already durable)
+        self.repeats_skipped = 0
 
     # TAP files pickle the service tree: keep only configuration.
     def __getstate__(self) -> dict[str, Any]:
         return {
             "url": self.url, "prefetch": self.prefetch, "prefix": self.prefix,
             "timeout": self.timeout, "max_backoff": self.max_backoff,
-            "delayed": sorted(self.delayed),
+            "delayed": sorted(self.delayed), "queue_type": self.queue_type,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(  # type: ignore[misc]
             state["url"], state["prefetch"], prefix=state["prefix"], timeout=state["timeout"],
             max_backoff=state["max_backoff"], delayed=state["delayed"],
+            queue_type=state.get("queue_type", "classic"),
         )
 
     @property
@@ -240,20 +246,30 @@ class AmqpQueue:
         self._consumers.clear()
         return self.link.stop()
 
+    def _arguments(self, name: str) -> dict[str, Any]:
+        """The arguments every queue of ours is declared with (see the module's docstring)."""
+        arguments: dict[str, Any] = {}
+        if self.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
+        seconds = self._buckets.get(name)
+        if seconds is not None:
+            arguments["x-message-ttl"] = seconds * 1000
+            # Empty exchange = the default one; with no dead-letter routing key the message
+            # keeps its original one, which is its target queue.
+            arguments["x-dead-letter-exchange"] = ""
+            if self.queue_type == "quorum":
+                arguments["x-dead-letter-strategy"] = "at-least-once"
+                arguments["x-overflow"] = "reject-publish"
+        return arguments
+
     async def _declare(self, conn: TwistedProtocolConnection) -> None:
         """The topology, declared on every connection (idempotent; the broker may be new)."""
         await self.link.ensure_declared(conn, [self.name(q) for q in QUEUE_NAMES])
+        await self.link.ensure_declared(conn, list(self._buckets))
         channel = await conn.channel()
         exchange = self._delay_exchange
         await channel.exchange_declare(exchange, exchange_type="headers", durable=True)
-        for seconds in DELAY_BUCKETS:
-            bucket = self._bucket_name(seconds)
-            await channel.queue_declare(bucket, durable=True, arguments={
-                "x-message-ttl": seconds * 1000,
-                # Empty exchange = the default one; with no dead-letter routing key the
-                # message keeps its original one, which is its target queue.
-                "x-dead-letter-exchange": "",
-            })
+        for bucket, seconds in self._buckets.items():
             await channel.queue_bind(bucket, exchange, arguments={
                 "x-match": "all", _DELAY_HEADER: seconds,
             })
@@ -406,11 +422,18 @@ class AmqpQueue:
                       queue=consumer.queue, why=e)
             channel.basic_reject(tag, requeue=False)
             return
+        properties = message.properties
+        if message.method.redelivered and properties.message_id in self._settled:
+            # Its outcome is durable already; only the ack was lost.
+            self.repeats_skipped += 1
+            log.info("AMQP {queue}: {id} redelivered after its outcome was stored; acked "
+                     "without delivering it again", queue=consumer.queue, id=properties.message_id)
+            channel.basic_ack(tag)
+            return
         remaining = due_time(document) - time.time()
         if remaining > 0:
             self._redelay(consumer, channel, tag, message, remaining)
             return
-        properties = message.properties
         lease = Lease(consumer.queue, message_id(properties, message.body), document,
                       token=_Delivery(consumer, channel, tag))
         try:
@@ -458,6 +481,7 @@ class AmqpQueue:
             return fail(e)
 
         def acknowledge(ids: list[str]) -> list[str]:
+            self._remember_settled(lease.id)
             if not delivery.valid():
                 raise QueueUnavailable(
                     f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
@@ -466,6 +490,13 @@ class AmqpQueue:
             return ids
 
         return self.link.send(outgoing).addCallback(acknowledge)
+
+    def _remember_settled(self, id: str) -> None:
+        if id.startswith("sha1-"):
+            return  # no message id: equal bytes from an outside client are not the same document
+        self._settled[id] = None
+        if len(self._settled) > SETTLED_MEMORY:
+            self._settled.popitem(last=False)
 
     # The broker pushes new documents to every consumer, in whatever process it runs.
     def watch(self, queue: str, callback: Callable[[], None]) -> None:
@@ -555,9 +586,3 @@ class AmqpQueue:
     def _inspect(self, work: Callable[[TwistedChannel], Any]) -> Deferred:
         d = defer.ensureDeferred(self.link.with_channel(work))
         return d.addErrback(lambda f: Failure(unavailable(f)))
-
-
-def message_id(properties: pika.BasicProperties, body: bytes) -> str:
-    # Documents from other clients may carry no message id: a digest of the bytes is stable
-    # across redeliveries and listings, which is what ``show`` needs.
-    return properties.message_id or "sha1-" + hashlib.sha1(body).hexdigest()[:20]

@@ -18,8 +18,9 @@ from twisted.python.failure import Failure
 
 from mqtwisted.queue import Document, Publication
 from mqtwisted.queue.admin import SCAN_LIMIT, Page, matches, summary
-from mqtwisted.queue.amqp import AmqpQueue, decode_document, message_id
+from mqtwisted.queue.amqp import AmqpQueue
 from mqtwisted.queue.amqp_link import unavailable
+from mqtwisted.queue.amqp_wire import decode_document, message_id
 
 
 class AmqpAdmin:

@@ -1,11 +1,12 @@
-"""One connection to a RabbitMQ broker, kept up: connecting with a timeout, reconnecting with
-exponential backoff, the topology declared on every new connection, one confirm-mode channel that
-publishes, and the broker's alarms.  :mod:`mqtwisted.queue.amqp` builds the queue semantics
+"""One connection to a RabbitMQ broker or cluster, kept up: connecting with a timeout, reconnecting
+with exponential backoff (to the next host of the URL's list each time), the topology declared on
+every new connection, one confirm-mode channel that publishes, and the broker's alarms.  :mod:`mqtwisted.queue.amqp` builds the queue semantics
 (named queues, delay buckets, leases) on it.
 
 Publishing (:meth:`AmqpLink.send`) fires only when the broker confirmed every message, and
-errbacks with :class:`QueueUnavailable` when the broker is down, blocks publishers, returns a
-message as unroutable, or does not answer within ``timeout``.
+errbacks with :class:`QueueUnavailable` when the broker is down, blocks publishers, refuses a
+message (``basic.nack``: a full queue with ``x-overflow: reject-publish``), returns it as
+unroutable, or does not answer within ``timeout``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import attrs
 import pika
@@ -46,6 +47,21 @@ def on_broker_alarm(conn: TwistedProtocolConnection, blocked: Callable[[], None]
     connection.add_on_connection_unblocked_callback(lambda *_: unblocked())
 
 
+def broker_urls(url: str) -> list[str]:
+    """One URL per broker of ``amqp://user:pass@h1:5672,h2:5673/vhost`` (the nodes of a
+    cluster), each with the same credentials, vhost and options; a single host gives itself."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    urls = []
+    for host in hosts.split(","):
+        host = host.strip()
+        if not host:
+            raise ValueError(f"empty host in the AMQP URL's host list {hosts!r}")
+        urls.append(urlunsplit((parts.scheme, f"{userinfo}{at}{host}", parts.path, parts.query,
+                                parts.fragment)))
+    return urls
+
+
 @attrs.frozen
 class Outgoing:
     """One message ready for ``basic_publish``."""
@@ -63,6 +79,10 @@ class AmqpLink:
     :param topology: declares what must exist on a new connection (called on each).
     :param on_ready: called with each new connection once it can publish.
     :param on_lost: called when the current connection is gone (the link reconnects by itself).
+    :param arguments: the ``x-`` arguments of a queue it declares (``x-queue-type`` …).
+
+    ``url`` may name several brokers (:func:`broker_urls`): the link connects to the first that
+    answers, in the order given, and after a failure or a loss tries the next one.
     """
 
     def __init__(
@@ -75,6 +95,7 @@ class AmqpLink:
         topology: Callable[[TwistedProtocolConnection], Awaitable[None]],
         on_ready: Callable[[TwistedProtocolConnection], None],
         on_lost: Callable[[], None],
+        arguments: Callable[[str], dict[str, Any]] = lambda name: {},
     ) -> None:
         self.timeout = timeout
         self.max_backoff = max_backoff
@@ -82,11 +103,15 @@ class AmqpLink:
         self._topology = topology
         self._on_ready = on_ready
         self._on_lost = on_lost
-        self.params = pika.URLParameters(url)
+        self._arguments = arguments
+        self.brokers = [pika.URLParameters(u) for u in broker_urls(url)]
         if "heartbeat" not in url:
             # pika would accept the broker's 60 s; a dead peer without a FIN should be noticed
             # sooner than that, since SMTP sessions wait on our confirms meanwhile.
-            self.params.heartbeat = 15
+            for params in self.brokers:
+                params.heartbeat = 15
+        #: index in ``brokers`` of the one connected to (or tried next)
+        self.current = 0
         self.running = False
         #: the open connection, None while (re)connecting
         self.connection: TwistedProtocolConnection | None = None
@@ -95,12 +120,20 @@ class AmqpLink:
         self.blocked = False
         self._returned: set[str] = set()
         self._declared: set[str] = set()
+        self._mismatched: set[str] = set()
         self._attempts = 0
         self._retry_call: Any = None
         self._connecting: Deferred | None = None
         self._waiters: list[Deferred] = []
 
     reactor = LazyReactor()
+
+    @property
+    def params(self) -> pika.URLParameters:
+        return self.brokers[self.current]
+
+    def _next_broker(self) -> None:
+        self.current = (self.current + 1) % len(self.brokers)
 
     @property
     def connected(self) -> bool:
@@ -226,12 +259,15 @@ class AmqpLink:
             d.callback(None)
 
     async def ensure_declared(self, conn: TwistedProtocolConnection | None, names: Iterable[str]) -> None:
-        """Declare (durable) the queues among ``names`` not declared on this connection yet.
+        """Declare (durable, with ``arguments(name)``) the queues among ``names`` not declared on
+        this connection yet.
 
         Delivery may name queues of its own (its queue options, a message's ``queues``);
         publishing to a queue that does not exist would be returned, and dead-lettering into one
         would silently drop the document.  A queue the operator created with other arguments
-        (a quorum queue, a length limit) is refused with 406; it is then used as it is."""
+        (another queue type, a length limit) is refused with 406, which closes the channel: a
+        new channel then checks it exists (passive) and it is used as it is, said once in the
+        log with the broker's own words on what differs."""
         missing = [n for n in names if n not in self._declared]
         if not missing:
             return
@@ -241,13 +277,19 @@ class AmqpLink:
         channel = await conn.channel()
         try:
             for name in missing:
+                arguments = self._arguments(name)
                 try:
-                    await channel.queue_declare(name, durable=True)
+                    await channel.queue_declare(name, durable=True, arguments=arguments or None)
                 except pika_exceptions.ChannelClosedByBroker as e:
                     if e.reply_code != 406:
                         raise
                     channel = await conn.channel()
                     await channel.queue_declare(name, passive=True)
+                    if name not in self._mismatched:
+                        self._mismatched.add(name)
+                        log.warn("AMQP queue {queue} exists with other arguments than "
+                                 "{arguments}; using it as it is ({found})", queue=name,
+                                 arguments=arguments or "the defaults", found=e.reply_text)
                 self._declared.add(name)
         finally:
             if channel.is_open:
@@ -258,6 +300,7 @@ class AmqpLink:
             return
         log.warn("AMQP connection to {url} failed: {why}", url=self.safe_url(),
                  why=failure.getErrorMessage() or failure.type.__name__)
+        self._next_broker()
         conn, self.connection = self.connection, None
         self.publisher = None
         if conn is not None:
@@ -278,8 +321,10 @@ class AmqpLink:
         self.publisher = None
         self._on_lost()
         if self.running:
-            log.warn("AMQP connection to {url} lost ({why}); reconnecting",
-                     url=self.safe_url(), why=reason)
+            lost = self.safe_url()
+            self._next_broker()
+            log.warn("AMQP connection to {url} lost ({why}); reconnecting to {next}",
+                     url=lost, why=reason, next=self.safe_url())
             self._schedule_reconnect()
 
     def _channel_closed(self, reason: Any, conn: TwistedProtocolConnection) -> None:
@@ -385,6 +430,9 @@ def unavailable(failure: Any) -> Exception:
     value = failure.value if isinstance(failure, Failure) else failure
     if isinstance(value, QueueUnavailable):
         return value
+    if isinstance(value, pika_exceptions.NackError):
+        return QueueUnavailable("AMQP broker refused the message (basic.nack: a full queue "
+                                "with x-overflow reject-publish, or a broker error)")
     return QueueUnavailable(f"AMQP: {type(value).__name__}: {value}")
 
 

@@ -1,0 +1,57 @@
+"""What an AMQP message of the RabbitMQ backend looks like: MailerQ JSON as UTF-8, its id, and the
+delay buckets it may wait in.  Pure functions, no I/O (:mod:`mqtwisted.queue.amqp` uses them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pika
+
+from mqtwisted.queue import Document
+
+#: Delay buckets in seconds.  Dense at the low end (tests, short retries), MailerQ's retry
+#: schedule (600, 1800, 3600, 7200) exactly, and coarse above; a delay is served greedily by the
+#: largest bucket not longer than what remains, so a week costs a handful of hops at most.
+DELAY_BUCKETS: tuple[int, ...] = (
+    1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400,
+)
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encode_document(document: Document) -> bytes:
+    """MailerQ JSON as UTF-8.  ``mime`` may hold surrogate-escaped 8-bit octets (see
+    :func:`mime_text`); those, and only those, are written as ``\\udcXX`` escapes so the payload
+    stays valid UTF-8 for every consumer and Python's json reads the octets back unchanged."""
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text).encode("utf-8")
+
+
+def decode_document(payload: bytes) -> Document:
+    """The inverse of :func:`encode_document`, lenient about raw 8-bit octets from other clients."""
+    document = json.loads(payload.decode("utf-8", "surrogateescape"))
+    if not isinstance(document, dict):
+        raise ValueError("document is not a JSON object")
+    return document
+
+
+def delay_bucket(remaining: float) -> int:
+    """The bucket to wait in for a document due in ``remaining`` seconds (rounded down, at
+    least the smallest bucket)."""
+    best = DELAY_BUCKETS[0]
+    for bucket in DELAY_BUCKETS:
+        if bucket <= remaining:
+            best = bucket
+    return best
+
+
+def message_id(properties: pika.BasicProperties, body: bytes) -> str:
+    # Documents from other clients may carry no message id: a digest of the bytes is stable
+    # across redeliveries and listings, which is what ``show`` needs.
+    return properties.message_id or "sha1-" + hashlib.sha1(body).hexdigest()[:20]
