@@ -106,7 +106,7 @@ def _networks(value: str) -> list[str]:
 
 def _rate(value: str) -> str:
     # Kept as text: options travel to delivery worker processes as JSON.
-    from mqtwisted.smtp.anvil import Rate
+    from mqtwisted.anvil import Rate
 
     return str(Rate.parse(value))
 
@@ -240,6 +240,9 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("www-auth", "", str,
      "console logins: hardcoded://user:pass,... or file:///path (as smtp-auth); without it the console "
      "listens on loopback only"),
+    ("www-auth-failures", "5/600", _rate,
+     "failed console logins per client IP (COUNT/SECONDS, e.g. 5/600; 0: no limit): past it every login from "
+     "that address is refused until the window passes"),
     ("rest-tokens", "", str,
      "bearer tokens of the REST API: hardcoded://TOKEN,... or file:///path (a token or sha256:HEX per line)"),
     ("www-max-body", "67108864", _positive_int, "largest request body of the REST API, in bytes (413 above)"),

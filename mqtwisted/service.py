@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python.components import Componentized
 
 from mqtwisted import shutdown
+from mqtwisted.anvil import Rate
 from mqtwisted.cleanup import Cleanup
 from mqtwisted.connection import HookRunner
 from mqtwisted.filtering import NoFilters
@@ -29,7 +30,6 @@ from mqtwisted.options import OPTIONS
 from mqtwisted.pluginhost import PluginHost
 from mqtwisted.queue import Queue
 from mqtwisted.replies import SHUTTING_DOWN
-from mqtwisted.smtp.anvil import Rate
 from mqtwisted.smtp.config import ServerConfig
 from mqtwisted.smtp.factory import BehindProxy, SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy

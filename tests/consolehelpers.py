@@ -34,6 +34,8 @@ class Client:
     cookie: str | None = None
     csrf: str | None = None
     token: str | None = None
+    #: the client address to connect from (another loopback address is another client IP)
+    bind: str | None = None
 
     async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                    headers: dict[str, str] | None = None, content_type: str | None = None) -> Answer:
@@ -53,7 +55,8 @@ class Client:
         if content_type:
             hdrs["Content-Type"] = content_type
         producer = FileBodyProducer(BytesIO(data)) if data is not None else None
-        response = await Agent(reactor).request(
+        agent = Agent(reactor, bindAddress=(self.bind, 0) if self.bind else None)
+        response = await agent.request(
             method.encode(), (self.base + path).encode(), Headers({k: [v] for k, v in hdrs.items()}), producer)
         content = await readBody(response) if method != "HEAD" else b""
         return Answer(response.code, response.headers, content)

@@ -303,3 +303,26 @@ async def test_inject_refused_while_the_disk_is_below_queue_minfree(tmp_path):
         assert ok.status == 200 and len(await mta.documents()) == 1
     finally:
         await mta.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_lock_the_client_ip_out_until_the_window_passes(tmp_path):
+    mta, client = await console_mta(str(tmp_path), www_auth_failures="2/2", **AUTH)
+    try:
+        for _ in range(2):
+            assert (await client.login("admin", "guess")).header("Location") == "/login?failed=1"
+        locked = await client.login("admin", "s3cret")  # the right password: refused all the same
+        assert locked.status == 303 and locked.header("Location") in ("/login?locked=1", "/login?locked=2")
+        assert client.cookie is None
+        other = Client(client.base, bind="127.0.0.2")  # another client IP is not locked out
+        assert (await other.login("admin", "s3cret")).header("Location") == "/"
+        page = await client.call("GET", "/login?locked=2")
+        assert page.status == 200 and b"Too many failed logins from your address" in page.body
+
+        async def logged_in() -> bool:
+            return (await client.login("admin", "s3cret")).header("Location") == "/"
+
+        await wait_until(logged_in, 5, "a login once the 2 s window passed", step=0.25)
+        assert client.csrf
+    finally:
+        await mta.stop()

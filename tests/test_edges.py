@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from twisted.internet import task
 
+from mqtwisted.anvil import Rate
 from mqtwisted.connection import NoHooks
-from mqtwisted.smtp.anvil import Rate
 from mqtwisted.smtp.config import ServerConfig
 from mqtwisted.smtp.factory import SMTPFactory
 from mqtwisted.smtp.policy import RelayPolicy
@@ -100,7 +100,7 @@ def test_storage_below_minfree_refuses_mail_with_452_and_recovers(tmp_path):
 
 
 def test_event_limit_memory_is_bounded(monkeypatch):
-    from mqtwisted.smtp import anvil
+    from mqtwisted import anvil
 
     monkeypatch.setattr(anvil, "MAX_CLIENTS", 100)
     limit = anvil.EventLimit(Rate(2, 60), lambda: 0.0)

@@ -17,10 +17,12 @@ Who may use what is :mod:`mqtwisted.console.access`.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from twisted.web import resource
 
+from mqtwisted.anvil import EventLimit, Rate
 from mqtwisted.console.access import Guard
 from mqtwisted.console.api_holds import HoldsApi
 from mqtwisted.console.api_inject import InjectApi
@@ -38,7 +40,7 @@ def make_guard(options: Any) -> Guard:
 
     checker = load_checker(options["www-auth"], "www-auth") if options.get("www-auth") else None
     tokens = load_tokens(options["rest-tokens"]) if options.get("rest-tokens") else None
-    return Guard(checker, tokens)
+    return Guard(checker, tokens, failures=EventLimit(Rate.parse(options["www-auth-failures"]), time.monotonic))
 
 
 def make_api(mta: Any, guard: Guard, series: Series) -> Router:

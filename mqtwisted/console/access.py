@@ -1,7 +1,9 @@
 """Who may use the console and the API.
 
 * ``www-auth`` (the forms of ``smtp-auth``, checked by :mod:`mqtwisted.auth`): the login page makes
-  a session, kept in memory, named by an HttpOnly SameSite=Strict cookie.  Without ``www-auth`` the
+  a session, kept in memory, named by an HttpOnly SameSite=Strict cookie.  A client IP past
+  ``www-auth-failures`` failed logins is refused every login (the password is not even checked)
+  until the window passes, as SMTP's ``smtp-auth-failures`` (:mod:`mqtwisted.anvil`).  Without ``www-auth`` the
   console listens on loopback only (the options refuse anything else) and every visitor gets an
   anonymous session.
 * ``rest-tokens``: ``Authorization: Bearer TOKEN`` for applications (``hardcoded://A,B`` or
@@ -25,6 +27,7 @@ from typing import Any
 
 import attrs
 
+from mqtwisted.anvil import EventLimit, Rate
 from mqtwisted.console.http import ApiError
 
 COOKIE = b"mqmta_session"
@@ -81,10 +84,12 @@ class Guard:
     """The access rules above, for one site."""
 
     def __init__(self, checker: Callable[[str, str], bool] | None, tokens: frozenset[bytes] | None,
-                 sessions: Sessions | None = None) -> None:
+                 sessions: Sessions | None = None, failures: EventLimit | None = None) -> None:
         self.checker = checker
         self.tokens = tokens
         self.sessions = sessions or Sessions()
+        #: failed logins per client IP (``www-auth-failures``)
+        self.failures = failures or EventLimit(Rate(0, 0.0), time.monotonic)
 
     @property
     def open(self) -> bool:

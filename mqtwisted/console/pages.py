@@ -8,6 +8,7 @@ page sends a visitor without a session to ``/login``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import urllib.parse
 from typing import Any
@@ -78,6 +79,11 @@ class Login(resource.Resource):
         if not same_origin(request):
             request.setResponseCode(403)
             return b"cross-origin login refused\n"
+        ip = request.getClientAddress().host
+        wait = self.guard.failures.wait(ip)
+        if wait:
+            # Refused before the password is checked: guessing learns nothing, and costs no hashing.
+            return _redirect(request, b"/login?locked=%d" % math.ceil(wait))
         request.content.seek(0)
         form = urllib.parse.parse_qs(request.content.read(4096).decode("utf-8", "replace"))
         user = (form.get("user") or [""])[0]
@@ -90,11 +96,15 @@ class Login(resource.Resource):
                 return
             if ok:
                 self.guard.start_session(request, user)
-                log.info("console: {user} logged in from {ip}", user=user, ip=request.getClientAddress().host)
+                log.info("console: {user} logged in from {ip}", user=user, ip=ip)
                 request.write(_redirect(request, b"/"))
             else:
-                log.warn("console: login refused for {user!r} from {ip}", user=user[:64],
-                         ip=request.getClientAddress().host)
+                log.warn("console: login refused for {user!r} from {ip}", user=user[:64], ip=ip)
+                failures = self.guard.failures
+                failures.record(ip)
+                if failures.exceeded(ip):
+                    log.warn("console: {ip}: {rate} failed logins: its logins are refused until the window passes",
+                             ip=ip, rate=failures.rate)
                 request.write(_redirect(request, b"/login?failed=1"))
             request.finish()
 

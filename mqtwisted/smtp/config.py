@@ -10,9 +10,9 @@ from collections.abc import Callable
 import attrs
 from twisted.internet import defer
 
+from mqtwisted.anvil import Rate
 from mqtwisted.connection import Connection
 from mqtwisted.envelope import Body, Envelope
-from mqtwisted.smtp.anvil import Rate
 
 COMMAND_LINE = 512
 PATH_LINE = 1024  # MAIL/RCPT with ESMTP parameters (RFC 5321 §4.5.3.1.4; ORCPT may be 500 alone)

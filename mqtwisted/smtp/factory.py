@@ -1,5 +1,5 @@
 """The listening side of the SMTP server: builds a session per connection, enforces the
-connection limits and the per-client event limits (:mod:`mqtwisted.smtp.anvil`), watches the free
+connection limits and the per-client event limits (:mod:`mqtwisted.anvil`), watches the free
 space where mail is stored, and holds greetings until the queue can store.  Pickles
 (configuration only).
 """
@@ -14,10 +14,10 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.mail import smtp
 
+from mqtwisted.anvil import EventLimit
 from mqtwisted.connection import HookRunner, NoHooks, Reply
 from mqtwisted.diskspace import FreeSpace, watching
 from mqtwisted.filtering import Filters, NoFilters
-from mqtwisted.smtp.anvil import EventLimit
 from mqtwisted.smtp.config import Accept, Authenticator, ServerConfig
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.smtp.server import SMTPServer

@@ -1,5 +1,5 @@
 """Per-client event limits, as Postfix's anvil keeps them: new connections and failed AUTH
-attempts per client IP in a sliding window.
+attempts per client IP in a sliding window (SMTP), failed console logins (``www-auth-failures``).
 
 A limit is written ``COUNT/SECONDS`` (``5/600``: at most 5 events in any 600 s).  Each client IP
 keeps the times of its last ``COUNT`` events, so a limit is exact (no burst at a window edge) and
@@ -67,6 +67,12 @@ class EventLimit:
         if times is None or len(times) < self.rate.count:
             return False
         return self.clock() - times[0] < self.rate.seconds
+
+    def wait(self, ip: str) -> float:
+        """Seconds until ``ip`` is under the limit again (0 when it is now)."""
+        if not self.exceeded(ip):
+            return 0.0
+        return self.rate.seconds - (self.clock() - self.events[ip][0])
 
     def record(self, ip: str) -> None:
         """Count one event of ``ip`` now."""
