@@ -167,6 +167,20 @@ def smtp_sink() -> Iterator[int]:
         proc.wait(5)
 
 
+@pytest.fixture(scope="session")
+def postfix_keeper() -> Iterator[Any]:
+    """A private Postfix (tests/postfixpeer.py) that keeps mail for example.com in a Maildir,
+    shared by the tests of one worker: mark them ``pytest.mark.xdist_group("postfix")``."""
+    from tests.postfixpeer import PostfixInstance, need_postfix
+
+    need_postfix()
+    postfix = PostfixInstance().start()
+    try:
+        yield postfix
+    finally:
+        postfix.stop()
+
+
 @pytest.fixture
 def logged() -> Iterator[list[dict]]:
     """Every log event emitted while the test runs, in order."""

@@ -2,14 +2,17 @@
 document after delay-warning-time, "delivered" for the local queue; every report read back with
 Python's ``email`` package as an RFC 3464 ``multipart/report``.
 
-In memory (MemoryReactorClock, scripted servers) first, then through a real mqmta on loopback.
+In memory (MemoryReactorClock, scripted servers) first, then through a real mqmta on loopback,
+and to a real Postfix as the next hop, whose log shows the parameters it received.
 """
 
 from __future__ import annotations
 
+import email
 import email.utils
 import smtplib
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor, threads
 
@@ -23,6 +26,7 @@ from tests.conftest import wait_until
 from tests.deliveryhelpers import doc, make
 from tests.dsnreports import parse_report
 from tests.memqueue import MemoryQueue
+from tests.postfixpeer import VERBOSE_PEER
 from tests.smtppeers import ScriptedFactory
 
 NO_DSN = ("PIPELINING", "8BITMIME", "SIZE 10000000")
@@ -222,3 +226,62 @@ async def test_real_mqmta_one_delayed_report_and_a_delivered_one(tmp_path) -> No
     finally:
         await mta.stop()
         await listening.stopListening()
+
+
+# -- a real Postfix as the next hop --------------------------------------------------------------
+
+
+def _send_asking(port: int) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as s:
+        s.ehlo("client.test")
+        s.sendmail("dsn-sender@example.com", ["dsn-rcpt@example.com"],
+                   b"From: dsn-sender@example.com\r\nSubject: dsn onward\r\n\r\nto postfix\r\n",
+                   mail_options=["ENVID=ENV-PF-1", "RET=HDRS"],
+                   rcpt_options=["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;x@y"])
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("postfix")
+@pytest_twisted.ensureDeferred
+async def test_postfix_as_next_hop_receives_notify_orcpt_and_envid(tmp_path, postfix_keeper) -> None:
+    postfix = postfix_keeper
+    # Sent from VERBOSE_PEER, whose commands the shared Postfix writes to its log.
+    mta = await start_mta(str(tmp_path / "mta"), delivery="on", smarthost=f"127.0.0.1:{postfix.port}",
+                          smtp_defaultips=VERBOSE_PEER)
+    try:
+        await threads.deferToThread(_send_asking, mta.port)
+
+        async def delivered() -> bool:
+            return len(await mta.documents("success")) >= 1
+
+        await wait_until(delivered, 30, "mqmta's success result")
+        (res,) = await mta.documents("success")
+        assert res["results"][-1]["dsn"] is True  # Postfix offered DSN: the request went on
+        assert await mta.documents("dsn") == []  # so no "relayed" report from mqmta
+
+        def received(command: str) -> list[str]:
+            return [line for line in postfix.log().splitlines() if f"[{VERBOSE_PEER}]: {command}" in line]
+
+        await wait_until(lambda: received("RCPT TO:<dsn-rcpt@example.com>"), 30, "the RCPT in Postfix's log")
+        (rcpt,) = received("RCPT TO:<dsn-rcpt@example.com>")
+        assert rcpt.endswith("RCPT TO:<dsn-rcpt@example.com> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x@y"), rcpt
+        (mail,) = received("MAIL FROM:<dsn-sender@example.com>")
+        assert "RET=HDRS" in mail and "ENVID=ENV-PF-1" in mail, mail
+
+        # Postfix acted on it: its own "delivered" report (NOTIFY=SUCCESS), back to the sender,
+        # carries the ORCPT and ENVID it received from mqmta.
+        def postfix_report() -> list[bytes]:
+            return [m for m in postfix.kept(b"ENV-PF-1") if b"multipart/report" in m]
+
+        await wait_until(postfix_report, 30, "Postfix's delivery report in the Maildir")
+        assert "sender delivery status notification" in postfix.log()
+        (report,) = postfix_report()
+        parsed = parse_report({"mime": report})
+        assert parsed.per_message["Original-Envelope-Id"] == "ENV-PF-1"
+        rcpt_fields = parsed.per_recipient
+        assert rcpt_fields["Original-Recipient"] == "rfc822;x@y"
+        assert rcpt_fields["Final-Recipient"] == "rfc822; dsn-rcpt@example.com"
+        assert (rcpt_fields["Action"], rcpt_fields["Status"][:2]) == ("delivered", "2.")
+        assert email.message_from_bytes(report)["To"] == "dsn-sender@example.com"
+    finally:
+        await mta.stop()

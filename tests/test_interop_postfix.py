@@ -3,105 +3,21 @@
 * mqmta delivering to Postfix, which keeps the mail in a Maildir (virtual mailbox domain);
 * Postfix relaying into mqmta (``relayhost = [127.0.0.1]:PORT``).
 
-Each test runs a private Postfix instance with its own config, queue and data directories
-(``postfix -c DIR start``), never the system's.  Postfix's daemons run as the ``postfix`` user,
-so the instance lives under /var/tmp (pytest's tmp_path is mode 0700 under /tmp).
+The first uses the session's shared Postfix (``postfix_keeper``), the second one of its own that
+relays to this test's mqmta (tests/postfixpeer.py).
 """
 
 from __future__ import annotations
-
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import threads
 
-from bench.peers import write_postfix_config
 from mqtwisted.testing import start_mta
-from tests.conftest import free_port, send_mail, wait_port, wait_until
+from tests.conftest import send_mail, wait_until
+from tests.postfixpeer import PostfixInstance, need_postfix
 
-pytestmark = pytest.mark.slow
-
-
-def _need_postfix() -> None:
-    if shutil.which("postfix") is None or not os.path.exists("/usr/lib/postfix/sbin/master"):
-        pytest.skip("postfix is not installed (apt-get install postfix; .ci/run does this)")
-    if os.geteuid() != 0:
-        pytest.skip("a private Postfix instance needs root to start (postfix -c DIR start)")
-    try:
-        pwd.getpwnam("postfix")
-    except KeyError:
-        pytest.skip("no postfix user: the postfix package is not fully installed")
-
-
-class PostfixInstance:
-    """A private Postfix on 127.0.0.1:``port``.  ``relay_port`` set: it relays everything to
-    mqmta there; unset: it keeps mail for example.com in ``maildir``."""
-
-    def __init__(self, relay_port: int | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="mqtest-postfix-", dir="/var/tmp"))
-        os.chmod(self.dir, 0o755)
-        self.port = free_port()
-        self.conf = self.dir / "conf"
-        self.maillog = self.dir / "maillog"
-        self.maildir = self.dir / "mail" / "inbox"
-        self.relay_port = relay_port
-
-    def start(self) -> PostfixInstance:
-        postfix = pwd.getpwnam("postfix")
-        for sub in ("conf", "queue", "data", "mail"):
-            (self.dir / sub).mkdir()
-        for sub in ("data", "mail"):
-            shutil.chown(self.dir / sub, postfix.pw_uid, postfix.pw_gid)
-        if self.relay_port is not None:
-            routing = (
-                "relay_domains = example.com\nrelay_transport = relay\ndefault_transport = smtp\n"
-                f"relayhost = [127.0.0.1]:{self.relay_port}\n"
-            )
-        else:
-            # The virtual delivery agent keeps every message for example.com in one Maildir.
-            routing = (
-                "virtual_mailbox_domains = example.com\n"
-                f"virtual_mailbox_base = {self.dir}/mail\n"
-                "virtual_mailbox_maps = static:inbox/\n"
-                f"virtual_uid_maps = static:{postfix.pw_uid}\n"
-                f"virtual_gid_maps = static:{postfix.pw_gid}\n"
-            )
-        write_postfix_config(self.conf, self.dir, f"127.0.0.1:{self.port}", "postfix.test",
-                             f"smtp_host_lookup = native\n{routing}")
-        r = subprocess.run(["postfix", "-c", str(self.conf), "start"], capture_output=True, text=True, timeout=120)
-        if r.returncode:
-            raise RuntimeError(f"postfix start failed: {(r.stdout + r.stderr)[-1500:]}")
-        wait_port(self.port, 30)
-        return self
-
-    def stop(self) -> None:
-        subprocess.run(["postfix", "-c", str(self.conf), "stop"], capture_output=True, timeout=60)
-        pid_file = self.dir / "queue" / "pid" / "master.pid"
-        try:
-            pid = int(pid_file.read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pid = None
-        deadline = time.monotonic() + 15
-        while pid and os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            time.sleep(0.1)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def log(self) -> str:
-        try:
-            return self.maillog.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def kept(self) -> list[bytes]:
-        new = self.maildir / "new"
-        return [p.read_bytes() for p in sorted(new.iterdir())] if new.is_dir() else []
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postfix")]
 
 
 BODY = (
@@ -111,10 +27,8 @@ BODY = (
 
 
 @pytest_twisted.ensureDeferred
-async def test_mqmta_delivers_to_postfix_which_keeps_the_mail(tmp_path) -> None:
-    _need_postfix()
-    postfix = PostfixInstance()
-    await threads.deferToThread(postfix.start)
+async def test_mqmta_delivers_to_postfix_which_keeps_the_mail(tmp_path, postfix_keeper) -> None:
+    postfix = postfix_keeper
     mta = await start_mta(str(tmp_path / "mta"), delivery="on", smarthost=f"127.0.0.1:{postfix.port}")
     try:
         for n in range(3):
@@ -124,9 +38,10 @@ async def test_mqmta_delivers_to_postfix_which_keeps_the_mail(tmp_path) -> None:
             return (await mta.queue.stats()).get("success", 0) >= 3
 
         await wait_until(delivered, 30, "mqmta success results")
-        await wait_until(lambda: len(postfix.kept()) >= 3, 30, "messages in Postfix's Maildir")
-        assert postfix.log().count("status=sent") == 3
-        kept = postfix.kept()
+        await wait_until(lambda: len(postfix.kept(b"Subject: interop ")) >= 3, 30, "messages in Postfix's Maildir")
+        sent = [line for line in postfix.log().splitlines() if "status=sent" in line and "@example.com>" in line]
+        assert sorted(n for n in range(3) for line in sent if f"to=<user{n}@example.com>" in line) == [0, 1, 2]
+        kept = postfix.kept(b"Subject: interop ")
         for message in kept:
             # Dot-stuffing undone by Postfix: the body arrives exactly as sent.
             assert b"\n.a line that starts with a dot\n..two dots\nlast\n" in message.replace(b"\r\n", b"\n")
@@ -139,12 +54,11 @@ async def test_mqmta_delivers_to_postfix_which_keeps_the_mail(tmp_path) -> None:
         assert (await mta.queue.stats()).get("outbox", 0) == 0
     finally:
         await mta.stop()
-        await threads.deferToThread(postfix.stop)
 
 
 @pytest_twisted.ensureDeferred
 async def test_postfix_relays_into_mqmta(tmp_path) -> None:
-    _need_postfix()
+    need_postfix()
     mta = await start_mta(str(tmp_path / "mta"), delivery="off")
     postfix = PostfixInstance(relay_port=mta.port)
     await threads.deferToThread(postfix.start)
