@@ -155,7 +155,9 @@ def build_report(
 
     if original is None:
         original = usable(lambda: doc.mime, None) or b""
-    whole = notice.action == "failed" and not dsn.headers_only
+    # RFC 8689 §5: a report goes without REQUIRETLS (a new message from the null sender), so
+    # the body of a message that asked for it is left out.
+    whole = notice.action == "failed" and not dsn.headers_only and not usable(lambda: bool(doc.requiretls), False)
     third_type, third = ("message/rfc822", original) if whole else ("text/rfc822-headers", header_block(original))
     returned = "Undelivered message" if notice.action == "failed" else "Message"
     head = [

@@ -23,6 +23,7 @@ one).  Queues store and move the JSON; they read only :func:`due_time`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Self, TypeVar, overload
 
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+#: how much of a message is searched for the end of its header (TLS-Required)
+_HEAD_SCAN = 256 * 1024
+_TLS_REQUIRED_NO = re.compile(r"^tls-required:[ \t]*no[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 def due_time(json: Mapping[str, Any]) -> float:
@@ -394,6 +399,12 @@ class Document:
     auth = Property("auth", object_value,
                     doc="inbound authentication results (--verify-inbound): spf, dkim, dmarc, arc and "
                         "the Authentication-Results value as header (mqtwisted.authcheck.results)")
+    #: what MAIL FROM asked of every hop (RFC 3030, 6531, 8689): the delivery must keep it or fail
+    binarymime = Property("binarymime", boolean_value, doc="BODY=BINARYMIME: sent only with BDAT to a receiver "
+                                                           "offering CHUNKING and BINARYMIME")
+    smtputf8 = Property("smtputf8", boolean_value, doc="SMTPUTF8: sent only to a receiver offering SMTPUTF8")
+    requiretls = Property("requiretls", boolean_value, doc="REQUIRETLS: sent only over verified TLS to a "
+                                                           "receiver offering REQUIRETLS")
 
     @classmethod
     def of(cls, value: Mapping[str, Any] | Document) -> Self:
@@ -475,6 +486,18 @@ class OutgoingDocument(Document):
             if value is not None:
                 parse(key, value)
 
+    @property
+    def tls_optional(self) -> bool:
+        """RFC 8689 §4.2.2: the header says ``TLS-Required: No`` and MAIL FROM did not ask for
+        REQUIRETLS (which wins): TLS is tried when offered, but no policy (security level,
+        MTA-STS, DANE) holds the message back."""
+        mime = self.json.get("mime")
+        if not isinstance(mime, (str, bytes)) or usable(lambda: self.requiretls, False):
+            return False
+        head = mime[:_HEAD_SCAN] if isinstance(mime, str) else mime[:_HEAD_SCAN].decode("latin-1")
+        end = head.find("\n\r\n") if "\r\n" in head else head.find("\n\n")
+        return _TLS_REQUIRED_NO.search(head if end < 0 else head[: end + 1]) is not None
+
     def first_attempt_time(self) -> float | None:
         results = self.results or ()
         return results[0].time if results else None
@@ -501,6 +524,7 @@ class OutgoingDocument(Document):
 
 
 _CHECKED = ("envelope", "dsn", "nextattempt", "maxdelivertime", "maxattempts", "retries", "queues",
-            "smarthost", "security", "headers", "keepmime", "results", "ips", "pool", "delaywarning")
+            "smarthost", "security", "headers", "keepmime", "results", "ips", "pool", "delaywarning", "binarymime",
+            "smtputf8", "requiretls")
 #: (JSON key, reader) of each checked property: what reading it through its accessor does
 _CHECKS = tuple((prop.key, prop.parse) for prop in (getattr(OutgoingDocument, name) for name in _CHECKED))

@@ -99,4 +99,11 @@ def incoming_document(
     dsn = dsn_fields(sender_params, rcpt_params)
     if dsn:
         doc.dsn = DsnRequest.parse("dsn", dsn)
+    # What the sender asked of every hop on the way (delivery keeps it or fails the message).
+    if (sender_params.get("BODY") or "").upper() == "BINARYMIME":
+        doc.binarymime = True
+    if "SMTPUTF8" in sender_params:
+        doc.smtputf8 = True
+    if "REQUIRETLS" in sender_params:
+        doc.requiretls = True
     return doc.json

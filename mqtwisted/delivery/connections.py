@@ -23,7 +23,7 @@ from mqtwisted.results import Attempt
 from mqtwisted.shaping import Fired, Source
 from mqtwisted.shaping.shaper import BASE_LIMITS
 from mqtwisted.shaping.sources import NO_SOURCE
-from mqtwisted.smtp.client import OutboundFactory, OutboundSender, OutMessage
+from mqtwisted.smtp.client import Needs, OutboundFactory, OutboundSender, OutMessage
 from mqtwisted.tlspolicy import HostRefused, HostTLS
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ class DestinationKey:
     password: str | None = attrs.field(default=None, repr=False)
     #: the local address to send from and the EHLO name that goes with it
     source: Source = NO_SOURCE
+    #: REQUIRETLS messages (RFC 8689): verified TLS to a receiver offering REQUIRETLS, else returned
+    requiretls: bool = False
+    #: ``TLS-Required: No`` messages (RFC 8689 §4.2.2): TLS when offered, no policy holds them back
+    tls_optional: bool = False
 
 
 class Destination:
@@ -303,7 +307,8 @@ class Runner:
         key = self.dest.key
         # Which TLS policy applies to this host (DANE, MTA-STS, the security level): asked anew for
         # each host, answered from memory once its DNS records are known.
-        d = self.service.tls_policies.for_destination(key.kind, key.host, self.host, key.port, key.security)
+        d = self.service.tls_policies.for_destination(key.kind, key.host, self.host, key.port, key.security,
+                                                      published=not key.tls_optional)
         d.addCallbacks(self._connect, self._refused)
         d.addErrback(self._broken)
 
@@ -327,8 +332,10 @@ class Runner:
         if self.service.stopping:
             self._try_next()
             return
-        self.tls = tls
         key = self.dest.key
+        if key.requiretls:
+            tls = self.service.tls_policies.strict(tls)
+        self.tls = tls
         plaintext = self.plaintext and not tls.mandatory
         security = "none" if plaintext else key.security
         self.factory = OutboundFactory(
@@ -340,6 +347,7 @@ class Runner:
             tls_check=tls.problem if tls.checks and not plaintext else None,
             tls_policy="none" if plaintext else tls.name,
             tls_mandatory=tls.mandatory,
+            requiretls=key.requiretls,
             username=key.username,
             password=key.password,
             timeout=self.service.options.timeout,
@@ -438,14 +446,19 @@ def destination_key(doc: OutgoingDocument, options: DeliveryOptions, source: Sou
     """Where ``doc`` goes, sent from ``source``: its own smarthost, else the configured one, else
     its recipient's MX (``doc`` has passed :meth:`~mqtwisted.document.OutgoingDocument.check`)."""
     security = doc.security or options.security
+    requiretls, tls_optional = bool(doc.requiretls), doc.tls_optional
+    if tls_optional and security in ("required", "verified"):
+        security = "opportunistic"  # RFC 8689 §4.2.2: the sender asked that no policy hold it back
     smarthost = doc.smarthost
     if smarthost is not None:
         return DestinationKey("smarthost", smarthost.hostname.lower(), smarthost.port, security,
-                              smarthost.username, smarthost.password, source)
+                              smarthost.username, smarthost.password, source, requiretls, tls_optional)
     if options.smarthost:
         host, port = parse_hostport(options.smarthost, 25)
-        return DestinationKey("smarthost", host.lower(), port, security, source=source)
-    return DestinationKey("mx", doc.recipient_domain, options.port, security, source=source)
+        return DestinationKey("smarthost", host.lower(), port, security, source=source, requiretls=requiretls,
+                              tls_optional=tls_optional)
+    return DestinationKey("mx", doc.recipient_domain, options.port, security, source=source,
+                          requiretls=requiretls, tls_optional=tls_optional)
 
 
 def batch_key(doc: OutgoingDocument, signing: bool) -> tuple[Any, ...] | None:
@@ -462,5 +475,10 @@ def batch_key(doc: OutgoingDocument, signing: bool) -> tuple[Any, ...] | None:
     signs = signing or raw.get("dkim") is not None
     extra = (raw.get("headers"), raw.get("dkim"), raw.get("connection") if signs else None)
     # The MIME compares by identity first: the spool hands the copies of one body out as one str.
-    return (doc.sender, mime, dsn.ret if dsn else None, dsn.envid if dsn else None,
+    return (doc.sender, mime, dsn.ret if dsn else None, dsn.envid if dsn else None, needs_of(doc),
             json.dumps(extra, sort_keys=True) if any(v is not None for v in extra) else None)
+
+
+def needs_of(doc: OutgoingDocument) -> Needs:
+    """What ``doc``'s MAIL FROM asked of every hop (it has passed its check)."""
+    return Needs(bool(doc.binarymime), bool(doc.smtputf8), bool(doc.requiretls))

@@ -32,6 +32,7 @@ from mqtwisted.delivery.connections import (
     Job,
     batch_key,
     destination_key,
+    needs_of,
 )
 from mqtwisted.delivery.options import DeliveryOptions
 from mqtwisted.delivery.pausing import PausedJobs
@@ -396,7 +397,7 @@ class DeliveryService(service.Service):
         mime = doc.mime or b""
         # The headers edits and signing are the message's prepare step, after mq_smtp_out_data.
         message = OutMessage(doc.sender, doc.recipient or "", mime, dsn=self._dsn(doc), document=doc.json,
-                             key=jobs[0], prepare=self.signing.step(doc))
+                             key=jobs[0], prepare=self.signing.step(doc), needs=needs_of(doc))
         for job in jobs[1:]:
             other = job.document
             message.also.append(OutMessage(other.sender, other.recipient or "", mime, dsn=self._dsn(other),

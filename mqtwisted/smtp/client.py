@@ -43,13 +43,13 @@ from mqtwisted.replies import PLUGIN_FAILURE
 from mqtwisted.results import Attempt
 from mqtwisted.smtp import outbound as ob
 from mqtwisted.smtp import outevents as ev
-from mqtwisted.smtp.outbody import encode_body
+from mqtwisted.smtp.outbody import NO_NEEDS, Needs, encode_body
 from mqtwisted.smtp.outevents import SECURITY_LEVELS
 from mqtwisted.smtp.outstate import Facts
 from mqtwisted.smtp.wire import write_now
 
 __all__ = [
-    "SECURITY_LEVELS", "CertificateCheck", "EncryptOnly", "MessageSource", "OutMessage", "OutboundFactory", "OutboundSender", "PrepareStep",
+    "SECURITY_LEVELS", "CertificateCheck", "EncryptOnly", "MessageSource", "Needs", "OutMessage", "OutboundFactory", "OutboundSender", "PrepareStep",
     "client_tls_options", "encode_body",
 ]
 
@@ -74,8 +74,9 @@ PrepareStep = Callable[[bytes], "Deferred[bytes | Reply]"]
 class OutMessage:
     """One message for one recipient, as the session sends it; ``prepare``: see :data:`PrepareStep`.
 
-    ``also``: messages for further recipients sent in the same transaction (one RCPT each): the
-    same sender, MIME and DSN ``ret``/``envid``; only their recipient, DSN ``notify``/``orcpt``,
+    ``needs``: what MAIL FROM asked of every hop (BINARYMIME, SMTPUTF8, REQUIRETLS), kept or the
+    message fails.  ``also``: messages for further recipients sent in the same transaction (one
+    RCPT each): the same sender, MIME, ``needs`` and DSN ``ret``/``envid``; only their recipient, DSN ``notify``/``orcpt``,
     ``document`` and ``key`` are read.  Each gets its own outcome (``message_done``)."""
 
     def __init__(
@@ -87,6 +88,7 @@ class OutMessage:
         document: dict[str, Any] | None = None,
         key: Any = None,
         prepare: PrepareStep | None = None,
+        needs: Needs = NO_NEEDS,
     ) -> None:
         self.envelope = envelope
         self.recipient = recipient
@@ -95,6 +97,7 @@ class OutMessage:
         self.document = document if document is not None else {"envelope": envelope, "recipient": recipient}
         self.key = key
         self.prepare = prepare
+        self.needs = needs
         self.also: list[OutMessage] = []
 
 
@@ -155,6 +158,8 @@ class OutboundSender(smtp.ESMTPSender):
     #: the session's rules and state (set by the factory)
     table: ob.Outbound
     handle: MessageHandle | None = None
+    #: what ends the body being streamed (DATA's dot; nothing after BDAT chunks)
+    body_end: bytes = b""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -229,9 +234,10 @@ class OutboundSender(smtp.ESMTPSender):
 
     def do_SendBody(self, action: ev.SendBody) -> None:
         body = action.data
+        self.body_end = action.end
         if len(body) <= WRITE_AT_ONCE:
             # One write with the dot: one segment for a typical message, no producer overhead.
-            write_now(self.transport, body + b".\r\n")
+            write_now(self.transport, body + action.end)
             self.run(ev.BodySent())
             return
         d = FileSender().beginFileTransfer(io.BytesIO(body), self.transport, self.uploading)
@@ -244,7 +250,7 @@ class OutboundSender(smtp.ESMTPSender):
 
     def body_written(self, _: Any) -> None:
         if not self.table.closing:
-            self.transport.write(b".\r\n")
+            self.transport.write(self.body_end)
             self.run(ev.BodySent())
 
     def body_failed(self, failure: Any) -> None:
@@ -355,6 +361,7 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
         tls_check: CertificateCheck | None = None,
         tls_policy: str = "",
         tls_mandatory: bool = False,
+        requiretls: bool = False,
     ) -> None:
         if security not in SECURITY_LEVELS:
             raise ValueError(f"unknown security level {security!r}")
@@ -387,6 +394,8 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
         self.tls_check = tls_check
         self.tls_policy = tls_policy or security
         self.tls_mandatory = tls_mandatory
+        #: carries REQUIRETLS messages (:class:`~.outevents.Policy`'s ``requiretls``)
+        self.requiretls = requiretls
         self.max_messages = max(1, max_messages)
         self.hooks: HookRunner = hooks if hooks is not None else NoHooks()
         if clock is None:
@@ -408,6 +417,7 @@ class OutboundFactory(smtp.ESMTPSenderFactory):
             tls_policy=self.tls_policy,
             tls_mandatory=self.tls_mandatory,
             checks_certificate=self.tls_check is not None,
+            requiretls=self.requiretls,
         )
         p.table = ob.Outbound(policy, Facts(self.clock.seconds, tls_policy=self.tls_policy))
         return p

@@ -105,11 +105,12 @@ def domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower().rstrip(".")
 
 
-_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
+_MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH", "REQUIRETLS"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
 
 
-def check_mail_params(params: dict[str, str | None], maxsize: int) -> Reply | None:
+def check_mail_params(params: dict[str, str | None], maxsize: int, secure: bool = False) -> Reply | None:
+    """None when MAIL FROM's parameters are acceptable (``secure``: the session is under TLS)."""
     for key, value in params.items():
         if key not in _MAIL_PARAMS:
             return Reply(555, f"Unsupported parameter {key}", "5.5.4")
@@ -120,8 +121,11 @@ def check_mail_params(params: dict[str, str | None], maxsize: int) -> Reply | No
                 return Reply(552, f"Message size exceeds fixed limit of {maxsize} bytes", "5.3.4")
         elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
             return Reply(501, "BODY must be 7BIT, 8BITMIME or BINARYMIME", "5.5.4")
-        elif key == "SMTPUTF8" and value is not None:
-            return Reply(501, "SMTPUTF8 takes no value", "5.5.4")
+        elif key in ("SMTPUTF8", "REQUIRETLS") and value is not None:
+            return Reply(501, f"{key} takes no value", "5.5.4")
+        elif key == "REQUIRETLS" and not secure:
+            # RFC 8689 §4.1: only offered, and so only accepted, inside TLS.
+            return Reply(530, "REQUIRETLS needs a TLS session (STARTTLS first)", "5.7.10")
         elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
             return Reply(501, "RET must be FULL or HDRS", "5.5.4")
         elif key == "ENVID" and (not value or len(value) > 100 or not is_xtext(value)):

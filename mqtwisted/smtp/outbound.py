@@ -19,6 +19,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    is sent again inside TLS.  A failed handshake shows up as the connection lost in ``starttls``.
    A policy that checks certificates (``verified``, MTA-STS, DANE) has the adapter check the
    chain before AUTH or MAIL; a refusal ends the session with QUIT (temporary, ``starttls``).
+   On a connection for REQUIRETLS messages a missing STARTTLS or a refused certificate is
+   final instead (``5.7.10``, RFC 8689 §4.2.1): the messages are returned, never sent in clear.
 5. AUTH only when a user name is configured (a smarthost), with the first mechanism of ours the
    server offers (CRAM-MD5, LOGIN, PLAIN); a refused PLAIN is tried once more with an empty
    authorization identity.  No usable mechanism, a refusal
@@ -27,6 +29,9 @@ Rules (everything that decides what the client sends next, and what a reply mean
 6. Per message: the ``mq_smtp_out_data`` hook, then the message's ``prepare`` step if it has one
    (signing: the MIME to send), either may refuse (state ``data``; no reply timer meanwhile), then
    ``[RSET] MAIL RCPT DATA``, in one write with PIPELINING (RFC 2920), one at a time without.
+   A message that needs what the server lacks (``outbody.unmet``: BINARYMIME without CHUNKING
+   and BINARYMIME ``5.6.3``, SMTPUTF8 ``5.6.7``, REQUIRETLS without verified TLS ``5.7.10`` or
+   without the keyword ``5.7.30``) fails for good before MAIL: never converted or mangled.
    A message may bring others for the same transaction (its ``also``: same sender and body,
    another recipient each): one RCPT per recipient, each with its own DSN parameters.
    A refused MAIL, DATA or pipelined RSET decides the attempt of every recipient, and without
@@ -35,7 +40,10 @@ Rules (everything that decides what the client sends next, and what a reply mean
    A 354 after a pipelined refusal is answered by a lone dot (RFC 2920 §3.1), its reply ignored.
    A refused pipelined RSET is not the message's fault: temporary, and the session ends.
 7. After 354 the body goes out with its dot; a reply before the dot is written cannot be matched
-   and ends the session.  The reply to the dot decides the attempt; the ``mq_smtp_out_sent`` hook
+   and ends the session.  A server offering CHUNKING gets BDAT instead of DATA (RFC 3030, no
+   dot-stuffing): its chunks pipelined right behind the envelope, or each after the previous
+   reply without PIPELINING; a chunk's reply counts as a transaction command's, the reply to
+   ``BDAT n LAST`` as the dot's (after a refusal, the first refusal decides).  The reply to the dot decides the attempt; the ``mq_smtp_out_sent`` hook
    runs once the dot is written, and a refusal from it replaces the server's verdict.
 8. A 421 to any transaction command or to the dot: the message fails and the connection is
    closed without RSET or QUIT (the server is closing the channel).
@@ -67,7 +75,8 @@ from mqtwisted.hooks import OUT_DATA, OUT_SENT
 from mqtwisted.results import Attempt
 from mqtwisted.smtp import outevents as ev
 from mqtwisted.smtp.outauth import AuthSteps
-from mqtwisted.smtp.outbody import encode_body, mail_line, rcpt_line, wire
+from mqtwisted.smtp.outbody import NO_NEEDS, transaction_wire, unmet, wire
+from mqtwisted.smtp.outending import EndingSteps
 from mqtwisted.smtp.outstate import Await, Facts, Phase, Stage, Transaction
 
 # -- the table -----------------------------------------------------------------------------------
@@ -107,12 +116,14 @@ TABLE: dict[Await, Row] = {
     _A.DATA: Row("data", (354,), "transaction_reply", "transaction_reply"),
     _A.LONE_DOT: Row("data", _ANY, "lone_dot_reply", "lone_dot_reply"),
     _A.DOT: Row("message", _ANY, "final_reply", "final_reply"),
+    _A.BDAT: Row("message", (250,), "transaction_reply", "transaction_reply"),
+    _A.BDAT_LAST: Row("message", _ANY, "final_reply", "final_reply"),
     _A.QUIT: Row("quit", _ANY, "leave", "leave"),
 }
 
 
 @attrs.define
-class Outbound(AuthSteps):
+class Outbound(AuthSteps, EndingSteps):
     """The state of one outbound session and the rules for moving it."""
 
     policy: ev.Policy
@@ -316,11 +327,7 @@ class Outbound(AuthSteps):
             return
         offered = b"STARTTLS" in self.extensions
         if self.policy.requires_tls and not offered:
-            self.fault = self.facts.attempt(
-                "starttls", "error", permanent=False,
-                description=f"server does not offer STARTTLS and the TLS policy ({self.policy.tls_name}) requires it",
-            )
-            self.quit()
+            self.tls_refused(f"server does not offer STARTTLS and the TLS policy ({self.policy.tls_name}) requires it")
         elif offered and self.policy.tls_available:
             self.state = "starttls"
             self.send(Await.STARTTLS, b"STARTTLS")
@@ -331,8 +338,7 @@ class Outbound(AuthSteps):
         if event.problem is None:
             self.authenticate()
         else:
-            self.fault = self.facts.attempt("starttls", "error", permanent=False, description=event.problem)
-            self.quit()
+            self.tls_refused(event.problem)
 
     def helo_or_fault(self, row: Row, code: int, resp: bytes) -> None:
         if self.policy.requires_tls or self.policy.username:
@@ -347,46 +353,6 @@ class Outbound(AuthSteps):
         self.tls = True
         self.out.append(ev.StartTLS())
         self.send(Await.EHLO, b"EHLO " + self.policy.helo)
-
-    # -- faults and endings ---------------------------------------------------------------------
-
-    def close_with_fault(self, row: Row, code: int, resp: bytes) -> None:
-        self.fault = self.facts.reply_attempt(row.state, code, resp)
-        self.close()
-
-    def close_temporary(self, row: Row, code: int, resp: bytes) -> None:
-        self.fault = self.facts.reply_attempt(row.state, code, resp, permanent=False)
-        self.close()
-
-    def quit_with_fault(self, row: Row, code: int, resp: bytes) -> None:
-        self.fault = self.facts.reply_attempt(row.state, code, resp)
-        self.quit()
-
-    def quit_temporary(self, row: Row, code: int, resp: bytes) -> None:
-        self.fault = self.facts.reply_attempt(row.state, code, resp, permanent=False)
-        self.quit()
-
-    def protocol_error(self, description: str) -> None:
-        self.fault = self.facts.attempt(self.state, "invalid", description=description)
-        if self.tx is not None and self.tx.on_wire:
-            self.report(self.fault)
-        self.close()
-
-    def quit(self) -> None:
-        self.phase = Phase.QUITTING
-        self.state = "quit"
-        # Whatever the server still owes us, its next reply ends the session.
-        self.awaiting.clear()
-        self.send(Await.QUIT, b"QUIT")
-
-    def leave(self, row: Row | None = None, code: int = 0, resp: bytes = b"") -> None:
-        """Close without a fault: QUIT was answered, or the server is closing the channel."""
-        self.phase = Phase.QUITTING
-        self.close()
-
-    def close(self, abort: bool = False) -> None:
-        self.phase = Phase.CLOSING
-        self.out.append(ev.Close(abort))
 
     # -- the message loop ------------------------------------------------------------------------
 
@@ -422,23 +388,49 @@ class Outbound(AuthSteps):
         envelope, recipient, mime = wire(tx.message, tx.handle)
         if tx.mime is not None:
             mime = tx.mime
-        tx.body = encode_body(mime)
-        dsn = tx.message.dsn
+        dsn, needs = tx.message.dsn, getattr(tx.message, "needs", NO_NEEDS)
         rcpts = [(recipient, dsn), *((m.recipient, m.dsn) for m in tx.rcpts[1:])]
-        commands = [(Await.TX_RSET, b"RSET")] if self.needs_rset else []
-        commands.append((Await.MAIL, mail_line(envelope, "".join(r for r, _ in rcpts), tx.body, dsn, self.extensions)))
-        commands += [(Await.RCPT, rcpt_line(r, d, self.extensions)) for r, d in rcpts]
-        commands.append((Await.DATA, b"DATA"))
+        addresses = "".join(r for r, _ in rcpts)
+        verified = self.tls and self.policy.requiretls and self.policy.checks_certificate
+        problem = unmet(needs, envelope + addresses, self.extensions, verified)
+        if problem is not None:
+            # Never sent without what it needs (converted, mangled, in plaintext): returned.
+            self.report(self.facts.attempt("mailfrom", "error", status=problem.status, permanent=True,
+                                           description=problem.description))
+            self.after_message()
+            return
+        tx.body, chunks, commands = transaction_wire(envelope, rcpts, mime, needs, self.extensions)
+        tx.chunks.extend(chunks)
+        if self.needs_rset:
+            commands.insert(0, (Await.TX_RSET, b"RSET"))
         self.needs_rset = False
         tx.stage = Stage.ENVELOPE
         if b"PIPELINING" in self.extensions:
-            # The whole envelope in one write, so one segment (RFC 2920).
+            # The whole envelope in one write, so one segment (RFC 2920); BDAT chunks right behind.
             self.awaiting.extend(awaited for awaited, _ in commands)
             self.state = TABLE[commands[0][0]].state
             self.out.append(ev.Send(b"".join(line + b"\r\n" for _, line in commands)))
+            if chunks:
+                self.send_chunks(pipelined=True)
         else:
             self.unsent.extend(commands)
             self.send_next()
+
+    def send_chunks(self, pipelined: bool) -> None:
+        """BDAT: every chunk at once (pipelined), else the next one.  Writing the last ends the body."""
+        tx = self.tx
+        assert tx is not None
+        n = len(tx.chunks) if pipelined else 1
+        data = b"".join(tx.chunks.popleft() for _ in range(n))
+        self.awaiting.extend([Await.BDAT] * n)
+        tx.stage, tx.body = Stage.BODY, b""
+        if not pipelined:
+            self.state = "message"
+        if tx.chunks:
+            self.out.append(ev.Send(data))
+        else:
+            self.awaiting[-1] = Await.BDAT_LAST
+            self.out.append(ev.SendBody(data, end=b""))
 
     def send_next(self) -> None:
         awaited, line = self.unsent.popleft()
@@ -496,7 +488,11 @@ class Outbound(AuthSteps):
 
     def transaction_done(self) -> None:
         tx = self.tx
-        if tx is None or tx.error is None:
+        if tx is None:
+            return
+        if tx.error is None:
+            if tx.chunks:  # lock-step BDAT: the envelope or the last chunk was accepted
+                self.send_chunks(pipelined=False)
             return
         leave = tx.error.state == "rset"
         self.fail_transaction()
@@ -528,6 +524,10 @@ class Outbound(AuthSteps):
 
     def finish_message(self, code: int, resp: bytes) -> None:
         assert self.tx is not None
+        if self.tx.error is not None:
+            # Pipelined BDAT goes out whatever MAIL, RCPT or a chunk got: the first refusal decides.
+            self.transaction_done()
+            return
         reply = self.tx.hook_reply
         if reply is not None and reply.refuses:
             attempt = self.facts.attempt("message", "error", code=reply.code, status=reply.enhanced, description=reply.text)

@@ -48,6 +48,9 @@ class Policy:
     tls_mandatory: bool = False
     #: the adapter checks the certificate chain after the handshake (reports CertificateChecked)
     checks_certificate: bool = False
+    #: the connection carries REQUIRETLS messages (RFC 8689): TLS is mandatory and the certificate
+    #: check strict; a receiver that refuses either fails them for good (5.7.10)
+    requiretls: bool = False
 
     @property
     def requires_tls(self) -> bool:
@@ -162,9 +165,11 @@ class Send:
 
 @attrs.frozen
 class SendBody:
-    """Write this encoded body and its final dot, then report :class:`BodySent`."""
+    """Write this encoded body and ``end`` (DATA's final dot; BDAT has none), then report
+    :class:`BodySent`."""
 
     data: bytes
+    end: bytes = b".\r\n"
 
 
 @attrs.frozen

@@ -8,6 +8,7 @@ facts every result of the connection carries (:class:`Facts`).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,9 @@ class Await(enum.Enum):
     RCPT = "rcpt"
     DATA = "data"
     DOT = "dot"
+    #: a BDAT chunk (RFC 3030) that is not the last, and the ``BDAT n LAST`` that ends the message
+    BDAT = "bdat"
+    BDAT_LAST = "bdat last"
     LONE_DOT = "lone dot"
     QUIT = "quit"
 
@@ -61,9 +65,9 @@ class Stage(enum.Enum):
     HOOK = "hook"
     #: the message's prepare step (signing) runs on the final MIME; nothing is on the wire yet
     PREPARE = "prepare"
-    #: [RSET] MAIL RCPT DATA sent, replies outstanding
+    #: [RSET] MAIL RCPT DATA (or BDAT) sent, replies outstanding
     ENVELOPE = "envelope"
-    #: 354 received, body being written
+    #: 354 received (or BDAT chunks going out), body being written
     BODY = "body"
     #: the dot is written and ``mq_smtp_out_sent`` runs
     SENT_HOOK = "sent hook"
@@ -86,6 +90,8 @@ class Transaction:
     mime: bytes | None = None
     #: the encoded body, until 354
     body: bytes = b""
+    #: BDAT commands with their chunks not yet sent (receivers offering CHUNKING)
+    chunks: deque[bytes] = attrs.field(factory=deque)
     #: the first refusal, which decides the attempt (pipelined replies keep coming after it)
     error: Attempt | None = None
     hook_reply: Reply | None = None

@@ -492,7 +492,7 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, MessageCommands, smtp.ESMTP):
         if full is not None:
             self._send(full)  # the MTA's trouble, not the client's: no error counted
             return
-        refusal = commands.check_mail_params(path.params, self.factory.config.max_size)
+        refusal = commands.check_mail_params(path.params, self.factory.config.max_size, self.conn.secure)
         if refusal is None and path.address:
             refusal = commands.check_address(path.address, "SMTPUTF8" in path.params)
         if refusal is not None:

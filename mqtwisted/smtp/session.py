@@ -192,6 +192,8 @@ class Session:
         ext = ["PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "DSN", "CHUNKING", "BINARYMIME"]
         if self.tls_available and not self.secure:
             ext.append("STARTTLS")
+        if self.secure:
+            ext.append("REQUIRETLS")  # RFC 8689 §2: advertised only once TLS is up
         if self.auth_available and not self.authenticated and (self.secure or self.auth_plaintext):
             ext.append("AUTH PLAIN LOGIN")
         return ext

@@ -109,12 +109,22 @@ class TLSPolicies:
     def now(self) -> datetime.datetime:
         return datetime.datetime.fromtimestamp(self.clock(), datetime.UTC)
 
-    def for_destination(self, kind: str, domain: str, host: str, port: int, security: str) -> Deferred[HostTLS]:
+    def for_destination(self, kind: str, domain: str, host: str, port: int, security: str,
+                        published: bool = True) -> Deferred[HostTLS]:
         """The policy for ``host`` (``kind`` ``mx``: an MX host of ``domain``; ``smarthost``: only
-        the ``security`` level applies).  Fires at once when no lookup is needed."""
-        if kind != "mx":
+        the ``security`` level applies; ``published`` False: the domain's DANE and MTA-STS do not,
+        as for a message with ``TLS-Required: No``).  Fires at once when no lookup is needed."""
+        if kind != "mx" or not published:
             return defer.succeed(level(security, host, self.trust, self.now))
         return defer.ensureDeferred(self._for_host(domain, host, port, security))
+
+    def strict(self, tls: HostTLS) -> HostTLS:
+        """What REQUIRETLS makes of a host's policy (RFC 8689 §4.2.1): TLS mandatory and the
+        certificate verified, by the host's DANE or MTA-STS policy, else by PKIX (``--tls-ca``)
+        for the host name; a policy that only reports (MTA-STS testing) does not count."""
+        if tls.checks and not tls.report_only:
+            return attrs.evolve(tls, mandatory=True)
+        return level("verified", tls.host, self.trust, self.now)
 
     async def _for_host(self, domain: str, host: str, port: int, security: str) -> HostTLS:
         base = level(security, host, self.trust, self.now)
