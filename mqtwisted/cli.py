@@ -223,14 +223,14 @@ def json_documents(stream: Any, outbox: str, now: float) -> list[Any]:
     """The publications of MailerQ JSON documents, one per line of ``stream``; SystemExit naming
     the line and field of the first bad one (nothing is queued then)."""
     from mqtwisted.console.api_inject import documents
-    from mqtwisted.console.http import ApiError
+    from mqtwisted.console.http import ApiError, loads
 
     pubs = []
     for number, line in enumerate(stream, 1):
         if not line.strip():
             continue
         try:
-            pubs += documents(json.loads(line), outbox, now)
+            pubs += documents(loads(line), outbox, now)
         except ValueError as e:
             raise SystemExit(f"mqmta inject: stdin:{number}: not JSON: {e}") from None
         except ApiError as e:

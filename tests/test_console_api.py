@@ -224,6 +224,10 @@ def test_masking():
     assert mask("www-auth", "hardcoded://a:b") == "hardcoded://***"
     assert mask("www-auth", "file:///etc/mqmta/users") == "file:///etc/mqmta/users"
     assert mask("hostname", "mx.test") == "mx.test"
+    assert mask("queue", "amqp://u:p@s@h1:5672,h2:5673/v") == "amqp://u:***@h1:5672,h2:5673/v"  # a cluster
+    assert mask("state", "redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
+    assert mask("state", "redis://h/0?db=1&password=pw") == "redis://h/0?db=1&password=***"
+    assert mask("queue", "spool") == "spool" and mask("smarthost", "[::1]:25") == "[::1]:25"
 
 
 def test_options_keep_the_console_safe(tmp_path):
@@ -272,6 +276,9 @@ def test_cli_inject_json(tmp_path):
     bad = subprocess.run(cmd, input=lines[0] + "\n" + json.dumps(doc("nobody")) + "\n", capture_output=True,
                          text=True, env=env(), timeout=60)
     assert bad.returncode != 0 and "stdin:2: /recipient" in bad.stderr
+    nan = subprocess.run(cmd, input=lines[0][:-1] + ', "nextattempt": NaN}\n', capture_output=True, text=True,
+                         env=env(), timeout=60)
+    assert nan.returncode != 0 and "stdin:1: not JSON: NaN is not a JSON number" in nan.stderr
     assert len(spool_documents(str(tmp_path))) == 3  # nothing of the refused input was queued
 
 

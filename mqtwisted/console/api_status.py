@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+import re
 import time
-import urllib.parse
 from typing import Any
 
 from twisted.internet import defer
@@ -21,18 +21,20 @@ log = Logger()
 SECRET_OPTIONS = ("smtp-auth", "www-auth", "rest-tokens")
 
 
+#: the password of a URL's user information (``scheme://user:PASSWORD@``), wherever in the value
+#: (a cluster's ``--queue`` lists several hosts, which urllib cannot parse)
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:@/\s,]*):[^/\s?#]*@", re.IGNORECASE)
+#: a credential in a URL's query (``redis://host/0?password=…``)
+_QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pass|token|secret|key)=)[^&#\s]*", re.IGNORECASE)
+
+
 def mask(name: str, value: Any) -> Any:
     """An option's value as the console shows it: passwords and tokens replaced by ``***``."""
     if not isinstance(value, str) or not value:
         return value
     if name in SECRET_OPTIONS and value.startswith("hardcoded://"):
         return "hardcoded://***"
-    if "://" in value:
-        parsed = urllib.parse.urlsplit(value)
-        if parsed.password is not None:
-            netloc = f"{parsed.username}:***@{parsed.hostname or ''}" + (f":{parsed.port}" if parsed.port else "")
-            return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, parsed.query, parsed.fragment))
-    return value
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", value))
 
 
 def jsonable(value: Any) -> Any:
