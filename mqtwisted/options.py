@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from mqtwisted.jsonvalues import SECURITY_LEVELS
 from mqtwisted.queue import AMQP_QUEUE_TYPES
+from mqtwisted.shaping.rates import parse_duration
 
 
 class ConfigError(usage.UsageError):
@@ -68,19 +69,6 @@ def _positive_int(value: str) -> int:
 
 def _seconds(value: str) -> float:
     n = float(value)
-    if n < 0:
-        raise ValueError("must not be negative")
-    return n
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def duration(value: str) -> float:
-    """Seconds, or a number with Postfix's one-letter unit (``4h``, ``30m``, ``1d``)."""
-    text = str(value).strip().lower()
-    scale = _UNITS.get(text[-1:], None)
-    n = float(text[:-1] if scale else text) * (scale or 1)
     if n < 0:
         raise ValueError("must not be negative")
     return n
@@ -201,7 +189,7 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("retry-interval", "600,600,1800,1800,3600,3600,7200", _intervals, "retry schedule, seconds (last repeats)"),
     ("max-delivertime", "86400", _seconds, "give up delivering after this many seconds"),
     ("max-attempts", "0", _positive_int, "give up after this many attempts (0: no limit)"),
-    ("delay-warning-time", "4h", duration,
+    ("delay-warning-time", "4h", parse_duration,
      "after this long in the queue (seconds, or with a unit: 4h, 30m) a message still retried gets one "
      "'delayed' DSN to its sender, when its NOTIFY names DELAY (0: never)"),
     ("max-messages-per-connection", "100", _positive_int, "messages sent over one outbound connection"),

@@ -90,3 +90,10 @@ def test_arrival_date_from_the_received_time_mqmta_stores() -> None:
     # A document without it (another publisher's) reports no arrival date.
     out = build_report(doc(), failed(Attempt("rcptto", "error", 550, "5.1.1", "no")), reporting_mta="mqmta.test", now=0)
     assert "Arrival-Date" not in out["mime"]
+
+
+def test_bounce_property_reads_reports_written_before_it_had_an_action() -> None:
+    from mqtwisted.document import Bounce
+
+    assert Bounce.parse("bounce", {"recipient": "a@b", "status": "5.1.1"}) == Bounce("a@b", "5.1.1", "failed")
+    assert Bounce("a@b", "2.0.0", "relayed").to_json() == {"recipient": "a@b", "status": "2.0.0", "action": "relayed"}

@@ -17,6 +17,7 @@ from mqtwisted.jsonvalues import parse_intervals
 from mqtwisted.milter.client import parse_specs
 from mqtwisted.results import DEFAULT_MAX_DELIVERTIME, DEFAULT_RETRY_INTERVALS
 from mqtwisted.shaping import Limits
+from mqtwisted.shaping.rates import parse_duration
 
 #: The queues delivery consumes (``outbox``) and publishes to, each named by the option of the
 #: same name.
@@ -60,7 +61,7 @@ OPTION_FIELDS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
     ("retry_interval", "retry-interval", _schedule),
     ("max_delivertime", "max-delivertime", lambda v: int(float(v))),
     ("max_attempts", "max-attempts", int),
-    ("delay_warning_time", "delay-warning-time", mta_options.duration),
+    ("delay_warning_time", "delay-warning-time", parse_duration),
     ("security", "smtp-client-security", str),
     ("timeout", "smtp-client-timeout", float),
     ("connect_timeout", "connect-timeout", float),
