@@ -267,6 +267,8 @@ def test_operator_session(tmp_path):
             page.click("a[data-page=config]")
             expect(page.locator("#config-table")).to_contain_text("hardcoded://***")
             expect(page.locator("#config-table")).not_to_contain_text("s3cret")
+            page.fill("#config-filter", "auth")
+            expect(page.locator("#config-table tbody tr", has_text="www-auth-failures")).to_contain_text("5/600")
             shot(page, "config")
             browser.close()
         assert "Traceback" not in mta.output()

@@ -9,6 +9,7 @@ import time
 import pytest_twisted
 
 from mqtwisted import cli
+from tests.conftest_redis import redis_url  # noqa: F401  (a fixture)
 from tests.consolehelpers import console_mta
 
 
@@ -92,5 +93,21 @@ async def test_suppressions_over_the_api_are_the_commands_list(tmp_path, capsys)
             refused = await client.call("POST", "/v1/suppressions", body)
             assert refused.status == 400 and refused.json["field"] == field, (body, refused.json)
         assert len((await client.call("GET", "/v1/suppressions")).json["suppressions"]) == 2
+    finally:
+        await mta.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_api_writes_the_shared_state_in_redis(tmp_path, capsys, redis_url):  # noqa: F811
+    mta, client = await console_mta(str(tmp_path), state=redis_url)
+    try:
+        pause = (await client.call("POST", "/v1/pauses", {"source": "10.0.0.7", "duration": 60})).json
+        assert (await client.call("POST", "/v1/suppressions", {"pattern": "gone@example.org"})).status == 200
+        code, listed = command(capsys, "pause", "list", "--json", "--state", redis_url)
+        assert code == 0 and [(p["id"], p["source"]) for p in listed] == [(pause["id"], "10.0.0.7")]
+        assert [e["pattern"] for e in command(capsys, "suppress", "list", "--json", "--state", redis_url)[1]] == [
+            "gone@example.org"]
+        assert (await client.call("DELETE", "/v1/suppressions/gone@example.org")).json == {"ok": True}
+        assert command(capsys, "suppress", "list", "--json", "--state", redis_url)[1] == []
     finally:
         await mta.stop()

@@ -251,7 +251,7 @@ Console.register("config", {
     fill(document.querySelector("#config-table tbody"), Object.entries(this.options)
       .filter(([k, v]) => !q || k.includes(q) || JSON.stringify(v).toLowerCase().includes(q))
       .map(([k, v]) => el("tr", {}, el("td", {class: "mono", text: k}),
-        el("td", {class: "mono wrap", text: v === null || v === "" ? "—" : Array.isArray(v) ? v.join(", ") : String(v)}))));
+        el("td", {class: "mono wrap", text: v === null || v === "" || (Array.isArray(v) && !v.length) ? "—" : Array.isArray(v) ? v.join(", ") : String(v)}))));
   },
 });
 
