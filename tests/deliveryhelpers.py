@@ -48,10 +48,15 @@ class Net:
 
     def run(self) -> None:
         """Connect what the service dialled since the last call, and carry every byte each way
-        until all connections are quiet (parked sessions stay open)."""
+        until all connections are quiet (parked sessions stay open).  Calls due now run between
+        pumps, as a reactor runs them between reads (the service settles outcomes that way)."""
         self._connect()
-        while any([p.pump() for p in self.pumps]):
+        while True:
+            self.reactor.advance(0)
             self._connect()
+            if not any([p.pump() for p in self.pumps]):
+                break
+        self.reactor.advance(0)
         self._connect()
 
     def _connect(self) -> None:

@@ -90,6 +90,11 @@ class MemoryQueue:
         self._wake_all()
         return succeed(ids)
 
+    def settle_many(self, settlements: Sequence[tuple[Lease, Sequence[Publication]]]) -> Deferred[list[Exception | None]]:
+        for lease, publications in settlements:
+            self.settle(lease, publications)
+        return succeed([None] * len(settlements))
+
     def release(self, lease: Lease) -> None:
         self._leased.get(lease.queue, set()).discard(lease.id)
 

@@ -91,6 +91,32 @@ def test_publish_consume_settle(backend):
 
 
 @pytest_twisted.inlineCallbacks
+def test_settle_many_settles_each_lease_and_reports_each_outcome(backend):
+    """A transaction's recipients settle together: one delivered, one back in the outbox for a
+    retry, one failed; the shared body outlives the ones that went."""
+    body = Body(data=b"Subject: many\r\n\r\nshared\r\n")
+    yield backend.publish([Publication("outbox", {"recipient": f"{c}@example.com"}, body) for c in "abc"])
+    leases = Leases()
+    backend.consume("outbox", leases, prefetch=10)
+    by_rcpt = {}
+    for _ in range(3):
+        lease = yield leases.next()
+        by_rcpt[lease.document["recipient"][0]] = lease
+    again = {"recipient": "b@example.com", "results": [{"result": "error"}]}
+    errors = yield backend.settle_many([
+        (by_rcpt["a"], [Publication("success", {"recipient": "a@example.com"})]),
+        (by_rcpt["b"], [Publication("outbox", again, body), Publication("retry", {"recipient": "b@example.com"})]),
+        (by_rcpt["c"], [Publication("failure", {"recipient": "c@example.com"})]),
+    ])
+    assert errors == [None, None, None]
+    retried = yield leases.next()
+    assert retried.document == {**again, "mime": "Subject: many\r\n\r\nshared\r\n"}
+    settled = counts((yield backend.stats()))
+    settled.pop("outbox", None)  # the spool counts the leased retry, a broker does not
+    assert settled == {"success": 1, "retry": 1, "failure": 1}
+
+
+@pytest_twisted.inlineCallbacks
 def test_failed_settle_removes_nothing(backend):
     """Outcome first, removal second: when the outcome cannot be stored the document stays."""
     yield backend.publish([Publication("outbox", {"n": 1})])

@@ -96,6 +96,7 @@ class DeliveryService(service.Service):
         self.destinations: dict[DestinationKey, Destination] = {}
         self.stopping = False
         self._settling: set[Deferred] = set()
+        self._to_settle: list[tuple[Job, list[Publication]]] = []
         self._timers: dict[Any, tuple[Any, Lease]] = {}
         self._tls_policies: TLSPolicies | None = None
         self._tls_context: Any = None
@@ -196,6 +197,7 @@ class DeliveryService(service.Service):
             self.queue.release(lease)
         self._timers.clear()
         self.paused.release_all()
+        self._settle_now()
         waits = []
         for dest in list(self.destinations.values()):
             dest.stop_waking()
@@ -209,6 +211,7 @@ class DeliveryService(service.Service):
         d = defer.DeferredList(waits + list(self._settling), consumeErrors=True)
 
         def settled(_: Any) -> Any:
+            self._settle_now()  # what the last sessions reported in this reactor turn
             if self._settling:
                 return defer.DeferredList(list(self._settling), consumeErrors=True)
             return None
@@ -452,15 +455,34 @@ class DeliveryService(service.Service):
         METRICS.classified(job.destination, job.source, attempt.classification or "accepted")
 
     def _settle(self, job: Job, pubs: list[Publication]) -> None:
-        d = defer.maybeDeferred(self.queue.settle, job.lease, pubs)
+        # Outcomes of one reactor turn (the recipients of a transaction, answered by one reply
+        # to the dot) are settled together: one job for the queue, one callback for all.
+        if not self._to_settle:
+            self.reactor.callLater(0, self._settle_now)
+        self._to_settle.append((job, pubs))
+
+    def _settle_now(self) -> None:
+        batch, self._to_settle = self._to_settle, []
+        if not batch:
+            return
+        d = defer.maybeDeferred(self.queue.settle_many, [(job.lease, pubs) for job, pubs in batch])
         self._settling.add(d)
 
-        def failed(f: Any) -> None:
+        def settled(errors: list[Exception | None]) -> None:
+            for (job, _), error in zip(batch, errors, strict=True):
+                if error is not None:
+                    failed(job, error)
+
+        def failed(job: Job, error: Any) -> None:
             # Not durable: give the lease back so the message is tried again (never lost).
-            log.failure("settling {id} failed; released", f, id=job.lease.id)
+            log.error("settling {id} failed; released: {error}", id=job.lease.id, error=error)
             self.queue.release(job.lease)
 
-        d.addErrback(failed)
+        def all_failed(f: Any) -> None:
+            for job, _ in batch:
+                failed(job, f.getErrorMessage())
+
+        d.addCallbacks(settled, all_failed)
         d.addBoth(lambda r: self._settling.discard(d))
 
 

@@ -57,6 +57,10 @@ class Lease:
     token: Any = None
 
 
+#: one lease and the publications that settle it
+Settlement = tuple[Lease, Sequence[Publication]]
+
+
 class QueueUnavailable(Exception):
     """The backend cannot store right now (broker down, disk full); callers answer 4xx."""
 
@@ -75,6 +79,10 @@ class Queue(Protocol):
 
     def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
         """Make ``publications`` durable, then remove the leased document."""
+
+    def settle_many(self, settlements: Sequence[Settlement]) -> Deferred[list[Exception | None]]:
+        """:meth:`settle` for several leases at once (the recipients of one transaction, the
+        outcomes of one reactor turn); fires with each one's error, or None where it settled."""
 
     def release(self, lease: Lease) -> None:
         """Give a lease back unsettled (shutdown): it is delivered again later."""

@@ -52,7 +52,7 @@ import pika
 from pika import exceptions as pika_exceptions
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from twisted.internet import defer
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -66,6 +66,7 @@ from mqtwisted.queue import (
     Lease,
     Publication,
     QueueUnavailable,
+    Settlement,
 )
 from mqtwisted.queue.amqp_link import AmqpLink, Outgoing, unavailable
 from mqtwisted.queue.amqp_wire import (
@@ -497,6 +498,13 @@ class AmqpQueue:
         self._settled[id] = None
         if len(self._settled) > SETTLED_MEMORY:
             self._settled.popitem(last=False)
+
+    def settle_many(self, settlements: Sequence[Settlement]) -> Deferred[list[Exception | None]]:
+        """Each lease settles on its own: a broker acks deliveries one by one, and one void
+        lease must not hold the others back."""
+        settling = [self.settle(lease, pubs) for lease, pubs in settlements]
+        return DeferredList(settling, consumeErrors=True).addCallback(
+            lambda results: [None if ok else value.value for ok, value in results])
 
     # The broker pushes new documents to every consumer, in whatever process it runs.
     def watch(self, queue: str, callback: Callable[[], None]) -> None:

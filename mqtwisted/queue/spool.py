@@ -37,13 +37,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from mqtwisted.document import Document as MailerQDocument
 from mqtwisted.document import due_time
 from mqtwisted.jsonvalues import mime_text
-from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable
+from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable, Settlement
 from mqtwisted.reactors import LazyReactor
 
 log = Logger()
@@ -236,8 +236,6 @@ class SpoolQueue:
         try:
             rows = self._prepare(publications)
         except Exception as e:
-            from twisted.internet.defer import fail
-
             return fail(e)
         d = self._submit(lambda db: self._insert(db, rows))
         d.addCallback(self._published, publications)
@@ -397,31 +395,56 @@ class SpoolQueue:
 
     def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
         rows = self._prepare(publications)
-        row_id = int(lease.token if lease.token is not None else lease.id)
+        row_id = _row_id(lease)
 
         def settle(db: sqlite3.Connection) -> list[str]:
-            requeued = any(queue == lease.queue for queue, _, _, _ in rows)
-            ids = self._insert(db, rows, reuse=(lease.queue, row_id))
-            if not requeued:
-                _delete(db, row_id)
+            ids, body = _settle_one(db, lease.queue, row_id, rows)
+            _collect_body(db, body)
             return ids
 
-        d = self._submit(settle, hold=True)
-
         def settled(ids: list[str]) -> list[str]:
-            self._forget(lease.queue, row_id)
+            self._forget(lease.queue, [row_id])
             return self._published(ids, publications)
 
-        d.addCallback(settled)
-        return d
+        return self._submit(settle, hold=True).addCallback(settled)
+
+    def settle_many(self, settlements: Sequence[Settlement]) -> Deferred[list[Exception | None]]:
+        """All of ``settlements`` in one job of the spool thread, so in one transaction: they
+        are durable together or not at all."""
+        try:
+            prepared = [(lease.queue, _row_id(lease), self._prepare(pubs)) for lease, pubs in settlements]
+        except Exception as e:
+            return fail(e)
+
+        def settle(db: sqlite3.Connection) -> None:
+            bodies = set()
+            for queue, row_id, rows in prepared:
+                bodies.add(_settle_one(db, queue, row_id, rows)[1])
+            # A body that many of them shared is looked at once, after the last of them went.
+            for body in bodies:
+                _collect_body(db, body)
+
+        def settled(_: None) -> list[Exception | None]:
+            by_queue: dict[str, list[int]] = {}
+            for queue, row_id, _ in prepared:
+                by_queue.setdefault(queue, []).append(row_id)
+            for queue, row_ids in by_queue.items():
+                self._forget(queue, row_ids)
+            self._published([], [pub for _, pubs in settlements for pub in pubs])
+            return [None] * len(prepared)
+
+        def failed(f: Any) -> list[Exception | None]:
+            return [f.value] * len(prepared)
+
+        return self._submit(settle, hold=True).addCallbacks(settled, failed)
 
     def release(self, lease: Lease) -> None:
-        self._forget(lease.queue, int(lease.token if lease.token is not None else lease.id))
+        self._forget(lease.queue, [_row_id(lease)])
 
-    def _forget(self, queue: str, row_id: int) -> None:
+    def _forget(self, queue: str, row_ids: Sequence[int]) -> None:
         consumer = self._consumers.get(queue)
-        if consumer is not None and row_id in consumer.leased:
-            consumer.leased.discard(row_id)
+        if consumer is not None and not consumer.leased.isdisjoint(row_ids):
+            consumer.leased.difference_update(row_ids)
             self._wake(queue)
 
     # -- inspection ----------------------------------------------------------------------------
@@ -450,7 +473,7 @@ class SpoolQueue:
             if db.execute("SELECT 1 FROM docs WHERE queue = ? AND id = ?", (queue, int(id))).fetchone() is None:
                 return None
             ids = self._insert(db, rows)
-            _delete(db, int(id))
+            _collect_body(db, _delete(db, int(id)))
             return ids
 
         def done(ids: list[str] | None) -> list[str] | None:
@@ -539,10 +562,24 @@ def _load_body(db: sqlite3.Connection, body_id: int | None, inline: bytes | None
     return None if row is None else bytes(row[0])
 
 
-def _delete(db: sqlite3.Connection, row_id: int) -> None:
+def _row_id(lease: Lease) -> int:
+    return int(lease.token if lease.token is not None else lease.id)
+
+
+def _settle_one(db: sqlite3.Connection, queue: str, row_id: int,
+                rows: list[tuple[str, float, Body | None, str]]) -> tuple[list[str], int | None]:
+    """Store ``rows``, then remove leased document ``row_id`` of ``queue`` (unless one of the
+    rows rewrote it in place: a retry keeps its id).  Its ids, and the body the removed
+    document pointed at, for :func:`_collect_body` once the caller is done."""
+    requeued = any(row[0] == queue for row in rows)
+    ids = SpoolQueue._insert(db, rows, reuse=(queue, row_id))
+    return ids, None if requeued else _delete(db, row_id)
+
+
+def _delete(db: sqlite3.Connection, row_id: int) -> int | None:
+    """Remove document ``row_id``: the body it pointed at, for :func:`_collect_body`."""
     row = db.execute("DELETE FROM docs WHERE id = ? RETURNING body", (row_id,)).fetchone()
-    if row is not None:
-        _collect_body(db, row[0])
+    return None if row is None else row[0]
 
 
 def _collect_body(db: sqlite3.Connection, body_id: int | None) -> None:
