@@ -218,8 +218,9 @@ async def test_real_mqmta_one_delayed_report_and_a_delivered_one(tmp_path) -> No
         await wait_until(reported, 30, "the delayed and delivered reports")
         after = attempts()
         await wait_until(lambda: attempts() >= after + 3, 30, "three more attempts after the warning")
-        reports = {r["bounce"]["action"]: r for r in await mta.documents("dsn")}
-        assert sorted(reports) == ["delayed", "delivered"]  # still one delayed report
+        documents = await mta.documents("dsn")
+        assert sorted(r["bounce"]["action"] for r in documents) == ["delayed", "delivered"]  # still one delayed
+        reports = {r["bounce"]["action"]: r for r in documents}
         delayed = parse_report(reports["delayed"]).per_recipient
         assert (delayed["Action"], delayed["Status"]) == ("delayed", "4.2.0")
         assert delayed["Diagnostic-Code"] == "smtp; 451 4.2.0 mailbox busy"
