@@ -82,12 +82,17 @@ class ServerTLS:
     def context(self) -> Any:
         if self._options is None:
             with open(self.cert_path, "rb") as c, open(self.key_path, "rb") as k:
-                pem = c.read() + b"\n" + k.read()
+                certificates = c.read()
+                pem = certificates + b"\n" + k.read()
             cert = ssl.PrivateCertificate.loadPEM(pem)
+            # The certificates after the first (a fullchain.pem's intermediates) go with it: a
+            # client that verifies (REQUIRETLS, MTA-STS) has only the root.
+            chain = x509.load_pem_x509_certificates(certificates)[1:]
             self._options = ssl.CertificateOptions(
                 # pyOpenSSL deprecates its own PKey objects: hand it the cryptography key
                 privateKey=cert.privateKey.original.to_cryptography_key(),
                 certificate=cert.original.to_cryptography(),
+                extraCertChain=chain,
                 raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
             )
         return self._options
