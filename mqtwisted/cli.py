@@ -56,7 +56,7 @@ def _run_queue(args: argparse.Namespace, call: Any) -> Any:
 def cmd_queue(args: argparse.Namespace) -> int:
     if args.queue_url != "spool":
         return _queue_amqp(args)
-    from mqtwisted.queue.spool import read_document, read_documents, read_stats
+    from mqtwisted.queue.spool_tables import read_document, read_documents, read_stats
 
     db = sqlite3.connect(f"file:{_spool_path(args.data_dir)}?mode=ro", uri=True)
     if args.action == "stats":

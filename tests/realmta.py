@@ -69,7 +69,7 @@ class MTAProcess:
 def spool_stats(data_dir: str) -> dict[str, int]:
     import sqlite3
 
-    from mqtwisted.queue.spool import read_stats
+    from mqtwisted.queue.spool_tables import read_stats
 
     return read_stats(sqlite3.connect(os.path.join(data_dir, "spool.sqlite3")))
 
@@ -77,7 +77,7 @@ def spool_stats(data_dir: str) -> dict[str, int]:
 def spool_documents(data_dir: str, queue: str = "outbox") -> list[dict[str, Any]]:
     import sqlite3
 
-    from mqtwisted.queue.spool import read_documents
+    from mqtwisted.queue.spool_tables import read_documents
 
     db = sqlite3.connect(os.path.join(data_dir, "spool.sqlite3"))
     return [doc for _, doc in read_documents(db, queue, 10**9)]

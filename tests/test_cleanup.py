@@ -12,7 +12,8 @@ import pytest_twisted
 from mqtwisted.cleanup import Cleanup
 from mqtwisted.envelope import Envelope, Recipient
 from mqtwisted.queue import Body, mime_bytes
-from mqtwisted.queue.spool import SpoolQueue, read_document
+from mqtwisted.queue.spool import SpoolQueue
+from mqtwisted.queue.spool_tables import read_document
 from mqtwisted.smtp.policy import RelayPolicy
 from mqtwisted.testing import test_connection
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mqtwisted.queue.spool import read_documents
+from mqtwisted.queue.spool_tables import read_documents
 from tests.conftest import block_until, free_port, wait_port
 from tests.realmta import MTAProcess, spool_stats
 

@@ -94,6 +94,7 @@ def test_reuse_and_connection_cap() -> None:
                                      max_recipients=1)
     svc.startService()
     publish(queue, *[doc(f"u{i}@example.com") for i in range(10)])
+    reactor.advance(0)
     assert len(reactor.tcpClients) == 2
     net.run()
     results = queue.docs("success")
@@ -329,5 +330,6 @@ def test_smtp_client_timeout_and_connect_timeout_reach_the_connection() -> None:
     svc, queue, net, reactor = make({}, **{k: v for k, v in attrs.asdict(DeliveryOptions.from_options(opts)).items() if k != "helo"})
     svc.startService()
     publish(queue, doc())
+    reactor.advance(0)
     (_host, _port, factory, connect_timeout, _bind) = reactor.tcpClients[0]
     assert factory.timeout == 7 and connect_timeout == 3

@@ -66,6 +66,7 @@ def test_connections_are_opened_for_transactions_not_documents() -> None:
     svc, queue, net, reactor = make({"10.0.0.1": server}, max_recipients=3)
     svc.startService()
     publish(queue, *[doc(f"u{i}@example.com") for i in range(7)])
+    reactor.advance(0)  # the end of the turn that brought them
     assert len(reactor.tcpClients) == 3
     net.run()
     assert sorted(len(r) for r in rcpts(server)) == [1, 3, 3] and len(queue.docs("success")) == 7

@@ -95,6 +95,7 @@ def test_connection_limit_is_shared_by_domains_with_the_same_mx_hosts(tmp_path):
     svc, queue, net, reactor = make({"10.0.0.1": server}, table, shaping=path, max_recipients=1)
     svc.startService()  # learns example.com's MX hosts
     publish(queue, *[doc(f"u{i}@example.com") for i in range(3)], *[doc(f"u{i}@other.org") for i in range(3)])
+    reactor.advance(0)
     assert len(reactor.tcpClients) == 2  # two connections for both domains together
     net.run()
     assert len(server.messages) == 6 and server.connections == 6

@@ -11,7 +11,8 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mqtwisted.queue import Body, Publication
-from mqtwisted.queue.spool import SpoolQueue, read_stats
+from mqtwisted.queue.spool import SpoolQueue
+from mqtwisted.queue.spool_tables import read_stats
 from tests.conftest import ClockWithThreads, wait_until
 
 

@@ -100,7 +100,10 @@ class Destination:
 
     def add(self, job: Job) -> None:
         self.pending.append(job)
-        self.pump()
+        # Pumped once the reactor turn that brought it is over: the queue hands documents over
+        # in bursts (a fetch, a broker's frames of one read), and a parked connection woken by
+        # the first of them would send it alone instead of with the copies that follow.
+        self.wake_in(0)
 
     def pump(self) -> None:
         service = self.service

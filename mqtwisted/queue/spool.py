@@ -43,27 +43,25 @@ from twisted.logger import Logger
 from mqtwisted.document import Document as MailerQDocument
 from mqtwisted.document import due_time
 from mqtwisted.jsonvalues import mime_text
-from mqtwisted.queue import Body, Document, Lease, Publication, QueueUnavailable, Settlement
+from mqtwisted.queue import Document, Lease, Publication, QueueUnavailable, Settlement
+from mqtwisted.queue.spool_tables import (
+    SCHEMA,
+    Row,
+    collect_body,
+    delete_row,
+    insert_rows,
+    load_body,
+    read_document,
+    read_documents,
+    read_stats,
+    settle_one,
+    with_mime,
+)
 from mqtwisted.reactors import LazyReactor
 
 log = Logger()
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS docs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    due REAL NOT NULL DEFAULT 0,
-    body INTEGER REFERENCES bodies(id),
-    doc TEXT NOT NULL,
-    mime BLOB
-);
-CREATE INDEX IF NOT EXISTS docs_by_queue ON docs (queue, due, id);
-CREATE INDEX IF NOT EXISTS docs_by_body ON docs (body) WHERE body IS NOT NULL;
-"""
 
-_BLOB_CHUNK = 1 << 20
-_INLINE = 1 << 20
 POLL_INTERVAL = 1.0
 #: seconds a transaction waits for another process's (a delivery worker's, ``mqmta inject``)
 BUSY_TIMEOUT = 5.0
@@ -152,7 +150,7 @@ class SpoolQueue:
         # FULL: in WAL mode NORMAL does not fsync on commit, and a 250 promises durability.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=OFF")
-        db.executescript(_SCHEMA)
+        db.executescript(SCHEMA)
         # From here on a busy database is waited for by _begin, in steps of 0.1 ms: SQLite's own
         # handler sleeps 1, 2, 5, 10 ms..., and with a delivery worker writing the same spool
         # those sleeps landed on every message waiting for its commit (1.7 s of waiting in a
@@ -237,11 +235,11 @@ class SpoolQueue:
             rows = self._prepare(publications)
         except Exception as e:
             return fail(e)
-        d = self._submit(lambda db: self._insert(db, rows))
+        d = self._submit(lambda db: insert_rows(db, rows))
         d.addCallback(self._published, publications)
         return d
 
-    def _prepare(self, publications: Sequence[Publication]) -> list[tuple[str, float, Body | None, str]]:
+    def _prepare(self, publications: Sequence[Publication]) -> list[Row]:
         # JSON encoding happens here, on the caller's thread, so the database thread only writes.
         rows = []
         encoded: dict[tuple[int, bool], str] = {}  # one document to several queues: encode once
@@ -268,49 +266,6 @@ class SpoolQueue:
 
     def poke(self, queue: str) -> None:
         self._wake(queue)
-
-    @staticmethod
-    def _insert(
-        db: sqlite3.Connection,
-        rows: list[tuple[str, float, Body | None, str]],
-        reuse: tuple[str, int] | None = None,
-    ) -> list[str]:
-        """Insert ``rows``; with ``reuse=(queue, id)`` the first row for that queue rewrites
-        document ``id`` in place, so a message re-queued for a retry keeps its queue id."""
-        uses: dict[int, int] = {}
-        for _, _, body, _ in rows:
-            if body is not None:
-                uses[id(body)] = uses.get(id(body), 0) + 1
-        body_ids: dict[int, int] = {}
-        ids = []
-        for queue, due, body, doc in rows:
-            body_id = inline = None
-            if body is not None:
-                if uses[id(body)] == 1 and body.data is not None and len(body.data) <= _INLINE:
-                    # One recipient: the body lives in the document's row (fewer pages to write).
-                    inline = body.data
-                else:
-                    body_id = body_ids.get(id(body))
-                    if body_id is None:
-                        body_id = body_ids[id(body)] = _store_body(db, body)
-            if reuse is not None and reuse[0] == queue:
-                row_id, reuse = reuse[1], None
-                (old_body,) = db.execute(
-                    "SELECT body FROM docs WHERE id = ?", (row_id,)
-                ).fetchone() or (None,)
-                db.execute(
-                    "UPDATE docs SET due = ?, body = ?, doc = ?, mime = ? WHERE id = ?",
-                    (due, body_id, doc, inline, row_id),
-                )
-                _collect_body(db, old_body)
-                ids.append(str(row_id))
-                continue
-            cur = db.execute(
-                "INSERT INTO docs (queue, due, body, doc, mime) VALUES (?, ?, ?, ?, ?)",
-                (queue, due, body_id, doc, inline),
-            )
-            ids.append(str(cur.lastrowid))
-        return ids
 
     # -- consuming -----------------------------------------------------------------------------
 
@@ -347,7 +302,7 @@ class SpoolQueue:
                 (queue, now, exclude, room),
             ).fetchall()
             # A body shared by many recipients is read once, not once per document.
-            bodies = {body: _load_body(db, body) for *_, body in rows if body is not None}
+            bodies = {body: load_body(db, body) for *_, body in rows if body is not None}
             (nxt,) = db.execute(
                 "SELECT MIN(due) FROM docs WHERE queue = ? AND due > ?", (queue, now)
             ).fetchone()
@@ -366,7 +321,7 @@ class SpoolQueue:
         # delivery finds the copies of one message by comparing it, identity first).
         texts = {body: None if data is None else mime_text(data) for body, data in bodies.items()}
         for row_id, doc, inline, body in rows:
-            document = _with_mime(json.loads(doc), mime_text(inline) if inline is not None else texts.get(body))
+            document = with_mime(json.loads(doc), mime_text(inline) if inline is not None else texts.get(body))
             consumer.leased.add(row_id)
             lease = Lease(consumer.queue, str(row_id), document, token=row_id)
             try:
@@ -398,8 +353,8 @@ class SpoolQueue:
         row_id = _row_id(lease)
 
         def settle(db: sqlite3.Connection) -> list[str]:
-            ids, body = _settle_one(db, lease.queue, row_id, rows)
-            _collect_body(db, body)
+            ids, body = settle_one(db, lease.queue, row_id, rows)
+            collect_body(db, body)
             return ids
 
         def settled(ids: list[str]) -> list[str]:
@@ -419,10 +374,10 @@ class SpoolQueue:
         def settle(db: sqlite3.Connection) -> None:
             bodies = set()
             for queue, row_id, rows in prepared:
-                bodies.add(_settle_one(db, queue, row_id, rows)[1])
+                bodies.add(settle_one(db, queue, row_id, rows)[1])
             # A body that many of them shared is looked at once, after the last of them went.
             for body in bodies:
-                _collect_body(db, body)
+                collect_body(db, body)
 
         def settled(_: None) -> list[Exception | None]:
             by_queue: dict[str, list[int]] = {}
@@ -472,8 +427,8 @@ class SpoolQueue:
         def rewrite(db: sqlite3.Connection) -> list[str] | None:
             if db.execute("SELECT 1 FROM docs WHERE queue = ? AND id = ?", (queue, int(id))).fetchone() is None:
                 return None
-            ids = self._insert(db, rows)
-            _collect_body(db, _delete(db, int(id)))
+            ids = insert_rows(db, rows)
+            collect_body(db, delete_row(db, int(id)))
             return ids
 
         def done(ids: list[str] | None) -> list[str] | None:
@@ -541,81 +496,5 @@ def _fire(outcomes: list[tuple[Deferred, bool, Any]]) -> None:
             deferred.errback(value)
 
 
-def _store_body(db: sqlite3.Connection, body: Body) -> int:
-    if body.data is not None:
-        return db.execute("INSERT INTO bodies (data) VALUES (?)", (body.data,)).lastrowid
-    assert body.path is not None
-    size = os.path.getsize(body.path)
-    body_id = db.execute("INSERT INTO bodies (data) VALUES (zeroblob(?))", (size,)).lastrowid
-    with open(body.path, "rb") as src, db.blobopen("bodies", "data", body_id) as blob:
-        while chunk := src.read(_BLOB_CHUNK):
-            blob.write(chunk)
-    return body_id
-
-
-def _load_body(db: sqlite3.Connection, body_id: int | None, inline: bytes | None = None) -> bytes | None:
-    if inline is not None:
-        return bytes(inline)
-    if body_id is None:
-        return None
-    row = db.execute("SELECT data FROM bodies WHERE id = ?", (body_id,)).fetchone()
-    return None if row is None else bytes(row[0])
-
-
 def _row_id(lease: Lease) -> int:
     return int(lease.token if lease.token is not None else lease.id)
-
-
-def _settle_one(db: sqlite3.Connection, queue: str, row_id: int,
-                rows: list[tuple[str, float, Body | None, str]]) -> tuple[list[str], int | None]:
-    """Store ``rows``, then remove leased document ``row_id`` of ``queue`` (unless one of the
-    rows rewrote it in place: a retry keeps its id).  Its ids, and the body the removed
-    document pointed at, for :func:`_collect_body` once the caller is done."""
-    requeued = any(row[0] == queue for row in rows)
-    ids = SpoolQueue._insert(db, rows, reuse=(queue, row_id))
-    return ids, None if requeued else _delete(db, row_id)
-
-
-def _delete(db: sqlite3.Connection, row_id: int) -> int | None:
-    """Remove document ``row_id``: the body it pointed at, for :func:`_collect_body`."""
-    row = db.execute("DELETE FROM docs WHERE id = ? RETURNING body", (row_id,)).fetchone()
-    return None if row is None else row[0]
-
-
-def _collect_body(db: sqlite3.Connection, body_id: int | None) -> None:
-    """Drop a shared body once no document points at it."""
-    if body_id is not None:
-        db.execute(
-            "DELETE FROM bodies WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM docs WHERE body = ?1)",
-            (body_id,),
-        )
-
-
-def _complete(db: sqlite3.Connection, doc: str, body_id: int | None, inline: bytes | None) -> Document:
-    return _with_mime(json.loads(doc), _load_body(db, body_id, inline))
-
-
-def _with_mime(document: Document, mime: bytes | str | None) -> Document:
-    """The stored JSON completed with its body (stored apart, once per message)."""
-    if mime is not None:
-        MailerQDocument(document).mime = mime
-    return document
-
-
-def read_documents(db: sqlite3.Connection, queue: str, limit: int) -> list[tuple[str, Document]]:
-    """The first ``limit`` documents of ``queue`` (for the CLI; also works on a read-only handle)."""
-    rows = db.execute(
-        "SELECT id, doc, body, mime FROM docs WHERE queue = ? ORDER BY id LIMIT ?", (queue, limit)
-    ).fetchall()
-    return [(str(i), _complete(db, doc, body, mime)) for i, doc, body, mime in rows]
-
-
-def read_document(db: sqlite3.Connection, queue: str, id: str) -> Document | None:
-    row = db.execute(
-        "SELECT doc, body, mime FROM docs WHERE queue = ? AND id = ?", (queue, int(id))
-    ).fetchone()
-    return None if row is None else _complete(db, *row)
-
-
-def read_stats(db: sqlite3.Connection) -> dict[str, int]:
-    return dict(db.execute("SELECT queue, COUNT(*) FROM docs GROUP BY queue").fetchall())
