@@ -111,3 +111,17 @@ async def test_the_api_writes_the_shared_state_in_redis(tmp_path, capsys, redis_
         assert command(capsys, "suppress", "list", "--json", "--state", redis_url)[1] == []
     finally:
         await mta.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_state_backend_away_is_a_503(tmp_path):
+    from tests.conftest import free_port
+
+    mta, client = await console_mta(str(tmp_path), state=f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        for method, path, body in [("GET", "/v1/pauses", None), ("POST", "/v1/suppressions", {"pattern": "a@b.example"})]:
+            away = await client.call(method, path, body)
+            assert away.status == 503 and away.header("Retry-After") == "5", away.body
+            assert "state backend is unavailable" in away.json["error"]
+    finally:
+        await mta.stop()

@@ -69,7 +69,13 @@ class HoldsApi:
         """``f(backend, *args)`` in this API's thread (the backend is opened there, on first use)."""
         if self._run is None:
             self._run = OwnThread()
-        return await self._run(self._in_thread, f, *args)
+        try:
+            return await self._run(self._in_thread, f, *args)
+        except ValueError:
+            raise
+        except Exception as e:  # Redis away, SQLite locked past its timeout: the client may try again
+            log.failure("console: the state backend failed")
+            raise ApiError(503, f"the state backend is unavailable: {e}", headers={"Retry-After": "5"}) from e
 
     def _in_thread(self, f: Any, *args: Any) -> Any:
         if self._backend is None:
