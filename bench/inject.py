@@ -31,7 +31,8 @@ def main() -> int:
     from twisted.internet import defer, task
 
     async def run(reactor: Any) -> None:
-        q = make_queue({"queue": args.queue, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1})
+        q = make_queue({"queue": args.queue, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1,
+                        "amqp-queue-type": "classic"})
         await q.start()
         try:
             now = time.time()
