@@ -6,10 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 
 from mqtwisted.smtp import outevents as ev
+from mqtwisted.smtp.client import WRITE_AT_ONCE, OutboundFactory
 from mqtwisted.smtp.outbody import CHUNK_SIZE, Needs, bdat_chunks, bdat_payload
 from mqtwisted.smtp.outstate import Await
+from tests.clienthelpers import ListSource, msg
 from tests.test_outbound_table import (
     Msg,
     ehlo,
@@ -211,3 +215,23 @@ def test_a_requiretls_connection_without_starttls_or_a_verified_certificate_is_f
     lines(t, "221 bye")
     fault = ended(lost(t))
     assert (fault.status, fault.is_permanent, fault.description) == ("5.7.10", True, "certificate chain not trusted")
+
+
+# -- the adapter -----------------------------------------------------------------------------------
+
+
+def test_the_adapter_writes_bdat_chunks_without_a_dot_also_when_streamed() -> None:
+    big = b"Subject: big\r\n\r\n" + b".x\r\n" * (WRITE_AT_ONCE // 4 + 10)  # past one write: a producer
+    source = ListSource([msg(mime=big)])
+    proto = OutboundFactory(source, helo="c.test", security="none", clock=Clock()).buildProtocol(None)
+    t = StringTransport()
+    proto.makeConnection(t)
+    proto.dataReceived(b"220 mx ESMTP\r\n")
+    t.clear()
+    proto.dataReceived(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    while t.producer is not None:
+        t.producer.resumeProducing()
+    assert t.value() == b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n" + b"".join(bdat_chunks(big))
+    proto.dataReceived(b"250 ok\r\n250 ok\r\n250 chunk\r\n250 2.0.0 queued\r\n")
+    [(_, attempt)] = source.done
+    assert (attempt.result, attempt.description) == ("accepted", "queued")

@@ -40,11 +40,12 @@ Rules (everything that decides what the client sends next, and what a reply mean
    A 354 after a pipelined refusal is answered by a lone dot (RFC 2920 §3.1), its reply ignored.
    A refused pipelined RSET is not the message's fault: temporary, and the session ends.
 7. After 354 the body goes out with its dot; a reply before the dot is written cannot be matched
-   and ends the session.  A server offering CHUNKING gets BDAT instead of DATA (RFC 3030, no
-   dot-stuffing): its chunks pipelined right behind the envelope, or each after the previous
-   reply without PIPELINING; a chunk's reply counts as a transaction command's, the reply to
-   ``BDAT n LAST`` as the dot's (after a refusal, the first refusal decides).  The reply to the dot decides the attempt; the ``mq_smtp_out_sent`` hook
+   and ends the session.  The reply to the dot decides the attempt; the ``mq_smtp_out_sent`` hook
    runs once the dot is written, and a refusal from it replaces the server's verdict.
+   A server offering CHUNKING gets BDAT instead of DATA (RFC 3030, no dot-stuffing): the chunks
+   pipelined right behind the envelope, or each after the previous reply without PIPELINING; a
+   chunk's reply counts as a transaction command's, the reply to ``BDAT n LAST`` as the dot's
+   (after a refusal of MAIL, RCPT or a chunk, that first refusal decides).
 8. A 421 to any transaction command or to the dot: the message fails and the connection is
    closed without RSET or QUIT (the server is closing the channel).
 9. RSET is sent only after a transaction that did not end with a reply to the dot (a completed
