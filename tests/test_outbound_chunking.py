@@ -185,10 +185,16 @@ def test_requiretls_over_verified_tls_to_a_receiver_offering_it() -> None:
     assert sent(offer(t, Needy(Needs(requiretls=True)))).startswith(b"MAIL FROM:<a@example.org> REQUIRETLS\r\n")
 
 
-def test_requiretls_to_a_receiver_without_it_fails_with_5_7_30() -> None:
-    t = requiretls_session(("PIPELINING",), requiretls=True)
-    a = refused_before_mail(t, Needy(Needs(requiretls=True)))
-    assert a.status == "5.7.30" and "REQUIRETLS" in a.description
+def test_a_requiretls_connection_to_a_receiver_without_it_ends_final_with_5_7_30() -> None:
+    # Before any message is taken: the destination's other hosts are tried, then it is returned.
+    t = table(security="opportunistic", tls_policy="verified", tls_mandatory=True, checks_certificate=True,
+              requiretls=True)
+    lines(t, "220 mx", ehlo("STARTTLS"), "220 go", ehlo("PIPELINING", "SMTPUTF8"))
+    assert sent(t.handle_event(ev.CertificateChecked(None))) == b"QUIT\r\n"
+    lines(t, "221 bye")
+    fault = ended(lost(t))
+    assert (fault.state, fault.status, fault.is_permanent) == ("starttls", "5.7.30", True)
+    assert fault.description == "REQUIRETLS support required: the receiver does not offer REQUIRETLS"
 
 
 def test_requiretls_without_verified_tls_fails_with_5_7_10() -> None:

@@ -57,11 +57,10 @@ def unmet(needs: Needs, addresses: str, extensions: Mapping[bytes, Any], verifie
                               "BINARYMIME (binary content is not converted)")
     if (needs.smtputf8 or not addresses.isascii()) and b"SMTPUTF8" not in extensions:
         return Unmet("5.6.7", "the message needs SMTPUTF8 and the receiver does not offer it")
-    if needs.requiretls:
-        if not verified_tls:
-            return Unmet("5.7.10", "REQUIRETLS: the receiver was not reached over TLS with a verified certificate")
-        if b"REQUIRETLS" not in extensions:
-            return Unmet("5.7.30", "REQUIRETLS support required: the receiver does not offer REQUIRETLS")
+    if needs.requiretls and not (verified_tls and b"REQUIRETLS" in extensions):
+        # A connection made for REQUIRETLS never gets this far without both (the table ends it
+        # first, so that the destination's other hosts are tried): this one was not made for it.
+        return Unmet("5.7.10", "REQUIRETLS: not over TLS verified for REQUIRETLS to a receiver offering it")
     return None
 
 

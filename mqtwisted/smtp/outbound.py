@@ -20,7 +20,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    A policy that checks certificates (``verified``, MTA-STS, DANE) has the adapter check the
    chain before AUTH or MAIL; a refusal ends the session with QUIT (temporary, ``starttls``).
    On a connection for REQUIRETLS messages a missing STARTTLS or a refused certificate is
-   final instead (``5.7.10``, RFC 8689 §4.2.1): the messages are returned, never sent in clear.
+   final instead (``5.7.10``, RFC 8689 §4.2.1), and so is a server not offering REQUIRETLS
+   inside TLS (``5.7.30``): the messages are returned, never sent in clear or without it.
 5. AUTH only when a user name is configured (a smarthost), with the first mechanism of ours the
    server offers (CRAM-MD5, LOGIN, PLAIN); a refused PLAIN is tried once more with an empty
    authorization identity.  No usable mechanism, a refusal
@@ -30,8 +31,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    (signing: the MIME to send), either may refuse (state ``data``; no reply timer meanwhile), then
    ``[RSET] MAIL RCPT DATA``, in one write with PIPELINING (RFC 2920), one at a time without.
    A message that needs what the server lacks (``outbody.unmet``: BINARYMIME without CHUNKING
-   and BINARYMIME ``5.6.3``, SMTPUTF8 ``5.6.7``, REQUIRETLS without verified TLS ``5.7.10`` or
-   without the keyword ``5.7.30``) fails for good before MAIL: never converted or mangled.
+   and BINARYMIME ``5.6.3``, SMTPUTF8 ``5.6.7``, REQUIRETLS on a connection not made for it
+   ``5.7.10``) fails for good before MAIL: never converted or mangled.
    A message may bring others for the same transaction (its ``also``: same sender and body,
    another recipient each): one RCPT per recipient, each with its own DSN parameters.
    A refused MAIL, DATA or pipelined RSET decides the attempt of every recipient, and without
@@ -336,10 +337,12 @@ class Outbound(AuthSteps, EndingSteps):
             self.authenticate()
 
     def on_CertificateChecked(self, event: ev.CertificateChecked) -> None:
-        if event.problem is None:
-            self.authenticate()
-        else:
+        if event.problem is not None:
             self.tls_refused(event.problem)
+        elif self.policy.requiretls and b"REQUIRETLS" not in self.extensions:
+            self.tls_refused("REQUIRETLS support required: the receiver does not offer REQUIRETLS", "5.7.30")
+        else:
+            self.authenticate()
 
     def helo_or_fault(self, row: Row, code: int, resp: bytes) -> None:
         if self.policy.requires_tls or self.policy.username:

@@ -18,11 +18,12 @@ class EndingSteps:
     """The ways a session ends; the state they use (``facts``, ``fault``, ``phase``, ``tx``,
     ``awaiting``, ``out``) and ``send``/``report`` are the table's."""
 
-    def tls_refused(self, description: str) -> None:
+    def tls_refused(self, description: str, status: str = "5.7.10") -> None:
         """TLS as the policy requires it cannot be had: temporary (the host or the policy may
-        change), except for REQUIRETLS messages, which are returned (RFC 8689 §4.2.1)."""
+        change), except for REQUIRETLS messages, which are returned with ``status`` once no host
+        of the destination did better (RFC 8689 §4.2.1, §5)."""
         strict = self.policy.requiretls
-        self.fault = self.facts.attempt("starttls", "error", status="5.7.10" if strict else None,
+        self.fault = self.facts.attempt("starttls", "error", status=status if strict else None,
                                         permanent=strict, description=description)
         self.quit()
 
