@@ -235,7 +235,11 @@ def test_operator_session(tmp_path):
             page.fill("#suppress-form [name=duration]", "30d")
             page.click("#suppress-form button")
             expect(page.locator("#suppress-table tbody tr")).to_have_count(2)
+            status = page.evaluate("fetch('/v1/pauses', {method: 'POST', headers: {'Content-Type': 'application/json'}, "
+                                   "body: '{}'}).then(r => r.status)")
+            assert status == 403  # a pause of everything, without the session's token: refused
             pauses = api(base, "GET", "/v1/pauses")[1]["pauses"]
+            assert len(pauses) == 2
             [paused] = [p for p in pauses if p["domain"] == "paused.example"]
             assert paused["reason"] == "complaints from their postmaster" and paused["until"] > time.time() + 7000
             from mqtwisted.state.opening import open_backend
