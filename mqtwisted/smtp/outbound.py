@@ -410,22 +410,25 @@ class Outbound(AuthSteps, EndingSteps):
         self.needs_rset = False
         tx.stage = Stage.ENVELOPE
         if b"PIPELINING" in self.extensions:
-            # The whole envelope in one write, so one segment (RFC 2920); BDAT chunks right behind.
+            # The whole envelope in one write, so one segment (RFC 2920), BDAT chunks in the same.
             self.awaiting.extend(awaited for awaited, _ in commands)
             self.state = TABLE[commands[0][0]].state
-            self.out.append(ev.Send(b"".join(line + b"\r\n" for _, line in commands)))
+            envelope_lines = b"".join(line + b"\r\n" for _, line in commands)
             if chunks:
-                self.send_chunks(pipelined=True)
+                self.send_chunks(pipelined=True, before=envelope_lines)
+            else:
+                self.out.append(ev.Send(envelope_lines))
         else:
             self.unsent.extend(commands)
             self.send_next()
 
-    def send_chunks(self, pipelined: bool) -> None:
-        """BDAT: every chunk at once (pipelined), else the next one.  Writing the last ends the body."""
+    def send_chunks(self, pipelined: bool, before: bytes = b"") -> None:
+        """BDAT: every chunk at once (pipelined, behind the commands ``before``), else the next
+        one.  Writing the last ends the body."""
         tx = self.tx
         assert tx is not None
         n = len(tx.chunks) if pipelined else 1
-        data = b"".join(tx.chunks.popleft() for _ in range(n))
+        data = before + b"".join(tx.chunks.popleft() for _ in range(n))
         self.awaiting.extend([Await.BDAT] * n)
         tx.stage, tx.body = Stage.BODY, b""
         if not pipelined:
