@@ -333,3 +333,17 @@ async def test_failed_logins_lock_the_client_ip_out_until_the_window_passes(tmp_
         assert client.csrf
     finally:
         await mta.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_guesses_sent_at_once_are_limited_like_guesses_in_turn(tmp_path):
+    from twisted.internet import defer
+
+    mta, client = await console_mta(str(tmp_path), www_auth_failures="2/600", **AUTH)
+    try:
+        answers = await defer.gatherResults([defer.ensureDeferred(Client(client.base).login("admin", f"guess{i}"))
+                                             for i in range(8)])
+        places = sorted(a.header("Location").split("=")[0] for a in answers)
+        assert places == ["/login?failed"] * 2 + ["/login?locked"] * 6
+    finally:
+        await mta.stop()

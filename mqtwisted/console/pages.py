@@ -13,7 +13,7 @@ import os
 import urllib.parse
 from typing import Any
 
-from twisted.internet import threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
@@ -61,11 +61,16 @@ class Index(resource.Resource):
 
 
 class Login(resource.Resource):
+    """The login form.  The logins of one client IP are checked one after the other: the
+    ``www-auth-failures`` limit is asked before each, so a burst of guesses sent at once cannot
+    all pass it while the first ones are still being checked."""
+
     isLeaf = True
 
     def __init__(self, guard: Guard) -> None:
         super().__init__()
         self.guard = guard
+        self.turns: dict[str, defer.DeferredLock] = {}
 
     def render_GET(self, request: Any) -> bytes:
         if self.guard.checker is None:
@@ -73,48 +78,57 @@ class Login(resource.Resource):
         return _page(request, "login.html")
 
     def render_POST(self, request: Any) -> Any:
-        checker = self.guard.checker
-        if checker is None:
+        if self.guard.checker is None:
             return _redirect(request, b"/")
         if not same_origin(request):
             request.setResponseCode(403)
             return b"cross-origin login refused\n"
-        ip = request.getClientAddress().host
-        wait = self.guard.failures.wait(ip)
-        if wait:
-            # Refused before the password is checked: guessing learns nothing, and costs no hashing.
-            return _redirect(request, b"/login?locked=%d" % math.ceil(wait))
         request.content.seek(0)
         form = urllib.parse.parse_qs(request.content.read(4096).decode("utf-8", "replace"))
         user = (form.get("user") or [""])[0]
         password = (form.get("password") or [""])[0]
-        # A file:// checker verifies bcrypt/yescrypt hashes: CPU work, off the reactor thread.
-        d = threads.deferToThread(checker, user, password) if user and password else None
-
-        def decided(ok: bool) -> None:
-            if request.finished or getattr(request, "gone", False):
-                return
-            if ok:
-                self.guard.start_session(request, user)
-                log.info("console: {user} logged in from {ip}", user=user, ip=ip)
-                request.write(_redirect(request, b"/"))
-            else:
-                log.warn("console: login refused for {user!r} from {ip}", user=user[:64], ip=ip)
-                failures = self.guard.failures
-                failures.record(ip)
-                if failures.exceeded(ip):
-                    log.warn("console: {ip}: {rate} failed logins: its logins are refused until the window passes",
-                             ip=ip, rate=failures.rate)
-                request.write(_redirect(request, b"/login?failed=1"))
-            request.finish()
-
         request.notifyFinish().addErrback(lambda _: setattr(request, "gone", True))
-        if d is None:
-            decided(False)
-        else:
-            d.addCallback(decided)
-            d.addErrback(lambda f: (log.failure("login check failed", f), decided(False)))
+
+        def answer(to: bytes) -> None:
+            if not request.finished and not getattr(request, "gone", False):
+                request.write(_redirect(request, to))
+                request.finish()
+
+        d = defer.ensureDeferred(self.attempt(request.getClientAddress().host, user, password, request))
+        d.addCallback(answer)
+        d.addErrback(lambda f: (log.failure("console: login", f), answer(b"/login?failed=1")))
         return server.NOT_DONE_YET
+
+    async def attempt(self, ip: str, user: str, password: str, request: Any) -> bytes:
+        """Where a login from ``ip`` leads: ``/`` (a session started), or back to the form."""
+        turn = self.turns.setdefault(ip, defer.DeferredLock())
+        await turn.acquire()
+        try:
+            return await self._check(ip, user, password, request)
+        finally:
+            turn.release()  # the next waiter may run to its end inside this call, and drop the lock
+            if self.turns.get(ip) is turn and not turn.locked and not turn.waiting:
+                del self.turns[ip]
+
+    async def _check(self, ip: str, user: str, password: str, request: Any) -> bytes:
+        failures = self.guard.failures
+        wait = failures.wait(ip)
+        if wait:
+            # Refused before the password is checked: guessing learns nothing, and costs no hashing.
+            return b"/login?locked=%d" % math.ceil(wait)
+        # A file:// checker verifies bcrypt/yescrypt hashes: CPU work, off the reactor thread.
+        checker = self.guard.checker
+        ok = bool(user and password and checker) and await threads.deferToThread(checker, user, password)
+        if ok:
+            self.guard.start_session(request, user)
+            log.info("console: {user} logged in from {ip}", user=user, ip=ip)
+            return b"/"
+        log.warn("console: login refused for {user!r} from {ip}", user=user[:64], ip=ip)
+        failures.record(ip)
+        if failures.exceeded(ip):
+            log.warn("console: {ip}: {rate} failed logins: its logins are refused until the window passes",
+                     ip=ip, rate=failures.rate)
+        return b"/login?failed=1"
 
 
 class Logout(resource.Resource):
