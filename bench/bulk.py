@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.peers import Mqmta, Peer, Postfix, Server, mqmta_env
-from bench.proc import LOOPBACK, REPO_DIR, BenchError, Reaper, run, wait_for
+from bench.proc import LOOPBACK, REPO_DIR, BenchError, Reaper, run, tree_peak_rss, wait_for
 from bench.scenarios import (
     STALL,
     Options,
@@ -335,7 +335,11 @@ def scenario_drain(opts: Options) -> ScenarioResult:
         if not done:
             return {"drain": (total, False, f"not done: {got} of {n} delivered")}
         ok, note = check_dump(sink, "drain", count, rcpts)
-        return {"drain": (total, ok, note)}
+        out = {"drain": (total, ok, note)}
+        if isinstance(side, _Filled) and isinstance(side.inner, Mqmta) and server.pid:
+            # The bound: the outbox is not loaded into memory (MTA and worker together).
+            out["peak RSS"] = (tree_peak_rss(server.pid) / 1e6, ok, "MTA + delivery worker, VmHWM")
+        return out
 
-    round_robin(res, sides, opts, {"drain": "s"}, body)
+    round_robin(res, sides, opts, {"drain": "s", "peak RSS": "MB"}, body)
     return res

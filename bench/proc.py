@@ -177,6 +177,17 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def tree_peak_rss(pid: int) -> int:
+    """VmHWM of ``pid`` plus that of each of its children (a delivery worker), in bytes."""
+    total = proc_status(pid).get("VmHWM", 0)
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            for child in f.read().split():
+                with contextlib.suppress(OSError):
+                    total += proc_status(int(child)).get("VmHWM", 0)
+    return total
+
+
 def rss(pid: int) -> int:
     return proc_status(pid)["VmRSS"]
 
