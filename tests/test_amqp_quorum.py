@@ -98,9 +98,13 @@ def test_a_queue_declared_otherwise_is_used_and_a_full_one_refuses(amqp_prefix, 
     assert len(said) == 1 and said[0]["queue"] == amqp_prefix + "outbox"
     assert "inequivalent arg" in said[0]["found"]  # the broker's words on what differs
     yield q.publish([Publication("outbox", {"n": 1}), Publication("outbox", {"n": 2})])
+    channel = q.link.publisher
     with pytest.raises(QueueUnavailable, match="refused the message"):
         yield q.publish([Publication("outbox", {"n": 3})])  # 451 to the SMTP client
-    assert q.connected  # a nack costs nothing but that publication
+    # A nack costs that publication and the publishing channel (a new one asks the queue's
+    # leader again: see AmqpLink._renew_publisher), never the connection.
+    yield wait_until(lambda: q.link.publisher is not channel and q.connected, timeout=5)
+    assert not channel.is_open
     leases = Leases()
     q.consume("outbox", leases, prefetch=1)
     first = yield leases.next()

@@ -121,6 +121,7 @@ class AmqpLink:
         self._returned: set[str] = set()
         self._declared: set[str] = set()
         self._mismatched: set[str] = set()
+        self._renewing = False
         self._attempts = 0
         self._retry_call: Any = None
         self._connecting: Deferred | None = None
@@ -244,10 +245,7 @@ class AmqpLink:
         self._declared = set()
         await self._topology(conn)
 
-        publisher = await conn.channel()
-        await publisher.confirm_delivery()
-        publisher.add_on_return_callback(self._on_return)
-        publisher.on_closed.addBoth(self._channel_closed, conn)
+        publisher = await self._open_publisher(conn)
         if not self.running or self.connection is not conn:
             return
         self.publisher = publisher
@@ -327,11 +325,50 @@ class AmqpLink:
                      url=lost, why=reason, next=self.safe_url())
             self._schedule_reconnect()
 
-    def _channel_closed(self, reason: Any, conn: TwistedProtocolConnection) -> None:
+    async def _open_publisher(self, conn: TwistedProtocolConnection) -> TwistedChannel:
+        publisher = await conn.channel()
+        await publisher.confirm_delivery()
+        publisher.add_on_return_callback(self._on_return)
+        publisher.on_closed.addBoth(self._channel_closed, conn, publisher)
+        return publisher
+
+    def _renew_publisher(self) -> None:
+        """A new publishing channel in place of the current one, after a ``basic.nack``.
+
+        RabbitMQ before 3.11.24/3.12.5 starts a channel's quorum-queue client with the leader
+        its queue record names (rabbitmq-server#9241): a channel that first publishes to a quorum
+        queue while that leader is dead and no new one is elected yet keeps sending to the dead
+        one, and every publish to that queue is nacked for as long as the channel lives (seen
+        here with 3.10.8, a node killed under load: minutes of 451).  A new channel asks again.
+        Its pending confirms fail (451, or a retry), which a nack storm costs anyway."""
+        conn, old = self.connection, self.publisher
+        if self._renewing or conn is None or old is None:
+            return
+        self._renewing = True
+
+        def renewed(publisher: TwistedChannel) -> None:
+            if self.connection is conn and self.publisher is old and self.running:
+                self.publisher = publisher
+                log.info("AMQP broker nacked a publish; publishing on a new channel")
+            elif publisher.is_open:
+                publisher.close()
+            if old.is_open:
+                old.close()
+
+        def done(_: Any) -> None:
+            self._renewing = False
+
+        d = defer.ensureDeferred(self._open_publisher(conn))
+        d.addCallbacks(renewed, lambda f: None)  # a connection going: it reconnects anyway
+        d.addBoth(done)
+
+    def _channel_closed(self, reason: Any, conn: TwistedProtocolConnection,
+                        channel: TwistedChannel) -> None:
         # The publishing channel closed under a live connection: a channel error we did not
         # expect (its pending confirms have failed already).  Reconnecting is the one recovery
-        # path that is well trodden, so take it.
-        if self.connection is conn and self.running and conn.is_open:
+        # path that is well trodden, so take it.  (A channel replaced by _renew_publisher is
+        # no longer the publisher when it closes.)
+        if self.connection is conn and self.publisher is channel and self.running and conn.is_open:
             log.error("AMQP publishing channel closed ({why}); reconnecting", why=reason)
             conn.close()
 
@@ -398,6 +435,8 @@ class AmqpLink:
             return
         for ok, value in results:
             if not ok:
+                if isinstance(getattr(value, "value", None), pika_exceptions.NackError):
+                    self._renew_publisher()
                 result.errback(unavailable(value))
                 return
         if returned:
