@@ -9,6 +9,7 @@ import email
 import email.policy
 import os
 import smtplib
+import socket
 import ssl
 from typing import Any
 
@@ -40,6 +41,23 @@ def text_of(size: int, n: int) -> bytes:
     if size > len(head):
         data = data[:-2] + b"\r\n"  # ends with a whole line
     return data
+
+
+def send_binary(port: int, mime: bytes, rcpt: str) -> None:
+    """A raw client: MAIL with BODY=BINARYMIME and the message in two BDAT chunks."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        half = len(mime) // 2
+        s.sendall(b"EHLO client.test\r\nMAIL FROM:<a@example.org> BODY=BINARYMIME\r\nRCPT TO:<%s>\r\n"
+                  b"BDAT %d\r\n%sBDAT %d LAST\r\n%sQUIT\r\n" % (rcpt.encode(), half, mime[:half], len(mime) - half,
+                                                                  mime[half:]))
+        replies = b""
+        while not replies.endswith(b"\r\n") or b"\r\n221" not in replies:
+            data = s.recv(65536)
+            if not data:
+                break
+            replies += data
+    codes = [line[:3] for line in replies.split(b"\r\n") if line[3:4] == b" "]
+    assert codes == [b"220", b"250", b"250", b"250", b"250", b"250", b"221"], replies
 
 
 async def publish(mta: Any, docs: list[dict[str, Any]]) -> None:
@@ -75,6 +93,11 @@ async def test_bdat_from_mqmta_to_mqmta_keeps_binary_and_text_byte_for_byte(tmp_
             sent[f"text{i}@example.com"] = (text_of(size, i), False)
         await publish(sender, [doc(mime, rcpt, hop, **({"binarymime": True} if binary else {}))
                                for rcpt, (mime, binary) in sent.items()])
+        # And one that came to the sender over SMTP with BODY=BINARYMIME: the flag is the document's.
+        relayed = b"X-MQ-Smarthost: " + hop.encode() + b"\r\n\r\n" + bytes(range(256)) * 3
+        # smtp-extract takes the X-MQ-Smarthost header off, and nothing else.
+        sent["relayed@example.com"] = (relayed.replace(b"X-MQ-Smarthost: " + hop.encode() + b"\r\n", b""), True)
+        await threads.deferToThread(send_binary, sender.port, relayed, "relayed@example.com")
 
         async def arrived() -> bool:
             return len(await receiver.documents("outbox")) == len(sent)
@@ -101,8 +124,11 @@ async def test_bdat_to_postfix_which_keeps_the_message_as_sent(tmp_path, postfix
         sizes = [s for s in SIZES if s >= 200]  # Postfix adds the headers a shorter message lacks
         sent = {f"bdat{i}@example.com": text_of(size, i) for i, size in enumerate(sizes)}
         # From 127.0.0.2: Postfix's debug_peer_list logs every command that address sends.
-        await publish(sender, [doc(mime, rcpt, f"127.0.0.1:{postfix.port}", ips=[VERBOSE_PEER])
-                               for rcpt, mime in sent.items()])
+        hop = f"127.0.0.1:{postfix.port}"
+        await publish(sender, [doc(mime, rcpt, hop, ips=[VERBOSE_PEER]) for rcpt, mime in sent.items()])
+        # Postfix offers CHUNKING but not BINARYMIME: binary content is returned, never converted.
+        await publish(sender, [{**doc(b"\0\xff binary", "binary@example.com", hop, ips=[VERBOSE_PEER], binarymime=True),
+                                "envelope": "binary@example.org"}])
         await wait_until(lambda: len(postfix.kept(b"Subject: size ")) >= len(sent) and all(
             any(m in k.replace(b"\n", b"\r\n") for k in postfix.kept(b"Subject: size ")) for m in sent.values()),
             60, "every message in Postfix's Maildir")
@@ -119,6 +145,10 @@ async def test_bdat_to_postfix_which_keeps_the_message_as_sent(tmp_path, postfix
             chunks = [f"BDAT {CHUNK_SIZE}"] * ((size - 1) // CHUNK_SIZE) + [f"BDAT {(size - 1) % CHUNK_SIZE + 1} LAST"]
             commands = [c for c in received[at + 1 :] if c.startswith(("BDAT", "DATA", "MAIL"))]
             assert commands[: len(chunks)] == chunks
+        assert not [c for c in received if "binary@example.org" in c]
+        await wait_until(lambda: sender.documents("failure"), 30, "the binary message's failure")
+        (failed,) = await sender.documents("failure")
+        assert (failed["recipient"], failed["results"][-1]["status"]) == ("binary@example.com", "5.6.3")
     finally:
         await sender.stop()
 
