@@ -2,7 +2,7 @@
 
 Our :class:`~mqtwisted.smtp.client.OutboundSender` talks to a scripted fake server through an
 in-memory transport that this test drives byte by byte.  The server reads what the client wrote
-(commands, pipelined or not, and DATA bodies) and answers each input with a reply chosen by
+(commands, pipelined or not, DATA bodies and BDAT chunks) and answers each input with a reply chosen by
 hypothesis: the sane one, any code, multi-line replies with a surprising last line, garbage,
 replies cut in the middle, two replies for one command (every later reply shifts), silence (the
 client's timeout fires), or a dropped connection; replies reach the client in random pieces.
@@ -13,8 +13,8 @@ Checked for every run:
 * every message the client took from its source gets exactly one outcome: one result, or given
   back untried; none gets both or two;
 * a message is reported accepted only when the first decisive reply line the client received
-  after writing that message's end-of-data dot was a 2xx (the server said 250 to the end of
-  data) and the body on the wire was the message, dot-stuffed.
+  after writing that message's end-of-data dot (or ``BDAT n LAST``) was a 2xx (the server said
+  250 to the end of data) and the body on the wire was the message, dot-stuffed (BDAT: as it is).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from mqtwisted.smtp.client import OutboundFactory, encode_body
+from mqtwisted.smtp.outbody import bdat_payload
 from tests.clienthelpers import ListSource, TLSStringTransport, msg
 
 TIMEOUT = 30
 
-EXTENSIONS = ["PIPELINING", "SIZE 100000", "8BITMIME", "DSN", "STARTTLS", "AUTH PLAIN LOGIN", "SMTPUTF8"]
+EXTENSIONS = ["PIPELINING", "SIZE 100000", "8BITMIME", "DSN", "STARTTLS", "AUTH PLAIN LOGIN", "SMTPUTF8", "CHUNKING"]
+_BDAT = re.compile(rb"BDAT ([0-9]+)( LAST)?$", re.IGNORECASE)
 CODES = [0, 2, 99, 220, 221, 235, 250, 251, 252, 334, 354, 421, 450, 451, 452, 500, 501, 503, 550, 554, 999]
 
 #: how the server answers one input: mostly sanely, so that sessions get deep enough for hostile
@@ -63,6 +65,7 @@ def sane(kind: bytes, extensions: list[str]) -> bytes:
         b"MAIL": b"250 2.1.0 ok\r\n",
         b"RCPT": b"250 2.1.5 ok\r\n",
         b"DATA": b"354 go ahead\r\n",
+        b"BDAT": b"250 2.0.0 chunk ok\r\n",
         b"RSET": b"250 2.0.0 ok\r\n",
         b"QUIT": b"221 2.0.0 bye\r\n",
         b"STARTTLS": b"220 2.0.0 go ahead\r\n",
@@ -107,6 +110,8 @@ class HostileRun:
         self.extensions = extensions
         self.seen = 0  # client bytes the server has read
         self.in_body = False
+        #: BDAT chunks read since the last ``BDAT n LAST``
+        self.chunks = b""
         self.pending: list[bytes] = [b"<greeting>"]  # inputs awaiting a reply, oldest first
         self.lost = False
         self.partial = b""  # reply bytes delivered without their final LF yet
@@ -135,6 +140,23 @@ class HostileRun:
             if end < 0:
                 return
             line = data[self.seen:end]
+            bdat = _BDAT.match(line)
+            if bdat is not None:
+                # A chunk is its command line and exactly its size in octets (RFC 3030).
+                size = int(bdat.group(1))
+                if len(data) < end + 2 + size:
+                    return
+                self.chunks += data[end + 2 : end + 2 + size]
+                self.seen = end + 2 + size
+                if bdat.group(2):
+                    rcpts = re.findall(rb"RCPT TO:<([^>]*)>", data[: self.seen])
+                    self.dots.append({"rcpt": rcpts[-1].decode() if rcpts else None, "body": self.chunks,
+                                      "code": None, "bdat": True})
+                    self.chunks = b""
+                    self.pending.append(b"<dot>")
+                else:
+                    self.pending.append(line)
+                continue
             self.seen = end + 2
             self.pending.append(line)
             if line.upper() == b"DATA":
@@ -273,7 +295,8 @@ def test_client_against_hostile_server(n_messages, extensions, mimes, security, 
         assert any(d["code"] is not None and 200 <= d["code"] < 300 for d in dots), (
             f"{message.recipient} reported accepted, but the server never said 2xx to its end of data: {dots}"
         )
-        assert all(d["body"] == encode_body(message.mime) for d in dots), "the body on the wire is not the message"
+        assert all(d["body"] == (bdat_payload(message.mime, False) if d.get("bdat") else encode_body(message.mime))
+                   for d in dots), "the body on the wire is not the message"
 
 
 def test_all_sane_delivers_everything():
@@ -290,3 +313,19 @@ def test_all_sane_delivers_everything():
     run.drop(error.ConnectionDone())
     assert [a.result for _, a in run.source.done] == ["accepted"] * 3
     assert [d["code"] for d in run.dots] == [250, 250, 250]
+
+
+def test_all_sane_delivers_everything_with_bdat():
+    """The harness reads BDAT chunks: a cooperative server offering CHUNKING gets every message."""
+    run = HostileRun(3, ["PIPELINING", "CHUNKING"], [b"Subject: x\r\n\r\n.hi\r\n"], "none")
+    for _ in range(100):
+        if run.lost:
+            break
+        run.read_client()
+        if run.pending:
+            run.answer(("sane",), [3, 7])
+        else:
+            break
+    run.drop(error.ConnectionDone())
+    assert [a.result for _, a in run.source.done] == ["accepted"] * 3
+    assert [(d["code"], d["body"]) for d in run.dots] == [(250, b"Subject: x\r\n\r\n.hi\r\n")] * 3
