@@ -203,7 +203,7 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("smtp-client-security", "opportunistic", _choice(*SECURITY_LEVELS),
      "outbound TLS: none, optional, opportunistic, required or verified (a message's security wins)"),
     ("tls-ca", "", str,
-     "PEM bundle of the CAs that verify receivers' certificates (verified, MTA-STS) and MTA-STS policy "
+     "PEM bundle of the CAs that verify receivers' certificates (verified, MTA-STS, REQUIRETLS) and MTA-STS policy "
      "hosts (default: the system's)"),
     ("smtp-client-ca", "", str, "the old name of tls-ca"),
     ("mta-sts", "on", _on_off, "follow receiving domains' MTA-STS policies (RFC 8461), on/off"),
