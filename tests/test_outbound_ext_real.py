@@ -149,6 +149,8 @@ async def test_bdat_to_postfix_which_keeps_the_message_as_sent(tmp_path, postfix
         await wait_until(lambda: sender.documents("failure"), 30, "the binary message's failure")
         (failed,) = await sender.documents("failure")
         assert (failed["recipient"], failed["results"][-1]["status"]) == ("binary@example.com", "5.6.3")
+        (_, per_recipient, _) = bounces(await sender.documents("dsn"))["binary@example.com"]
+        assert per_recipient["Status"] == "5.6.3" and "BINARYMIME" in per_recipient["Diagnostic-Code"]
     finally:
         await sender.stop()
 
