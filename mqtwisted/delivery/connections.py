@@ -100,10 +100,15 @@ class Destination:
 
     def add(self, job: Job) -> None:
         self.pending.append(job)
-        # Pumped once the reactor turn that brought it is over: the queue hands documents over
-        # in bursts (a fetch, a broker's frames of one read), and a parked connection woken by
-        # the first of them would send it alone instead of with the copies that follow.
-        self.wake_in(0)
+        if self.idle:
+            # A parked connection is woken once the reactor turn that brought the document is
+            # over: the queue hands documents over in bursts (a fetch, a broker's frames of one
+            # read), and woken by the first it would send that one alone, not with its copies.
+            self.wake_in(0)
+        else:
+            # New connections are asked for at once, document by document, so destinations
+            # whose documents arrive interleaved share the slots of a site between them.
+            self.pump()
 
     def pump(self) -> None:
         service = self.service
