@@ -1,6 +1,7 @@
 """CPU time per message of each mqmta thread, for A/B decisions on a busy machine.
 
-``python -m bench.cpu [--tree DIR] [--messages N] [--size BYTES] [--recipients R] [--rounds K]``
+``python -m bench.cpu [--tree DIR] [--messages N] [--size BYTES] [--recipients R] [--rounds K]
+[--inbound]``
 
 Runs the end-to-end load (smtp-source into ``twistd mqmta`` with a delivery worker process and
 ``--smarthost`` to a fresh smtp-sink), waits until the sink counted every message and the outbox
@@ -8,7 +9,8 @@ is empty, and prints the CPU time (user + system, from ``/proc/PID/task/TID/stat
 thread of the MTA and of its worker spent, per delivered message.  Wall-clock times swing with
 whatever else runs on the machine; CPU per message moves far less, so two trees (``--tree``: a
 checkout of another commit) can be compared while other work goes on.  Not a benchmark figure:
-the README's figures come from ``python -m bench``.
+the README's figures come from ``python -m bench``.  ``--inbound`` runs with delivery off and stops
+when the outbox holds every message: the receiving path alone.
 """
 
 from __future__ import annotations
@@ -53,10 +55,10 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
-def write_calls(pid: int) -> int:
-    """Write system calls the process made so far (``syscw`` of /proc/PID/io)."""
+def write_calls(pid: int, field: str = "syscw") -> int:
+    """Write (or, ``field="syscr"``, read) system calls the process made so far (/proc/PID/io)."""
     with open(f"/proc/{pid}/io") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def children(pid: int) -> list[int]:
@@ -91,8 +93,8 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             (work / "data").mkdir()
             env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, (str(tree), os.environ.get("PYTHONPATH")))))
             argv = [*_twistd(), "-n", "--pidfile=", "mqmta", "--data-dir", str(work / "data"),
-                    "--smtp-port", str(port), "--www-port", str(www), "--delivery", "on",
-                    f"--smarthost={LOOPBACK}:{sink.port}", *args.mqmta_arg]
+                    "--smtp-port", str(port), "--www-port", str(www), "--delivery",
+                    "off" if args.inbound else "on", f"--smarthost={LOOPBACK}:{sink.port}", *args.mqmta_arg]
             if args.processes:
                 argv.append(f"--delivery-processes={args.processes}")
             with open(work / "mqmta.log", "wb") as logf:
@@ -101,6 +103,7 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             deliveries = args.messages * args.recipients
             before = {"mta": thread_cpu(p.pid)}
             writes = {"mta": write_calls(p.pid)}
+            reads = write_calls(p.pid, "syscr")
             worker = None
             if args.processes:
                 wait_for(lambda: bool(children(p.pid)), 30)
@@ -126,6 +129,8 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             def done() -> bool:
                 # The sink counts transactions; recipients are counted by the success queue.
                 queues = status(www)
+                if args.inbound:
+                    return queues.get("outbox", 0) >= deliveries
                 return queues.get("success", 0) >= deliveries and queues.get("outbox", 0) == 0
 
             if not wait_for(done, 600, 0.05):
@@ -139,7 +144,8 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
             after = {"mta": thread_cpu(p.pid)}
             if worker is not None:
                 after["worker"] = thread_cpu(worker)
-            out = {"accept s": accept, "total s": total}
+            out = {"accept s": accept, "total s": total,
+                   "mta reads per delivery": (write_calls(p.pid, "syscr") - reads) / deliveries}
             for proc, pid in (("mta", p.pid), ("worker", worker)):
                 if pid is not None:
                     out[f"{proc} writes per delivery"] = (write_calls(pid) - writes[proc]) / deliveries
@@ -165,9 +171,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--processes", type=int, default=1, help="--delivery-processes (0: one process)")
     p.add_argument("--mqmta-arg", action="append", default=[])
+    p.add_argument("--inbound", action="store_true",
+                   help="delivery off: the CPU of receiving and queueing only (done when the outbox holds all)")
     p.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of one process to this file")
     p.add_argument("--profile-side", choices=("worker", "mta"), default="worker")
     args = p.parse_args()
+    if args.inbound:
+        args.processes = 0  # no worker to wait for
     rows: dict[str, list[float]] = {}
     for i in range(args.rounds):
         log(f"round {i + 1}/{args.rounds} on {args.tree}")

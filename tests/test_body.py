@@ -81,6 +81,19 @@ def test_long_line_flagged_across_chunks():
     assert reader.long_line
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=14), max_size=12),
+       st.lists(st.integers(min_value=0, max_value=200), max_size=8))
+def test_a_line_is_long_exactly_when_it_and_its_crlf_pass_the_limit(lengths, cuts):
+    # Lines of every length around the limit, stuffed dots among them, cut anywhere: what the
+    # reader says is what counting each line with its CRLF says.
+    body = b"".join((b"." if n % 3 == 0 else b"x") * n + b"\r\n" for n in lengths)
+    reader = BodyReader(max_line=10)
+    assert feed_split(reader, stuff(body) + b".\r\n", cuts) == b""
+    assert reader.long_line == any(len(line) + 2 > 10 for line in stuff(body).split(b"\r\n")[:-1])
+    assert not reader.bare_newline and reader.body().data == body
+
+
 def test_size_limit_stops_keeping_bytes():
     reader = BodyReader(max_size=1000)
     for _ in range(100):

@@ -38,6 +38,25 @@ def test_shared_body_stored_once_and_complete_for_readers(spool, tmp_path):
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_new_spool_has_large_pages_and_an_old_one_keeps_its_own(spool, tmp_path):
+    from mqtwisted.queue.spool import PAGE_SIZE
+
+    db = sqlite3.connect(str(tmp_path / "spool.sqlite3"))
+    assert db.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
+    old = tmp_path / "old.sqlite3"
+    made = sqlite3.connect(str(old))
+    made.execute("PRAGMA journal_mode=WAL")
+    made.execute("CREATE TABLE t (x)")
+    made.close()
+    q = SpoolQueue(str(old))
+    yield q.start()
+    ids = yield q.publish([Publication("outbox", {"n": 1}, Body(data=b"x" * 100000))])
+    assert (yield q.show("outbox", ids[0]))["mime"] == "x" * 100000
+    yield q.stop()
+    assert sqlite3.connect(str(old)).execute("PRAGMA page_size").fetchone() == (4096,)
+
+
+@pytest_twisted.inlineCallbacks
 def test_concurrent_publishes_share_commits(spool):
     ds = [spool.publish([Publication("outbox", {"n": i, "mime": "x"})]) for i in range(200)]
     results = yield defer.gatherResults(ds)

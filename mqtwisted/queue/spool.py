@@ -67,6 +67,11 @@ POLL_INTERVAL = 1.0
 BUSY_TIMEOUT = 5.0
 #: seconds the spool thread lets jobs gather after a batch of several (see the module doc)
 COMMIT_DELAY = 0.0005
+#: bytes per database page of a new spool.  A body is written page by page, twice (into the WAL,
+#: then by the checkpoint into the database), two write calls per page in the WAL: a 100 kB
+#: message cost 100 write calls with 4 KiB pages.  With 16 KiB pages the spool thread's CPU per
+#: 100 kB message fell by a third; for 2 kB messages no difference could be measured.
+PAGE_SIZE = 16384
 _STOP = object()
 
 
@@ -146,6 +151,8 @@ class SpoolQueue:
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Only a new database takes it (WAL mode keeps an existing file's page size).
+        db.execute(f"PRAGMA page_size={PAGE_SIZE}")
         db.execute("PRAGMA journal_mode=WAL")
         # FULL: in WAL mode NORMAL does not fsync on commit, and a 250 promises durability.
         db.execute("PRAGMA synchronous=FULL")
