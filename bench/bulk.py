@@ -26,8 +26,8 @@ from bench.proc import LOOPBACK, REPO_DIR, BenchError, Reaper, run, tree_peak_rs
 from bench.scenarios import (
     STALL,
     Options,
+    Relaying,
     ScenarioResult,
-    _Relaying,
     _vhost,
     not_available,
     port_open,
@@ -112,7 +112,7 @@ class _Delivered:
     file grows: cheap enough to ask every 50 ms), and whether the side's queue is empty."""
 
     def __init__(self, side: Peer, server: Server) -> None:
-        self.side = side.inner if isinstance(side, (_Relaying, _Filled)) else side
+        self.side = side.inner if isinstance(side, (Relaying, _Filled)) else side
         self.server = server
         self.dump = server.extra["sink"].workdir / "dump"
         self.offset = 0
@@ -182,8 +182,8 @@ def scenario_fanout(opts: Options) -> ScenarioResult:
         f"{domains} domains, accepted and relayed to smtp-sink, seconds",
     )
     workers = ("--delivery-processes=1",)
-    mq = _Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=workers), dump=True)
-    pf = _Relaying(Postfix(relay_port=1), dump=True)
+    mq = Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=workers), dump=True)
+    pf = Relaying(Postfix(relay_port=1), dump=True)
     sides = prepare_sides([mq, pf], opts, res)
     if mq not in sides:
         return not_available(res, res.unavailable.get(mq.name, "mqmta not available"))
@@ -233,7 +233,7 @@ class _Filled(Peer):
         self.inner = inner
         self.name = inner.name
         self.fill = fill
-        self.relaying = _Relaying(inner, dump=True)
+        self.relaying = Relaying(inner, dump=True)
 
     def prepare(self, allow_install: bool) -> None:
         self.relaying.prepare(allow_install)

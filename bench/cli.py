@@ -9,13 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.bulk import scenario_drain, scenario_fanout
+from bench.cluster import scenario_cluster
 from bench.peers import Mqmta
 from bench.proc import BENCH_DIR, log, raise_nofile, sigterm_as_interrupt
 from bench.report import table, to_json, write_json
 from bench.scenarios import SCENARIOS as BASIC
 from bench.scenarios import Options, ScenarioResult
 
-SCENARIOS = {**BASIC, "fanout": scenario_fanout, "drain": scenario_drain}
+SCENARIOS = {**BASIC, "fanout": scenario_fanout, "drain": scenario_drain, "cluster": scenario_cluster}
 
 DEFAULT_OUTPUT = BENCH_DIR / "results" / "latest.json"
 ALL_PEERS = ("smtp-sink", "postfix", "aiosmtpd", "haraka", "twisted.mail")

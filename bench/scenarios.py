@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.peers import (
     Aiosmtpd,
@@ -305,7 +306,7 @@ def accept_2000(res: ScenarioResult, sides: list[Peer], opts: Options) -> Scenar
 # --------------------------------------------------------------------------- 3 end to end
 
 
-class _Relaying(Peer):
+class Relaying(Peer):
     """A side that relays to a fresh smtp-sink it starts first, in the same round."""
 
     def __init__(self, inner: Peer, dump: bool = False) -> None:
@@ -337,9 +338,9 @@ def scenario_e2e(opts: Options) -> ScenarioResult:
     )
     # mqmta as deployed on a multi-core machine: delivery in a worker process of its own (as
     # Postfix's smtp runs apart from its smtpd); "mqmta-1proc" is everything in one process.
-    mq = _Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=("--delivery-processes=1",)))
-    one = _Relaying(Mqmta("mqmta-1proc", delivery=True, smarthost="127.0.0.1:1"))
-    pf = _Relaying(Postfix(relay_port=1))
+    mq = Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=("--delivery-processes=1",)))
+    one = Relaying(Mqmta("mqmta-1proc", delivery=True, smarthost="127.0.0.1:1"))
+    pf = Relaying(Postfix(relay_port=1))
     sides = prepare_sides([mq, one, pf], opts, res)
     if mq not in sides:
         return not_available(res, res.unavailable.get(mq.name, "mqmta not available"))
@@ -359,7 +360,7 @@ def relay_measure(opts: Options, recipients: int = 1) -> Measure:
         sink: Server = server.extra["sink"]
         t0 = time.monotonic()
         accept = smtp_source(server, opts, 2000, max(1, n // recipients), recipients)
-        if isinstance(side, _Relaying) and isinstance(side.inner, Postfix):
+        if isinstance(side, Relaying) and isinstance(side.inner, Postfix):
 
             def drained() -> bool:
                 return (sink.count() or 0) >= n and Postfix.queue_empty(server)
@@ -458,8 +459,8 @@ def scenario_dkim(opts: Options) -> ScenarioResult:
         reference="mqmta+dkim",
     )
     workers = ("--delivery-processes=1",)
-    plain = _Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=workers), dump=True)
-    signing = _Relaying(_SigningMqmta("mqmta+dkim", delivery=True, smarthost="127.0.0.1:1",
+    plain = Relaying(Mqmta(delivery=True, smarthost="127.0.0.1:1", extra_args=workers), dump=True)
+    signing = Relaying(_SigningMqmta("mqmta+dkim", delivery=True, smarthost="127.0.0.1:1",
                                       extra_args=workers), dump=True)
     sides = prepare_sides([plain, signing], opts, res)
     if signing not in sides:
@@ -707,11 +708,11 @@ def _has(binary: str) -> bool:
     return shutil.which(binary) is not None or Path("/usr/sbin", binary).exists()
 
 
-class _AmqpMqmta(Mqmta):
+class AmqpMqmta(Mqmta):
     """mqmta on the broker, each round in its own vhost."""
 
-    def __init__(self, label: str, base_url: str) -> None:
-        super().__init__(label=label, queue_url=base_url)
+    def __init__(self, label: str, base_url: str, **kwargs: Any) -> None:
+        super().__init__(label=label, queue_url=base_url, **kwargs)
         self.base_url = base_url
 
     def start(self, reaper: Reaper, workdir: Path) -> Server:
@@ -753,7 +754,7 @@ def scenario_amqp(opts: Options) -> ScenarioResult:
         reference="mqmta-amqp",
     )
     spool = Mqmta(label="mqmta-spool")
-    amqp = _AmqpMqmta("mqmta-amqp", opts.amqp_url)
+    amqp = AmqpMqmta("mqmta-amqp", opts.amqp_url)
     host_port = opts.amqp_url.split("@")[-1].split("/")[0]
     host, _, port = host_port.partition(":")
     if host not in ("127.0.0.1", "localhost", "[::1]"):

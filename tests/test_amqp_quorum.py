@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from mqtwisted.queue import Publication, QueueUnavailable
-from mqtwisted.queue.amqp import AmqpQueue
+from mqtwisted.queue.amqp import SETTLE_PAUSE, AmqpQueue
 from mqtwisted.queue.amqp_link import broker_urls
 from mqtwisted.queue.amqp_wire import DELAY_BUCKETS
 from tests.conftest import sleep, wait_until
@@ -106,18 +106,49 @@ def test_a_queue_declared_otherwise_is_used_and_a_full_one_refuses(amqp_prefix, 
     yield wait_until(lambda: q.link.publisher is not channel and q.connected, timeout=5)
     assert not channel.is_open
     leases = Leases()
-    q.consume("outbox", leases, prefetch=1)
-    first = yield leases.next()
-    # A settle whose outcome goes to a full queue fails and keeps the lease (a retry later).
-    with pytest.raises(QueueUnavailable):
-        yield q.settle(first, [Publication("outbox", {"n": 4}), Publication("outbox", {"n": 5})])
-    q.release(first)
+    q.consume("outbox", leases, prefetch=2)
     found = set()
     while len(found) < 2:
         lease = yield leases.next()
         found.add(lease.document["n"])
         yield q.settle(lease, [])
     assert found == {1, 2}
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_refused_outcome_is_published_again_while_the_lease_holds(amqp_prefix, own):
+    conn, ch = blocking_channel()
+    ch.queue_declare(amqp_prefix + "results", durable=True, arguments={
+        "x-max-length": 1, "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    ch.basic_publish("", amqp_prefix + "results", b"{}")  # full
+    q = own(AmqpQueue(AMQP_URL, prefix=amqp_prefix, timeout=1.5))
+    yield q.start()
+    yield q.publish([Publication("outbox", {"n": 1}), Publication("outbox", {"n": 2})])
+    leases = Leases()
+    q.consume("outbox", leases, prefetch=1)
+    first = yield leases.next()
+    started = time.monotonic()
+    settling = q.settle(first, [Publication("results", {"n": 1})])
+    outcome: list = []
+    settling.addBoth(lambda result: outcome.append(result) or result)
+    yield sleep(0.8)
+    assert outcome == []  # refused, and being tried again
+    ch.queue_purge(amqp_prefix + "results")  # room again: the next try is stored
+    yield settling
+    assert time.monotonic() - started >= SETTLE_PAUSE
+    second = yield leases.next()
+    assert second.document["n"] == 2 and len(leases.seen) == 2  # the first was not given back
+    # Full again (with the first outcome), for longer than the queue's timeout: settle fails
+    # and the lease stays, to be released.
+    with pytest.raises(QueueUnavailable, match="refused"):
+        yield q.settle(second, [Publication("results", {"n": 2})])
+    assert time.monotonic() - started >= 1.5
+    q.release(second)
+    again = yield leases.next()
+    assert again.document["n"] == 2
+    yield q.settle(again, [])
+    conn.close()
 
 
 @pytest_twisted.inlineCallbacks

@@ -2,8 +2,8 @@
 
 Topology (every name optionally prefixed, so test runs and tenants don't see each other):
 
-* one durable queue per named queue (``outbox``, ``inbox`` …), classic or quorum
-  (``queue_type``), fed through the default exchange, so any AMQP client can publish plain MailerQ JSON to ``outbox`` or read ``results``;
+* one durable queue per named queue (``outbox``, ``inbox`` …) fed through the default exchange,
+  so any AMQP client can publish plain MailerQ JSON to ``outbox`` or read ``results``;
 * a durable headers exchange ``mq-delay`` and durable queues ``mq-delay-<seconds>`` with that queue
   TTL and dead-lettering to the default exchange.  A document whose ``nextattempt`` lies in the
   future is published to the exchange with its *target queue as routing key* and a header choosing
@@ -12,36 +12,32 @@ Topology (every name optionally prefixed, so test runs and tenants don't see eac
   never comes back late by more than the smallest bucket; one that comes back early (or that an
   outside client published with a future ``nextattempt``) is simply delayed again by the consumer.
 
-Queue types.  ``classic`` queues live on one broker node, and RabbitMQ dead-letters from them *at
-most once*: a broker that dies as a bucket's TTL expires may lose that document.  ``quorum``
-queues (RabbitMQ 3.8+; the buckets need 3.10+) are replicated by Raft over the nodes of a
-cluster, and the buckets dead-letter *at least once* (``x-dead-letter-strategy: at-least-once``,
-which RabbitMQ allows only with ``x-overflow: reject-publish``): a document leaves a bucket only
-once the target queue confirmed it.  A full queue then refuses a publish with ``basic.nack``,
-which fails the publication with :class:`QueueUnavailable` (451, or a retry), never silently.
+Queue types (``queue_type``).  ``classic`` queues live on one broker node and dead-letter *at
+most once*: a broker dying as a bucket's TTL expires may lose that document.  ``quorum`` queues
+(RabbitMQ 3.8+, these buckets 3.10+) are replicated over a cluster's nodes and the buckets
+dead-letter *at least once* (``x-dead-letter-strategy``, with the ``x-overflow: reject-publish``
+it requires).  A refused publish (``basic.nack``) fails with :class:`QueueUnavailable`: 451, or
+a retry; never silently.
 
-Repeated deliveries.  A lease whose outcome the broker confirmed but whose ack it never
-processed (the connection, or the broker node, went between the two) comes back with
-``redelivered`` set.  The queue remembers the ids of the last :data:`SETTLED_MEMORY` outcomes it
-made durable and acks such a redelivery at once instead of handing it out again.  This memory is
-the node's own: a redelivery that goes to another node is delivered again (at least once, never
-lost); see README.rst, "Running on a RabbitMQ cluster".
+Repeated deliveries.  A lease whose outcome was confirmed but whose ack the broker never
+processed (the connection or the broker node went between the two) comes back ``redelivered``;
+the queue remembers the last :data:`SETTLED_MEMORY` ids it settled and acks such a redelivery
+without handing it out.  The memory is the node's own: a redelivery that goes to another node
+is delivered again (at least once, never lost); README.rst, "Running on a RabbitMQ cluster".
 
-Durability: messages are persistent (delivery mode 2) and every publication waits for its
-publisher confirm; ``publish`` fires only when the broker confirmed all of them, and errbacks with
-:class:`QueueUnavailable` when the broker is down, refuses, or does not answer within ``timeout``.
-``settle`` publishes the outcomes the same way and acks the leased delivery only after that.
+Durability: messages are persistent and every publication (documents, outcomes, delays) waits
+for its publisher confirm; ``publish`` fires only when the broker confirmed all of them, else
+errbacks with :class:`QueueUnavailable`.  ``settle`` acks the lease only after its outcomes.
 
-Connection: one TCP connection per node with a confirm-mode publishing channel and one channel per
-consumer (so ``basic_qos`` bounds each consumer on its own).  When the connection is lost, pending
-publications fail, every unacked lease is void (the broker redelivers those documents, perhaps to
-another node), and the queue reconnects by itself with exponential backoff and restarts its
+Connection: one TCP connection per node (to the next broker of the URL's list after a loss),
+a confirm-mode publishing channel and one channel per consumer (``basic_qos`` each).  When the
+connection is lost, pending publications fail, every unacked lease is void (the broker
+redelivers it, perhaps to another node), and the queue reconnects with backoff and restarts its
 consumers.
 """
 
 from __future__ import annotations
 
-import collections
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -53,6 +49,7 @@ from pika import exceptions as pika_exceptions
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -68,9 +65,10 @@ from mqtwisted.queue import (
     QueueUnavailable,
     Settlement,
 )
-from mqtwisted.queue.amqp_link import AmqpLink, Outgoing, unavailable
+from mqtwisted.queue.amqp_link import AmqpLink, BrokerRefused, Outgoing, unavailable
 from mqtwisted.queue.amqp_wire import (
     DELAY_BUCKETS,
+    RecentIds,
     decode_document,
     delay_bucket,
     encode_document,
@@ -85,6 +83,9 @@ log = Logger()
 #: message's future ``nextattempt`` and must still be visible at once.  A consumer of this class
 #: hands out only due documents whatever the queue (the Queue contract).
 DEFAULT_DELAYED: tuple[str, ...] = ("outbox", "inbox", "local", "dsn")
+
+#: seconds between two publications of an outcome the broker refused (see ``settle``)
+SETTLE_PAUSE = 0.5
 
 #: ids of settled leases remembered to recognize their redelivery (a few MB at most)
 SETTLED_MEMORY = 100_000
@@ -122,11 +123,8 @@ class _Delivery:
     tag: int
 
     def valid(self) -> bool:
-        return (
-            not self.consumer.cancelled
-            and self.consumer.channel is self.channel
-            and self.channel.is_open
-        )
+        consumer = self.consumer
+        return not consumer.cancelled and consumer.channel is self.channel and self.channel.is_open
 
 
 class AmqpQueue:
@@ -170,8 +168,8 @@ class AmqpQueue:
                              topology=self._declare, on_ready=self._connected, on_lost=self._lost,
                              arguments=self._arguments)
         self._consumers: dict[str, _Consumer] = {}
-        #: message ids whose outcome was made durable (insertion order: oldest first)
-        self._settled: collections.OrderedDict[str, None] = collections.OrderedDict()
+        #: message ids whose outcome was made durable
+        self._settled = RecentIds(SETTLED_MEMORY)
         #: redeliveries acked without a second delivery (their outcome was already durable)
         self.repeats_skipped = 0
 
@@ -471,7 +469,11 @@ class AmqpQueue:
     def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
         """Publish ``publications`` with confirms, then ack the lease.  A lease whose channel was
         lost is void (the broker redelivers its document): that errbacks with
-        :class:`QueueUnavailable` without publishing anything."""
+        :class:`QueueUnavailable` without publishing anything.
+
+        Outcomes refused (``basic.nack``: a quorum queue between leaders, a full queue) are
+        published again every :data:`SETTLE_PAUSE` s for up to ``timeout`` while the lease
+        holds: giving it back would deliver the mail again."""
         delivery = lease.token
         if not isinstance(delivery, _Delivery) or not delivery.valid():
             return fail(QueueUnavailable(
@@ -480,9 +482,10 @@ class AmqpQueue:
             outgoing = self._prepare(publications)
         except Exception as e:
             return fail(e)
+        deadline = self.reactor.seconds() + self.timeout
 
         def acknowledge(ids: list[str]) -> list[str]:
-            self._remember_settled(lease.id)
+            self._settled.add(lease.id)
             if not delivery.valid():
                 raise QueueUnavailable(
                     f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
@@ -490,14 +493,14 @@ class AmqpQueue:
             delivery.channel.basic_ack(delivery.tag)
             return ids
 
-        return self.link.send(outgoing).addCallback(acknowledge)
+        def refused(failure: Failure) -> Any:
+            failure.trap(BrokerRefused)
+            if not delivery.valid() or self.reactor.seconds() + SETTLE_PAUSE > deadline:
+                return failure
+            return deferLater(self.reactor, SETTLE_PAUSE, self.link.send, outgoing).addErrback(
+                refused)
 
-    def _remember_settled(self, id: str) -> None:
-        if id.startswith("sha1-"):
-            return  # no message id: equal bytes from an outside client are not the same document
-        self._settled[id] = None
-        if len(self._settled) > SETTLED_MEMORY:
-            self._settled.popitem(last=False)
+        return self.link.send(outgoing).addErrback(refused).addCallback(acknowledge)
 
     def settle_many(self, settlements: Sequence[Settlement]) -> Deferred[list[Exception | None]]:
         """Each lease settles on its own: a broker acks deliveries one by one, and one void

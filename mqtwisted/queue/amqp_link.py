@@ -47,6 +47,11 @@ def on_broker_alarm(conn: TwistedProtocolConnection, blocked: Callable[[], None]
     connection.add_on_connection_unblocked_callback(lambda *_: unblocked())
 
 
+class BrokerRefused(QueueUnavailable):
+    """The broker answered a publish with ``basic.nack``: that message is not stored (a full
+    queue, or a quorum queue without a leader for the moment); the connection is fine."""
+
+
 def broker_urls(url: str) -> list[str]:
     """One URL per broker of ``amqp://user:pass@h1:5672,h2:5673/vhost`` (the nodes of a
     cluster), each with the same credentials, vhost and options; a single host gives itself."""
@@ -470,8 +475,8 @@ def unavailable(failure: Any) -> Exception:
     if isinstance(value, QueueUnavailable):
         return value
     if isinstance(value, pika_exceptions.NackError):
-        return QueueUnavailable("AMQP broker refused the message (basic.nack: a full queue "
-                                "with x-overflow reject-publish, or a broker error)")
+        return BrokerRefused("AMQP broker refused the message (basic.nack: a full queue "
+                             "with x-overflow reject-publish, or a broker error)")
     return QueueUnavailable(f"AMQP: {type(value).__name__}: {value}")
 
 

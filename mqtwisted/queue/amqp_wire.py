@@ -4,6 +4,7 @@ delay buckets it may wait in.  Pure functions, no I/O (:mod:`mqtwisted.queue.amq
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import re
@@ -55,3 +56,22 @@ def message_id(properties: pika.BasicProperties, body: bytes) -> str:
     # Documents from other clients may carry no message id: a digest of the bytes is stable
     # across redeliveries and listings, which is what ``show`` needs.
     return properties.message_id or "sha1-" + hashlib.sha1(body).hexdigest()[:20]
+
+
+class RecentIds:
+    """The last ``size`` message ids added, oldest forgotten first.  Digest ids (no message
+    id) are never kept: equal bytes from an outside client are not the same document."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def add(self, id: str) -> None:
+        if id.startswith("sha1-"):
+            return
+        self._ids[id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._ids
