@@ -47,7 +47,7 @@ class _ClusterMqmta(Mqmta):
 def scenario_cluster(opts: Options) -> ScenarioResult:
     res = ScenarioResult(
         "cluster",
-        f"12 cluster: {opts.messages} messages accepted and relayed to smtp-sink, quorum queues "
+        f"10 cluster: {opts.messages} messages accepted and relayed to smtp-sink, quorum queues "
         "on a three-node RabbitMQ cluster vs classic queues on one broker, seconds",
         reference="mqmta-quorum3",
     )

@@ -4,7 +4,8 @@ while documents wait in delay queues.  What the issue asked of quorum queues: no
 250 is lost; a delivery may repeat (the tests print how many did).
 
 Marked ``cluster`` (the default run leaves it out, .ci/run runs it after the suite): the cluster
-starts in about 15 s, each test takes one to two minutes on a loaded two-core machine.
+starts and joins in 13-18 s, and the three tests take about 90 s on the shared two-core machine
+(111 s with the issue's loads).
 ``MQMTA_CLUSTER_MESSAGES`` sets the load of the leader kill (default 500, the issue's figure is
 5000), ``MQMTA_CLUSTER_DELAYED`` the retries waiting in delay queues (default 300, the issue's
 1000).

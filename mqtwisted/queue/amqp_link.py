@@ -340,11 +340,11 @@ class AmqpLink:
     def _renew_publisher(self) -> None:
         """A new publishing channel in place of the current one, after a ``basic.nack``.
 
-        RabbitMQ before 3.11.24/3.12.5 starts a channel's quorum-queue client with the leader
-        its queue record names (rabbitmq-server#9241): a channel that first publishes to a quorum
-        queue while that leader is dead and no new one is elected yet keeps sending to the dead
-        one, and every publish to that queue is nacked for as long as the channel lives (seen
-        here with 3.10.8, a node killed under load: minutes of 451).  A new channel asks again.
+        RabbitMQ 3.10 (fixed in 3.11 and 3.12: rabbitmq-server#9241) starts a channel's
+        quorum-queue client with the leader its queue record names: a channel that first
+        publishes to a quorum queue while that leader is dead and no new one is elected yet
+        keeps sending to the dead one, and every publish to that queue is nacked for as long as
+        the channel lives (seen with 3.10.8, a node killed under load: minutes of 451).
         Its pending confirms fail (451, or a retry), which a nack storm costs anyway."""
         conn, old = self.connection, self.publisher
         if self._renewing or conn is None or old is None:
