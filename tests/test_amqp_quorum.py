@@ -13,10 +13,12 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from mqtwisted.options import ConfigError, MQOptions
 from mqtwisted.queue import Publication, QueueUnavailable
 from mqtwisted.queue.amqp import SETTLE_PAUSE, AmqpQueue
 from mqtwisted.queue.amqp_link import broker_urls
 from mqtwisted.queue.amqp_wire import DELAY_BUCKETS
+from mqtwisted.wiring import make_queue
 from tests.conftest import sleep, wait_until
 from tests.conftest_amqp import (
     AMQP_URL,
@@ -44,6 +46,17 @@ def test_broker_urls_split_a_host_list_and_keep_the_rest():
 def test_an_unknown_queue_type_is_refused_with_its_name():
     with pytest.raises(ValueError, match="classic, quorum.*'mirrored'"):
         AmqpQueue(AMQP_URL, queue_type="mirrored")
+
+
+def test_the_option_names_itself_and_reaches_the_queue():
+    options = MQOptions()
+    with pytest.raises(ConfigError, match="--amqp-queue-type: bad value 'mirrored'"):
+        options.parseOptions(["--amqp-queue-type", "mirrored"])
+    options = MQOptions()
+    options.parseOptions(["--queue", "amqp://u:p@h1:5672,h2:5673/v", "--amqp-queue-type", "quorum"])
+    queue = make_queue(options)
+    assert queue.queue_type == "quorum"
+    assert [(b.host, b.port) for b in queue.link.brokers] == [("h1", 5672), ("h2", 5673)]
 
 
 def _queues(prefix: str) -> dict[str, dict]:
@@ -147,7 +160,14 @@ def test_a_refused_outcome_is_published_again_while_the_lease_holds(amqp_prefix,
     q.release(second)
     again = yield leases.next()
     assert again.document["n"] == 2
-    yield q.settle(again, [])
+    # A settle pausing between two tries ends with stop(), not a timeout later.
+    pausing = q.settle(again, [Publication("results", {"n": 2})])
+    yield sleep(0.2)
+    stopping = time.monotonic()
+    yield q.stop()
+    with pytest.raises(defer.CancelledError):
+        yield pausing
+    assert time.monotonic() - stopping < 1.0
     conn.close()
 
 

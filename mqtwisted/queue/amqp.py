@@ -139,8 +139,7 @@ class AmqpQueue:
     :param max_backoff: longest pause between reconnection attempts.
     :param delayed: queues whose documents are published into a delay bucket when their
         ``nextattempt`` lies ahead (see :data:`DEFAULT_DELAYED`).
-    :param queue_type: ``classic`` or ``quorum``: the type of every queue it declares (named
-        queues, queues declared on first use, delay buckets).
+    :param queue_type: ``classic`` or ``quorum``: the type of every queue it declares.
     """
 
     def __init__(
@@ -170,6 +169,7 @@ class AmqpQueue:
         self._consumers: dict[str, _Consumer] = {}
         #: message ids whose outcome was made durable
         self._settled = RecentIds(SETTLED_MEMORY)
+        self._pausing: set[Deferred] = set()  # settles waiting to publish a refused outcome again
         #: redeliveries acked without a second delivery (their outcome was already durable)
         self.repeats_skipped = 0
 
@@ -243,6 +243,8 @@ class AmqpQueue:
         for consumer in self._consumers.values():
             consumer.cancel()
         self._consumers.clear()
+        for pause in list(self._pausing):
+            pause.cancel()
         return self.link.stop()
 
     def _arguments(self, name: str) -> dict[str, Any]:
@@ -253,8 +255,7 @@ class AmqpQueue:
         seconds = self._buckets.get(name)
         if seconds is not None:
             arguments["x-message-ttl"] = seconds * 1000
-            # Empty exchange = the default one; with no dead-letter routing key the message
-            # keeps its original one, which is its target queue.
+            # The default exchange, and no dead-letter routing key: back into its target queue.
             arguments["x-dead-letter-exchange"] = ""
             if self.queue_type == "quorum":
                 arguments["x-dead-letter-strategy"] = "at-least-once"
@@ -423,8 +424,7 @@ class AmqpQueue:
             return
         properties = message.properties
         if message.method.redelivered and properties.message_id in self._settled:
-            # Its outcome is durable already; only the ack was lost.
-            self.repeats_skipped += 1
+            self.repeats_skipped += 1  # its outcome is stored already; only the ack was lost
             log.info("AMQP {queue}: {id} redelivered after its outcome was stored; acked "
                      "without delivering it again", queue=consumer.queue, id=properties.message_id)
             channel.basic_ack(tag)
@@ -471,9 +471,8 @@ class AmqpQueue:
         lost is void (the broker redelivers its document): that errbacks with
         :class:`QueueUnavailable` without publishing anything.
 
-        Outcomes refused (``basic.nack``: a quorum queue between leaders, a full queue) are
-        published again every :data:`SETTLE_PAUSE` s for up to ``timeout`` while the lease
-        holds: giving it back would deliver the mail again."""
+        Refused outcomes (``basic.nack``: a quorum queue between leaders, a full queue) are sent
+        again every :data:`SETTLE_PAUSE` s, up to ``timeout``, while the lease holds."""
         delivery = lease.token
         if not isinstance(delivery, _Delivery) or not delivery.valid():
             return fail(QueueUnavailable(
@@ -497,8 +496,10 @@ class AmqpQueue:
             failure.trap(BrokerRefused)
             if not delivery.valid() or self.reactor.seconds() + SETTLE_PAUSE > deadline:
                 return failure
-            return deferLater(self.reactor, SETTLE_PAUSE, self.link.send, outgoing).addErrback(
-                refused)
+            again = deferLater(self.reactor, SETTLE_PAUSE, self.link.send, outgoing)
+            self._pausing.add(again)  # cancelled by stop()
+            again.addBoth(lambda result: self._pausing.discard(again) or result)
+            return again.addErrback(refused)
 
         return self.link.send(outgoing).addErrback(refused).addCallback(acknowledge)
 
