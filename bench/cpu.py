@@ -41,7 +41,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """Seconds of CPU (user + system) of the main thread of ``pid`` and of all its other threads."""
+    """Seconds of CPU (user + system) of the main thread of ``pid`` and of all its other threads,
+    and the main thread's system (kernel) part alone."""
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -52,6 +53,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
         name = "main" if int(tid) == pid else "other threads"
         fields = stat[stat.rindex(")") + 2 :].split()
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+        if name == "main":
+            out["main kernel"] = int(fields[12]) / TICK
     return out
 
 
@@ -150,6 +153,8 @@ def one_round(tree: Path, args: argparse.Namespace) -> dict[str, float]:
                 if pid is not None:
                     out[f"{proc} writes per delivery"] = (write_calls(pid) - writes[proc]) / deliveries
             for proc, threads in after.items():
+                kernel = threads.pop("main kernel") - before[proc].pop("main kernel")
+                out[f"{proc}/main kernel us"] = kernel / deliveries * 1e6
                 for name, secs in threads.items():
                     used = secs - before[proc].get(name, 0.0)
                     if used > 0:

@@ -17,17 +17,14 @@ def parse_networks(cidrs: tuple[str, ...]) -> tuple[Network, ...]:
 
 
 @functools.lru_cache(maxsize=4096)
-def in_parsed(networks: tuple[Network, ...], ip: str) -> bool:
-    # Cached: parsing an address costs more than the rest of a RCPT command.
+def in_networks(cidrs: tuple[str, ...], ip: str) -> bool:
+    """Is ``ip`` (an IPv4-mapped IPv6 address counts as its IPv4 one) in one of ``cidrs``?"""
+    # Cached on the strings: parsing an address costs more than the rest of a RCPT command, and
+    # a key of parsed networks cost a Python __hash__ and __eq__ per network at every look-up.
     try:
         addr = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    return any(addr in net for net in networks if net.version == addr.version)
-
-
-def in_networks(cidrs: tuple[str, ...], ip: str) -> bool:
-    """Is ``ip`` (an IPv4-mapped IPv6 address counts as its IPv4 one) in one of ``cidrs``?"""
-    return in_parsed(parse_networks(tuple(cidrs)), ip)
+    return any(addr in net for net in parse_networks(cidrs) if net.version == addr.version)

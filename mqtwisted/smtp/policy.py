@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 from mqtwisted.connection import Connection
-from mqtwisted.networks import in_parsed, parse_networks
+from mqtwisted.networks import in_networks, parse_networks
 from mqtwisted.smtp.commands import domain_of
 
 DEFAULT_RANGE = ("127.0.0.0/8", "::1/128")
@@ -17,26 +17,17 @@ DEFAULT_RANGE = ("127.0.0.0/8", "::1/128")
 
 @attrs.frozen
 class RelayPolicy:
-    trusted: tuple[str, ...] = DEFAULT_RANGE
+    trusted: tuple[str, ...] = attrs.field(default=DEFAULT_RANGE, converter=tuple)
     local_domains: frozenset[str] = frozenset()
-    _networks: tuple = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "_networks", parse_networks(self.trusted))
-
-    def __getstate__(self) -> dict:
-        return {"trusted": self.trusted, "local_domains": self.local_domains}
-
-    def __setstate__(self, state: dict) -> None:
-        object.__setattr__(self, "trusted", state["trusted"])
-        object.__setattr__(self, "local_domains", state["local_domains"])
-        self.__attrs_post_init__()
+        parse_networks(self.trusted)  # a bad range fails here, at start, not at the first RCPT
 
     def is_local(self, address: str) -> bool:
         return domain_of(address) in self.local_domains
 
     def is_trusted(self, ip: str) -> bool:
-        return in_parsed(self._networks, ip)
+        return in_networks(self.trusted, ip)
 
     def may_relay(self, conn: Connection) -> bool:
         return conn.authenticated or self.is_trusted(conn.remote_ip)
