@@ -39,7 +39,8 @@ def available() -> str | None:
 
 class RabbitNode:
     def __init__(self, base: str, index: int) -> None:
-        self.name = f"mqc{index}@localhost"
+        # The process id in the name: two clusters (two test processes) never clash in epmd.
+        self.name = f"mqc{index}_{os.getpid()}@localhost"
         self.port = _free_port()
         self.dist_port = _free_port()
         self.base = base
