@@ -25,12 +25,12 @@ _HEAD_LIMIT = 256 * 1024
 def header_block(mime: bytes) -> bytes:
     """The header section of a message, up to and with its last header's line end (bounded, so a
     body with no blank line costs nothing).  LF-only input, as other publishers may send, too."""
-    head = mime[:_HEAD_LIMIT]
-    end = head.find(b"\r\n\r\n")
+    # Searched in place: a slice of the limit first copied all of a 100 kB message.
+    end = mime.find(b"\r\n\r\n", 0, _HEAD_LIMIT)
     if end >= 0:
-        return head[: end + 2]
-    end = head.find(b"\n\n")
-    return head[: end + 1] if end >= 0 else head
+        return mime[: end + 2]
+    end = mime.find(b"\n\n", 0, _HEAD_LIMIT)
+    return mime[: end + 1] if end >= 0 else mime[:_HEAD_LIMIT]
 
 
 def message_id(head: bytes) -> str | None:
