@@ -94,6 +94,14 @@ def test_a_line_is_long_exactly_when_it_and_its_crlf_pass_the_limit(lengths, cut
     assert not reader.bare_newline and reader.body().data == body
 
 
+def test_only_cr_and_lf_break_lines():
+    # Vertical tab, form feed, the file/group/record separators and NEL end lines for str, not
+    # for SMTP: a line holding them is one line, and its length counts them.
+    reader = BodyReader(max_line=10)
+    assert reader.feed(b"ab\x0b\x0c\x1c\x1d\x1e\x85cd\r\n.\r\n") == b""
+    assert reader.long_line and not reader.bare_newline
+
+
 def test_size_limit_stops_keeping_bytes():
     reader = BodyReader(max_size=1000)
     for _ in range(100):
