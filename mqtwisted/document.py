@@ -68,6 +68,20 @@ def due_time(json: Mapping[str, Any]) -> float:
 # -- nested values ---------------------------------------------------------------------------------
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _report_text(key: str, value: Any) -> str | None:
+    """A value a delivery report repeats as a field (ORCPT, ENVID): a CR or LF in it would
+    write fields of its own into the report."""
+    if not value:
+        return None
+    text = str(value)
+    if _CONTROL.search(text):
+        raise DocumentError(key, value, "text without control characters")
+    return text
+
+
 @attrs.frozen
 class DsnRequest:
     """RFC 3461 parameters from MAIL FROM and RCPT TO: ``dsn`` {notify, ret, orcpt, envid}."""
@@ -89,8 +103,8 @@ class DsnRequest:
         return cls(
             tuple(str(v).strip().upper() for v in notify) if notify else None,
             str(raw["ret"]).upper() if raw.get("ret") else None,
-            str(raw["orcpt"]) if raw.get("orcpt") else None,
-            str(raw["envid"]) if raw.get("envid") else None,
+            _report_text(f"{key}.orcpt", raw.get("orcpt")),
+            _report_text(f"{key}.envid", raw.get("envid")),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -29,3 +29,10 @@ def xtext_encode(value: str) -> str:
 def xtext_decode(value: str) -> str:
     """The text ``value`` encodes (``+XX`` back to the character)."""
     return _HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), value)
+
+
+def is_printable_xtext(value: str) -> bool:
+    """True when ``value`` is xtext whose text is printable US-ASCII (RFC 3461 §4.2 and §4.4 ask
+    that of ORCPT and ENVID).  The text is written into delivery reports as a field's value, so
+    an encoded CR or LF would start fields of the sender's choosing, as Postfix also refuses."""
+    return is_xtext(value) and all(" " <= c <= "~" for c in xtext_decode(value))

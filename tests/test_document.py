@@ -108,6 +108,9 @@ def test_attempt_record_matches_the_attempt() -> None:
         ({"recipient": "a@b", "queues": ["results"]}, "queues"),
         ({"recipient": "a@b", "headers": {"prepend": "X-A: 1"}}, "headers.prepend"),
         ({"recipient": "a@b", "dsn": "FAILURE"}, "dsn"),
+        # a report repeats these as fields: a CR LF would add fields of its own
+        ({"recipient": "a@b", "dsn": {"envid": "x\r\nAction: delivered"}}, "dsn.envid"),
+        ({"recipient": "a@b", "dsn": {"orcpt": "rfc822;a@b\nStatus: 2.0.0"}}, "dsn.orcpt"),
         ({"recipient": "a@b", "keepmime": "yes"}, "keepmime"),
         ({"recipient": "a@b", "results": [1]}, "results[0]"),
         ({"recipient": "a@b", "mime": 42}, "mime"),

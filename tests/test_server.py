@@ -72,12 +72,29 @@ def test_null_sender_and_dsn_parameters_kept():
         (b"MAIL TO:<a@example.com>", 501),
         (b"MAIL FROM:<j\xc3\xb6@example.com>", 553),
         (b"MAIL", 501),
+        # xtext that decodes to a CR LF would write fields of its own into a delivery report
+        (b"MAIL FROM:<a@example.com> ENVID=x+0D+0AAction:+20delivered", 501),
+        (b"MAIL FROM:<a@example.com> ENVID=x+00", 501),
+        (b"MAIL FROM:<a@example.com> ENVID=caf+C3+A9", 501),
+        (b"MAIL FROM:<a@example.com> ENVID=a+G1", 501),
     ],
 )
 def test_bad_mail_commands_get_errors_and_session_goes_on(line, code):
     dialog, _ = ours()
     dialog.send(b"EHLO c\r\n" + line + b"\r\nNOOP\r\n")
     assert dialog.codes() == [250, code, 250]
+
+
+@pytest.mark.parametrize("params", [
+    b"NOTIFY=JUNK", b"NOTIFY=NEVER,SUCCESS", b"NOTIFY=,", b"ORCPT=foo", b"ORCPT=rfc822;a+ZZb",
+    b"ORCPT=rfc822;b+0D+0AAction:+20delivered@example.com", b"ORCPT=<>;b@example.com", b"ORCPT=rfc822;",
+])
+def test_bad_rcpt_parameters_get_501_and_session_goes_on(params):
+    dialog, rec = ours()
+    dialog.send(b"EHLO c\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com> " + params
+                + b"\r\nRCPT TO:<b@example.com> ORCPT=rfc822;b+2Bx@example.com\r\nDATA\r\n.\r\n")
+    assert dialog.codes() == [250, 250, 501, 250, 354, 250]
+    assert [r.params for r in rec.messages[0][1].recipients] == [{"ORCPT": "rfc822;b+2Bx@example.com"}]
 
 
 def test_smtputf8_allows_utf8_addresses():

@@ -11,7 +11,7 @@ import re
 import attrs
 
 from mqtwisted.connection import Reply
-from mqtwisted.xtext import is_xtext
+from mqtwisted.xtext import is_printable_xtext
 
 _VERB = re.compile(r"[A-Za-z]{1,16}\Z")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -35,6 +35,7 @@ _MAILBOX_UTF8 = _mailbox(_ATOM_UTF8, _QUOTED_UTF8, _LABEL_UTF8)
 _PATH = re.compile(r"\s*<([^<>]*)>(?:\s+(.*))?\Z|\s*([^<>\s]+)(?:\s+(.*))?\Z", re.S)
 _ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
 _PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
+_ADDR_TYPE = re.compile(rf"{_ATOM}\Z")  # ORCPT's addr-type (RFC 3461 §4.2), "rfc822" in practice
 
 MAX_ADDRESS = 254
 
@@ -128,7 +129,7 @@ def check_mail_params(params: dict[str, str | None], maxsize: int, secure: bool 
             return Reply(530, "REQUIRETLS needs a TLS session (STARTTLS first)", "5.7.10")
         elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
             return Reply(501, "RET must be FULL or HDRS", "5.5.4")
-        elif key == "ENVID" and (not value or len(value) > 100 or not is_xtext(value)):
+        elif key == "ENVID" and (not value or len(value) > 100 or not is_printable_xtext(value)):
             return Reply(501, "Bad ENVID", "5.5.4")
     return None
 
@@ -156,6 +157,6 @@ def check_rcpt_params(params: dict[str, str | None]) -> Reply | None:
                 return Reply(501, "Bad NOTIFY value", "5.5.4")
         elif key == "ORCPT":
             kind, semi, addr = (value or "").partition(";")
-            if not semi or not kind or not addr or len(value or "") > 500 or not is_xtext(addr):
+            if not semi or not _ADDR_TYPE.match(kind) or not addr or len(value or "") > 500 or not is_printable_xtext(addr):
                 return Reply(501, "Bad ORCPT value", "5.5.4")
     return None
