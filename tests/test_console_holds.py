@@ -51,11 +51,16 @@ async def test_pauses_over_the_api_are_the_commands_pauses(tmp_path, capsys):
 
         for body, field in [({"domain": "x", "duration": "soon"}, "/duration"), ({"duration": 0}, "/duration"),
                             ({"duration": "0s"}, "/duration"), ({"duration": 10**12}, "/duration"),
-                            ({"domain": 7}, "/domain"), ({"domian": "x"}, "body"), ([], "body")]:
+                            ({"domain": 7}, "/domain"), ({"domian": "x"}, "body"), ([], "body"),
+                            # empty would pause everything; a blank matches nothing
+                            ({"domain": ""}, "/domain"), ({"source": " "}, "/source"), ({"tag": ""}, "/tag"),
+                            ({"domain": "a b.example"}, "/domain"), ({"tag": "a\nb"}, "/tag")]:
             refused = await client.call("POST", "/v1/pauses", body)
             assert refused.status == 400 and refused.json["field"] == field, (body, refused.json)
         nan = await client.call("POST", "/v1/pauses", raw=b'{"duration": NaN}', content_type="application/json")
         assert nan.status == 400 and nan.json["field"] == "body"
+        deep = await client.call("POST", "/v1/pauses", raw=b"[" * 100_000, content_type="application/json")
+        assert deep.status == 400 and "nested too deeply" in deep.json["error"]  # was a 500
         assert len((await client.call("GET", "/v1/pauses")).json["pauses"]) == 1  # nothing refused was stored
     finally:
         await mta.stop()
@@ -89,10 +94,15 @@ async def test_suppressions_over_the_api_are_the_commands_list(tmp_path, capsys)
 
         for body, field in [({"pattern": "nobody"}, "/pattern"), ({"pattern": "a@b.example", "code": 450}, "/code"),
                             ({"pattern": "a@b.example", "enhanced": "4.7.1"}, "/enhanced"),
-                            ({"pattern": "a@b.example", "duration": -5}, "/duration"), ({}, "/pattern")]:
+                            ({"pattern": "a@b.example", "duration": -5}, "/duration"), ({}, "/pattern"),
+                            ({"pattern": "a@b.example", "enhanced": "5.7.1\n"}, "/enhanced")]:
             refused = await client.call("POST", "/v1/suppressions", body)
             assert refused.status == 400 and refused.json["field"] == field, (body, refused.json)
         assert len((await client.call("GET", "/v1/suppressions")).json["suppressions"]) == 2
+        # 550.0 is an integer to JSON Schema; the entry keeps the reply code 550, not "550.0"
+        whole = await client.call("POST", "/v1/suppressions", raw=b'{"pattern": "f@b.example", "code": 551.0}',
+                                  content_type="application/json")
+        assert whole.status == 200 and whole.body.count(b'"code": 551,') == 1
     finally:
         await mta.stop()
 

@@ -50,6 +50,12 @@ def test_pauses_are_added_listed_removed_and_expire(tmp_path):
     assert pauses.list() == []
     with pytest.raises(ValueError, match="duration"):
         pauses.add(duration=0)
+    # given empty, a field would match anything: a "domain" pause of every delivery
+    for bad, field in [({"domain": ""}, "domain"), ({"domain": " . "}, "domain"), ({"source": ""}, "source"),
+                       ({"tag": " "}, "tag"), ({"domain": "a b.example"}, "domain"), ({"tag": "a\x00"}, "tag")]:
+        with pytest.raises(ValueError, match=f"^{field}: "):
+            pauses.add(**bad)
+    assert pauses.list() == [] and pauses.add(tag="two words").tag == "two words"
 
 
 def test_a_pause_matches_on_each_field_it_names():
@@ -79,7 +85,9 @@ def test_suppressions_match_an_address_or_its_whole_domain(tmp_path):
     assert (hit.pattern, hit.code, hit.enhanced, hit.text) == ("spam.example", 554, "5.7.0", "no thanks")
     assert [e.pattern for e in entries.list()] == ["bob@example.com", "spam.example"]
     assert entries.remove("BOB@example.com") and not entries.remove("bob@example.com")
-    for bad, field in [({"code": 450}, "code"), ({"enhanced": "4.7.1"}, "enhanced"), ({"duration": -1}, "duration")]:
+    assert type(entries.add("f@example.com", code=551.0).code) is int  # JSON's 551.0
+    for bad, field in [({"code": 450}, "code"), ({"enhanced": "4.7.1"}, "enhanced"), ({"duration": -1}, "duration"),
+                       ({"enhanced": "5.7.1\n"}, "enhanced"), ({"code": 550.5}, "code"), ({"code": True}, "code")]:
         with pytest.raises(ValueError, match=field):
             entries.add("x@example.com", **bad)
     for bad in ["", "user@", "no spaces@example.com", "plainword"]:

@@ -81,8 +81,12 @@ def read_json(request: Any) -> Any:
 
 def loads(raw: bytes | str) -> Any:
     """JSON as RFC 8259 has it: Python also reads NaN and Infinity, which would pass every
-    comparison with a limit (a NaN duration, a NaN nextattempt)."""
-    return json.loads(raw, parse_constant=_no_constant)
+    comparison with a limit (a NaN duration, a NaN nextattempt).  ValueError for what is not."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:
+        # a few kB of "[" reach the decoder's recursion limit: bad input, not an internal error
+        raise ValueError("arrays or objects nested too deeply") from None
 
 
 def _no_constant(name: str) -> Any:

@@ -9,6 +9,7 @@ one left out matches anything.  :class:`PauseList` is the interface operators' t
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -20,9 +21,23 @@ if TYPE_CHECKING:
     from mqtwisted.state.backend import Backend
 
 
-def _lower(value: str | None) -> str | None:
-    value = (value or "").strip().lower().rstrip(".")
-    return value or None
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _field(name: str, value: str | None, lower: bool = True) -> str | None:
+    """A pause's ``name`` as given (None: any).  Given empty, it would match anything and pause
+    every delivery, which no one naming a domain means; with a control character (or a blank
+    in an address, a pool name or a domain) it would match nothing: both are refused."""
+    if value is None:
+        return None
+    text = value.strip()
+    if lower:
+        text = text.lower().rstrip(".")
+    if not text:
+        raise ValueError(f"{name}: empty (leave it out to match any {name})")
+    if _CONTROL.search(text) or (lower and " " in text):
+        raise ValueError(f"{name}: a blank or a control character in {value!r}")
+    return text
 
 
 @attrs.frozen
@@ -81,7 +96,8 @@ class PauseList:
         if duration is not None and duration <= 0:
             raise ValueError(f"duration: must be positive, got {duration!r}")
         now = self.clock()
-        pause = Pause(uuid.uuid4().hex[:8], _lower(source), _lower(domain), (tag or "").strip() or None,
+        pause = Pause(uuid.uuid4().hex[:8], _field("source", source), _field("domain", domain),
+                      _field("tag", tag, lower=False),
                       None if duration is None else now + duration, reason, now)
         self.backend.put_pause(pause)
         return pause

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 DEFAULT_CODE = 550
 DEFAULT_ENHANCED = "5.7.1"
 DEFAULT_TEXT = "Recipient is on the suppression list"
-_ENHANCED = re.compile(r"^5\.\d{1,3}\.\d{1,3}$")
+# \Z, not $: "5.7.1\n" would pass, and the status goes into delivery reports' fields.
+_ENHANCED = re.compile(r"5\.[0-9]{1,3}\.[0-9]{1,3}\Z")
 
 
 def normalize(pattern: str) -> str:
@@ -82,7 +83,9 @@ class SuppressionList:
     def add(self, pattern: str, code: int = DEFAULT_CODE, enhanced: str = DEFAULT_ENHANCED,
             text: str = DEFAULT_TEXT, duration: float | None = None) -> Suppression:
         """Suppress an address or a domain (replacing an entry for the same one)."""
-        if not 500 <= code <= 599:
+        if isinstance(code, float) and code.is_integer():
+            code = int(code)  # JSON's 550.0 (valid as an integer there) is the reply code 550
+        if not isinstance(code, int) or isinstance(code, bool) or not 500 <= code <= 599:
             raise ValueError(f"code: a suppressed recipient fails for good, so 5xx; got {code!r}")
         if not _ENHANCED.match(enhanced):
             raise ValueError(f"enhanced: expected a 5.x.y status code like 5.7.1, got {enhanced!r}")
