@@ -355,6 +355,13 @@ def test_bdat_text_is_judged_like_data_but_binary_is_not():
     assert rec.messages == []
 
 
+def test_bdat_of_no_octets_is_an_empty_message_as_data_dot_is():
+    dialog, rec = ours()
+    dialog.send(MAIL_RCPT + b"BDAT 0 LAST\r\n" + MAIL_RCPT[13:] + b"BDAT 0\r\nBDAT 0 LAST\r\n")
+    assert dialog.codes() == [250, 250, 250, 250, 250, 250, 250, 250]  # was 550 5.6.11 "bare CR or LF"
+    assert [m[2] for m in rec.messages] == [b"", b""]
+
+
 def test_bdat_without_a_size_ends_the_session():
     dialog, rec = ours()
     dialog.send(MAIL_RCPT + b"BDAT lots\r\nwhatever\r\n")

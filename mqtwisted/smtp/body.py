@@ -100,8 +100,9 @@ class BodyReader:
         self._keep(data)
 
     def end_chunks(self) -> None:
-        """The last chunk arrived: a CR still held back is a bare one."""
-        if self._carry:
+        """The last chunk arrived: a CR still held back is a bare one (the virtual CRLF still
+        there means no chunk had an octet: an empty message, as DATA's ``.`` at once)."""
+        if self._carry and not self._skip:
             self.bare_newline = True
             self._carry = b""
 
