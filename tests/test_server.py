@@ -77,6 +77,8 @@ def test_null_sender_and_dsn_parameters_kept():
         (b"MAIL FROM:<a@example.com> ENVID=x+00", 501),
         (b"MAIL FROM:<a@example.com> ENVID=caf+C3+A9", 501),
         (b"MAIL FROM:<a@example.com> ENVID=a+G1", 501),
+        (b"MAIL FROM:<a@example.com> RET=FULL RET=HDRS", 501),
+        ("MAIL FROM:<a@example.com> SIZE=\u0663".encode(), 501),
     ],
 )
 def test_bad_mail_commands_get_errors_and_session_goes_on(line, code):
@@ -88,6 +90,7 @@ def test_bad_mail_commands_get_errors_and_session_goes_on(line, code):
 @pytest.mark.parametrize("params", [
     b"NOTIFY=JUNK", b"NOTIFY=NEVER,SUCCESS", b"NOTIFY=,", b"ORCPT=foo", b"ORCPT=rfc822;a+ZZb",
     b"ORCPT=rfc822;b+0D+0AAction:+20delivered@example.com", b"ORCPT=<>;b@example.com", b"ORCPT=rfc822;",
+    b"NOTIFY=SUCCESS NOTIFY=NEVER",
 ])
 def test_bad_rcpt_parameters_get_501_and_session_goes_on(params):
     dialog, rec = ours()

@@ -34,6 +34,7 @@ _MAILBOX = _mailbox(_ATOM, _QUOTED, _LABEL)
 _MAILBOX_UTF8 = _mailbox(_ATOM_UTF8, _QUOTED_UTF8, _LABEL_UTF8)
 _PATH = re.compile(r"\s*<([^<>]*)>(?:\s+(.*))?\Z|\s*([^<>\s]+)(?:\s+(.*))?\Z", re.S)
 _ROUTE = re.compile(r"@[^:,]+(?:,@[^:,]+)*:")
+_DIGITS = re.compile(r"[0-9]{1,20}")
 _PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _ADDR_TYPE = re.compile(rf"{_ATOM}\Z")  # ORCPT's addr-type (RFC 3461 §4.2), "rfc822" in practice
 
@@ -86,6 +87,8 @@ def parse_path(arg: str, keyword: str) -> Path | Reply:
         key, eq, value = token.partition("=")
         if not _PARAM_KEY.match(key) or (eq and not value):
             return Reply(555, f"Malformed parameter {token[:40]!r}", "5.5.4")
+        if key.upper() in params:  # which one would count? (Postfix refuses them too)
+            return Reply(501, f"Parameter {key.upper()[:40]} given twice", "5.5.4")
         params[key.upper()] = value if eq else None
     return Path(address, params)
 
@@ -116,7 +119,7 @@ def check_mail_params(params: dict[str, str | None], maxsize: int, secure: bool 
         if key not in _MAIL_PARAMS:
             return Reply(555, f"Unsupported parameter {key}", "5.5.4")
         if key == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not _DIGITS.fullmatch(value):  # not isdigit(): "٣" is a digit to it
                 return Reply(501, "Bad SIZE value", "5.5.4")
             if maxsize and int(value) > maxsize:
                 return Reply(552, f"Message size exceeds fixed limit of {maxsize} bytes", "5.3.4")
