@@ -74,6 +74,13 @@ def _seconds(value: str) -> float:
     return n
 
 
+def _positive_seconds(value: str) -> float:
+    n = float(value)
+    if not n > 0:  # 0 would retry in a busy loop
+        raise ValueError("must be more than 0")
+    return n
+
+
 def _ip_list(value: str) -> list[str]:
     import ipaddress
 
@@ -156,6 +163,8 @@ OPTIONS: list[tuple[str, str | None, Callable[[str], Any], str]] = [
     ("amqp-prefetch", "100", _positive_int, "unacknowledged messages per AMQP consumer"),
     ("amqp-queue-type", "classic", _choice(*AMQP_QUEUE_TYPES),
      "type of the AMQP queues mqmta declares: classic (one broker), or quorum (a cluster)"),
+    ("amqp-max-backoff", "30", _positive_seconds,
+     "longest pause between two attempts to reconnect to the AMQP broker, seconds"),
     ("inbox", "", str, "queue for incoming mail (default: the outbox)"),
     ("outbox", "outbox", str, "queue that delivery consumes"),
     ("local", "local", str, "queue for mail to local-domains"),

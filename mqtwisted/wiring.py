@@ -54,7 +54,8 @@ def make_queue(options: Any, settle_delay: float = 0.0) -> Queue:
         from mqtwisted.queue.amqp import AmqpQueue
 
         return AmqpQueue(url, prefetch=options["amqp-prefetch"],
-                         queue_type=options["amqp-queue-type"])
+                         queue_type=options["amqp-queue-type"],
+                         max_backoff=options["amqp-max-backoff"])
     from mqtwisted.options import ConfigError
 
     raise ConfigError(f"--queue: expected spool or amqp://..., got {url!r}")

@@ -52,10 +52,13 @@ def test_the_option_names_itself_and_reaches_the_queue():
     options = MQOptions()
     with pytest.raises(ConfigError, match="--amqp-queue-type: bad value 'mirrored'"):
         options.parseOptions(["--amqp-queue-type", "mirrored"])
+    with pytest.raises(ConfigError, match="--amqp-max-backoff: bad value '0': must be more than 0"):
+        MQOptions().parseOptions(["--amqp-max-backoff", "0"])
     options = MQOptions()
-    options.parseOptions(["--queue", "amqp://u:p@h1:5672,h2:5673/v", "--amqp-queue-type", "quorum"])
+    options.parseOptions(["--queue", "amqp://u:p@h1:5672,h2:5673/v", "--amqp-queue-type", "quorum",
+                          "--amqp-max-backoff", "2"])
     queue = make_queue(options)
-    assert queue.queue_type == "quorum"
+    assert queue.queue_type == "quorum" and queue.max_backoff == 2
     assert [(b.host, b.port) for b in queue.link.brokers] == [("h1", 5672), ("h2", 5673)]
 
 
