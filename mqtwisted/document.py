@@ -69,6 +69,16 @@ def due_time(json: Mapping[str, Any]) -> float:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NOTIFY_KEYWORDS = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
+
+
+def _address_text(key: str, value: Any) -> str:
+    """An envelope address, which MAIL FROM or RCPT TO writes as it is: a CR LF in it would end
+    the command and start one of the document's choosing on the next hop's connection."""
+    text = text_value(key, value)
+    if _CONTROL.search(text):
+        raise DocumentError(key, value, "an address without control characters")
+    return text
 
 
 def _report_text(key: str, value: Any) -> str | None:
@@ -100,8 +110,12 @@ class DsnRequest:
             notify = notify.split(",")
         if notify is not None and not isinstance(notify, list):
             raise DocumentError(f"{key}.notify", notify, "a keyword list")
+        keywords = tuple(str(v).strip().upper() for v in notify) if notify else None
+        # RCPT TO carries them onward as they are: anything else (a CR LF) would be on the wire
+        if keywords is not None and not set(keywords) <= NOTIFY_KEYWORDS:
+            raise DocumentError(f"{key}.notify", notify, "keywords among NEVER, SUCCESS, FAILURE, DELAY")
         return cls(
-            tuple(str(v).strip().upper() for v in notify) if notify else None,
+            keywords,
             str(raw["ret"]).upper() if raw.get("ret") else None,
             _report_text(f"{key}.orcpt", raw.get("orcpt")),
             _report_text(f"{key}.envid", raw.get("envid")),
@@ -404,8 +418,8 @@ class Document:
 
     json: dict[str, Any] = attrs.field(factory=dict)
 
-    envelope = Property("envelope", text_value, doc="the envelope sender; '' is the null sender")
-    recipient = Property("recipient", text_value, doc="the one recipient this document is for")
+    envelope = Property("envelope", _address_text, doc="the envelope sender; '' is the null sender")
+    recipient = Property("recipient", _address_text, doc="the one recipient this document is for")
     mime = Property("mime", mime_value, dump_mime, doc="the message (bytes; JSON text with 8-bit octets escaped)")
     dsn = Property("dsn", DsnRequest.parse, doc="the sender's RFC 3461 DSN request")
     tags = Property("tags", tags_value, _list, doc="labels that travel with the message")

@@ -11,6 +11,7 @@ import re
 import attrs
 
 from mqtwisted.connection import Reply
+from mqtwisted.document import NOTIFY_KEYWORDS
 from mqtwisted.xtext import is_printable_xtext
 
 _VERB = re.compile(r"[A-Za-z]{1,16}\Z")
@@ -154,7 +155,7 @@ def check_rcpt_params(params: dict[str, str | None]) -> Reply | None:
             return Reply(555, f"Unsupported parameter {key}", "5.5.4")
         if key == "NOTIFY":
             words = (value or "").upper().split(",")
-            if not value or not set(words) <= {"NEVER", "SUCCESS", "FAILURE", "DELAY"} or (
+            if not value or not set(words) <= NOTIFY_KEYWORDS or (
                 "NEVER" in words and len(words) > 1
             ):
                 return Reply(501, "Bad NOTIFY value", "5.5.4")
