@@ -121,7 +121,7 @@ def check_mail_params(params: dict[str, str | None], maxsize: int, secure: bool 
             return Reply(555, f"Unsupported parameter {key}", "5.5.4")
         if key == "SIZE":
             if value is None or not _DIGITS.fullmatch(value):  # not isdigit(): "٣" is a digit to it
-                return Reply(501, "Bad SIZE value", "5.5.4")
+                return Reply(501, "SIZE must be a number of octets", "5.5.4")
             if maxsize and int(value) > maxsize:
                 return Reply(552, f"Message size exceeds fixed limit of {maxsize} bytes", "5.3.4")
         elif key == "BODY" and (value or "").upper() not in ("7BIT", "8BITMIME", "BINARYMIME"):
@@ -134,7 +134,7 @@ def check_mail_params(params: dict[str, str | None], maxsize: int, secure: bool 
         elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
             return Reply(501, "RET must be FULL or HDRS", "5.5.4")
         elif key == "ENVID" and (not value or len(value) > 100 or not is_printable_xtext(value)):
-            return Reply(501, "Bad ENVID", "5.5.4")
+            return Reply(501, "ENVID must be xtext of printable ASCII, at most 100 characters", "5.5.4")
     return None
 
 
@@ -158,9 +158,9 @@ def check_rcpt_params(params: dict[str, str | None]) -> Reply | None:
             if not value or not set(words) <= NOTIFY_KEYWORDS or (
                 "NEVER" in words and len(words) > 1
             ):
-                return Reply(501, "Bad NOTIFY value", "5.5.4")
+                return Reply(501, "NOTIFY must be NEVER or a list of SUCCESS, FAILURE, DELAY", "5.5.4")
         elif key == "ORCPT":
             kind, semi, addr = (value or "").partition(";")
             if not semi or not _ADDR_TYPE.match(kind) or not addr or len(value or "") > 500 or not is_printable_xtext(addr):
-                return Reply(501, "Bad ORCPT value", "5.5.4")
+                return Reply(501, "ORCPT must be type;xtext of printable ASCII, as rfc822;user@example.com", "5.5.4")
     return None
