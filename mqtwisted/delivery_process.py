@@ -31,7 +31,7 @@ finish or go back to the queue).  A worker that dies is started again, after 1 s
 30 s while it keeps dying young (``--delivery-restart-delays``); its leases die with it, so its
 messages are simply due again.  A worker that sends nothing for ``--delivery-silence-limit``
 seconds (30: its reactor blocked by a plugin, or the process stopped) is killed and replaced the
-same way.
+same way; before its first word a new worker gets at least 30 s (STARTING_LIMIT) to start.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ SNAPSHOT_INTERVAL = 1.0
 #: a worker silent this long (no snapshot: its reactor is blocked, or it was stopped) is killed
 #: and replaced (the default of ``--delivery-silence-limit``)
 SILENT_LIMIT = 30.0
+#: what a new worker gets for its first word when the silence limit is lower: starting (imports,
+#: plugins) takes seconds on a loaded machine, and a low limit must not kill every replacement
+STARTING_LIMIT = 30.0
 #: a worker that lived this long was healthy: the next restart comes after the shortest delay
 HEALTHY_AFTER = 60.0
 #: the waits before restarting a worker that keeps dying young, the last one repeating (the
@@ -148,6 +151,7 @@ class DeliveryProcess(service.Service):
         self._poke_call: Any = None
         self._poked_at = float("-inf")
         self._heard = 0.0
+        self._spoken = False
         self._watchdog: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -174,7 +178,8 @@ class DeliveryProcess(service.Service):
         self._watchdog = self.reactor.callLater(self.silent_limit / 3, self._check_heard)
         worker = self.worker
         silent = self.reactor.seconds() - self._heard
-        if worker is not None and silent > self.silent_limit:
+        limit = self.silent_limit if self._spoken else max(self.silent_limit, STARTING_LIMIT)
+        if worker is not None and silent > limit:
             _kill(worker, f"silent for {silent:.0f}s (blocked or stopped)")
 
     def stopService(self) -> defer.Deferred[None]:
@@ -217,6 +222,7 @@ class DeliveryProcess(service.Service):
             return
         self.worker = worker
         self._started_at = self._heard = self.reactor.seconds()
+        self._spoken = False
         worker.transport.write(_line({"options": self.options, "log": self.log_to, "name": self.name}))
         log.info("delivery worker {pid} started", pid=worker.transport.pid)
 
@@ -260,6 +266,11 @@ class DeliveryProcess(service.Service):
 
     def message_received(self, line: bytes) -> None:
         self._heard = self.reactor.seconds()
+        if not self._spoken:
+            self._spoken = True
+            pid = self.worker.transport.pid if self.worker is not None else None
+            log.info("delivery worker {pid} ready after {took:.1f}s", pid=pid,
+                     took=self._heard - self._started_at)
         try:
             message = json.loads(line)
         except ValueError:

@@ -26,10 +26,10 @@ from tests.realmta import MTAProcess, spool_stats
 pytestmark = pytest.mark.slow
 
 MSG = b"From: a@example.com\r\nSubject: worker\r\n\r\nHello.\r\n"
-#: the watchdog's limit in these tests (the default, 30 s, would make them wait that long): long
-#: enough for a new worker on a busy 2-core machine to start and send its first snapshot (silence
-#: counts from its start; at 4 s a replacement was itself killed while importing, under load)
-SILENT_LIMIT = 8.0
+#: the watchdog's limit in these tests (the default, 30 s, would make them wait that long): three
+#: snapshot intervals.  A new worker has STARTING_LIMIT for its first word (at a limit of 4 s
+#: counted from its start, a replacement was itself killed while importing, under load).
+SILENT_LIMIT = 3.0
 
 
 def workers(pid: int) -> list[int]:
@@ -278,7 +278,8 @@ def test_a_silent_worker_is_replaced(tmp_path, smtp_sink):
     # new one delivers what was accepted meanwhile.
     mta = start(tmp_path, smtp_sink, f"--delivery-silence-limit={SILENT_LIMIT}", "--delivery-restart-delays=0.2")
     try:
-        block_until(lambda: workers(mta.proc.pid), what="a delivery worker")
+        # Stopped once it has spoken: before that it would have STARTING_LIMIT, not SILENT_LIMIT.
+        block_until(lambda: " ready after " in mta.output(), what="a delivery worker's first word")
         (first,) = workers(mta.proc.pid)
         os.kill(first, signal.SIGSTOP)
         send_mail(mta.port, count=3, msg=MSG)
@@ -287,7 +288,7 @@ def test_a_silent_worker_is_replaced(tmp_path, smtp_sink):
         block_until(lambda: spool_stats(mta.data_dir).get("success", 0) == 3, 60, "delivery by the new worker")
     finally:
         mta.stop()
-    assert "silent for" in mta.output()
+    assert "silent for" in mta.output(), mta.output()
 
 
 class _Spawner:
@@ -351,6 +352,29 @@ def test_the_watchdog_and_the_restart_back_off_follow_their_settings():
         assert len(reactor.spawned) == expected
     dp.stopService()
     assert not reactor.clock.getDelayedCalls()
+
+
+def test_a_new_worker_has_the_starting_limit_for_its_first_word():
+    from mqtwisted.delivery_process import STARTING_LIMIT, DeliveryProcess
+
+    reactor = _Spawner()
+    queue = type("Q", (), {"watch": lambda self, name, callback: None})()
+    dp = DeliveryProcess(MQOptions(), queue, reactor=reactor, silent_limit=3.0)
+    dp.startService()
+    worker = reactor.spawned[0]
+    reactor.advance(STARTING_LIMIT - 1)  # importing, past the silence limit: left alone
+    assert worker.transport.signals == []
+    dp.message_received(b"{}")  # its first word: from now on the silence limit counts
+    reactor.advance(4.5)
+    assert worker.transport.signals == ["KILL"]
+    dp.stopService()
+
+    dp = DeliveryProcess(MQOptions(), queue, reactor=reactor, silent_limit=3.0)
+    dp.startService()
+    mute = reactor.spawned[-1]
+    reactor.advance(STARTING_LIMIT + 1.5)  # never a word: killed after the starting limit
+    assert mute.transport.signals == ["KILL"]
+    dp.stopService()
 
 
 def test_every_option_value_reaches_a_delivery_worker_as_json() -> None:
