@@ -5,10 +5,10 @@ while documents wait in delay queues.  What the issue asked of quorum queues: no
 
 Marked ``cluster`` (the default run leaves it out; .ci/run runs ``pytest -m cluster -n 0`` after
 the suite: in one process, since every xdist worker would start a cluster of its own): the cluster
-starts and joins in 13-18 s, and the three tests took about 90 s on the shared two-core machine
-(111 s with the issue's loads) before the waits were cut: the nodes join side by side, the retry
-interval is 5 s, and the mqmta nodes reconnect at most 2 s apart (``--amqp-max-backoff``) instead
-of sleeping up to 8 s more once the cluster is back.
+starts and joins in 10-13 s (its nodes join side by side), and the three tests take about 58 s on
+the shared two-core machine (101 s with the issue's loads): retries come 5 s apart, and the mqmta
+nodes reconnect at most 2 s apart (``--amqp-max-backoff``) rather than sleeping up to 8 s more
+once the cluster is back.
 ``MQMTA_CLUSTER_MESSAGES`` sets the load of the leader kill (default 500, the issue's figure is
 5000), ``MQMTA_CLUSTER_DELAYED`` the retries waiting in delay queues (default 300, the issue's
 1000).
