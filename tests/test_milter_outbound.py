@@ -116,7 +116,7 @@ def opendkim(tmp_path_factory):
         wait_port(port, 20, proc)
         yield f"inet:127.0.0.1:{port}", pair
     finally:
-        proc.terminate()
+        proc.kill()  # SIGTERM: OpenDKIM takes 5 s to exit, and a signer keeps nothing to save
         proc.wait(10)
 
 
