@@ -50,14 +50,19 @@ def make_queue(options: Any, settle_delay: float = 0.0) -> Queue:
         from mqtwisted.queue.spool import SpoolQueue
 
         return SpoolQueue(os.path.join(options["data-dir"], "spool.sqlite3"), settle_delay=settle_delay)
+    from mqtwisted.options import ConfigError
+
     if url.startswith(("amqp://", "amqps://")):
         from mqtwisted.queue.amqp import AmqpQueue
 
-        return AmqpQueue(url, prefetch=options["amqp-prefetch"],
-                         queue_type=options["amqp-queue-type"],
-                         max_backoff=options["amqp-max-backoff"])
-    from mqtwisted.options import ConfigError
-
+        try:
+            return AmqpQueue(url, prefetch=options["amqp-prefetch"],
+                             queue_type=options["amqp-queue-type"],
+                             max_backoff=options["amqp-max-backoff"])
+        except ValueError as e:
+            # urllib's and pika's errors do not name the option; the URL is not repeated (it
+            # holds the password)
+            raise ConfigError(f"--queue: {e}") from None
     raise ConfigError(f"--queue: expected spool or amqp://..., got {url!r}")
 
 

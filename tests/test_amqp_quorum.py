@@ -60,6 +60,14 @@ def test_the_option_names_itself_and_reaches_the_queue():
     queue = make_queue(options)
     assert queue.queue_type == "quorum" and queue.max_backoff == 2
     assert [(b.host, b.port) for b in queue.link.brokers] == [("h1", 5672), ("h2", 5673)]
+    # a bad host of the list is the option's error, not urllib's or pika's traceback alone
+    for url, says in [("amqp://u:p@h1:abc,h2/v", "Port could not be cast"), ("amqp://u:p@h1,,h2/v", "empty host"),
+                      ("amqp://u:p@h1,h2/v?heartbeat=x", "heartbeat")]:
+        options = MQOptions()
+        options.parseOptions(["--queue", url])
+        with pytest.raises(ConfigError, match=f"^--queue: .*{says}") as info:
+            make_queue(options)
+        assert ":p@" not in str(info.value)
 
 
 def _queues(prefix: str) -> dict[str, dict]:
