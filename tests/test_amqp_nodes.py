@@ -61,8 +61,8 @@ def cluster(vhost: str, tmp_path: Any) -> Any:
             made.append(sink)
             return sink
 
-        def node(self, name: str, sink: Sink, url: str | None = None) -> Node:
-            node = Node(name, str(tmp_path), url or self.url, sink)
+        def node(self, name: str, sink: Sink, url: str | None = None, *extra: str) -> Node:
+            node = Node(name, str(tmp_path), url or self.url, sink, extra)
             made.append(node)
             return node
 
@@ -131,7 +131,8 @@ def test_broker_cut_off_and_back_under_a_node(cluster):
     relay = Relay()
     relay.start()
     sink = cluster.sink()
-    a = cluster.node("nodea", sink, url=cluster.url.replace(":5672/", f":{relay.port}/"))
+    # Reconnecting at most 1 s apart: the default backoff let the node sleep 4 s past the relay's return.
+    a = cluster.node("nodea", sink, cluster.url.replace(":5672/", f":{relay.port}/"), "--amqp-max-backoff", "1")
     yield up(a)
     yield threads.deferToThread(inject, a.port, range(2000, 2001), time.time() + 30)  # warm
     injecting = threads.deferToThread(inject, a.port, range(400))
