@@ -276,7 +276,10 @@ class MTAService(service.MultiService):
             self.cleanup.relay = self.factory.relay if self.factory is not None else _relay(options)
             self.cleanup.extract = options["smtp-extract"]
         if self.tls is not None:
-            self.tls.reload(options["smtp-certificate"], options["smtp-key"])
+            try:
+                self.tls.reload(options["smtp-certificate"], options["smtp-key"])
+            except ValueError as e:
+                log.error("reload: the certificate in use is kept: {error}", error=e)
         for delivery in self.deliveries():
             delivery.reconfigure(options)
         log.info("reload done; changed: {keys}", keys=", ".join(k for k in changed if k in RELOADABLE) or "nothing")

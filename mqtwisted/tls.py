@@ -11,9 +11,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLContextFactory
 from zope.interface import implementer
+
+from mqtwisted.options import ConfigError
 
 
 def server_tls(options: Any) -> ServerTLS:
@@ -25,7 +28,12 @@ def server_tls(options: Any) -> ServerTLS:
         key = os.path.join(options["data-dir"], "smtp-key.pem")
         if not (os.path.exists(cert) and os.path.exists(key)):
             make_self_signed(cert, key, options["hostname"])
-    return ServerTLS(cert, key)
+    tls = ServerTLS(cert, key)
+    try:
+        tls.context()  # at start-up, not at the first STARTTLS
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return tls
 
 
 def make_self_signed(cert_path: str, key_path: str, hostname: str) -> None:
@@ -70,29 +78,39 @@ class ServerTLS:
         return {"cert_path": self.cert_path, "key_path": self.key_path, "_options": None}
 
     def reload(self, cert_path: str = "", key_path: str = "") -> None:
-        """Read the files again at the next handshake (SIGHUP); new ones when ``cert_path`` is given."""
-        if cert_path:
-            self.cert_path, self.key_path = cert_path, key_path
-        self._options = None
+        """Read the files again (SIGHUP); new ones when ``cert_path`` is given.  ValueError, and
+        the files in use are kept, when they cannot be used: STARTTLS goes on working."""
+        fresh = ServerTLS(cert_path or self.cert_path, key_path or self.key_path)
+        self._options = fresh.context()
+        self.cert_path, self.key_path = fresh.cert_path, fresh.key_path
 
     def getContext(self) -> Any:
         """The old-style context factory interface (used by startTLS and listenSSL)."""
         return self.context().getContext()
 
     def context(self) -> Any:
+        """The OpenSSL options; ValueError naming the files when they cannot be used."""
         if self._options is None:
-            with open(self.cert_path, "rb") as c, open(self.key_path, "rb") as k:
-                certificates = c.read()
-                pem = certificates + b"\n" + k.read()
-            cert = ssl.PrivateCertificate.loadPEM(pem)
-            # The certificates after the first (a fullchain.pem's intermediates) go with it: a
-            # client that verifies (REQUIRETLS, MTA-STS) has only the root.
-            chain = x509.load_pem_x509_certificates(certificates)[1:]
-            self._options = ssl.CertificateOptions(
-                # pyOpenSSL deprecates its own PKey objects: hand it the cryptography key
-                privateKey=cert.privateKey.original.to_cryptography_key(),
-                certificate=cert.original.to_cryptography(),
-                extraCertChain=chain,
-                raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-            )
+            try:
+                self._options = self._load()
+            except (OSError, ValueError, crypto.Error) as e:
+                # OpenSSL's and cryptography's errors name neither the file nor the option.
+                raise ValueError(f"--smtp-certificate {self.cert_path} / --smtp-key {self.key_path}: "
+                                 f"{e}") from e
         return self._options
+
+    def _load(self) -> Any:
+        with open(self.cert_path, "rb") as c, open(self.key_path, "rb") as k:
+            certificates = c.read()
+            pem = certificates + b"\n" + k.read()
+        cert = ssl.PrivateCertificate.loadPEM(pem)
+        # The certificates after the first (a fullchain.pem's intermediates) go with it: a
+        # client that verifies (REQUIRETLS, MTA-STS) has only the root.
+        chain = x509.load_pem_x509_certificates(certificates)[1:]
+        return ssl.CertificateOptions(
+            # pyOpenSSL deprecates its own PKey objects: hand it the cryptography key
+            privateKey=cert.privateKey.original.to_cryptography_key(),
+            certificate=cert.original.to_cryptography(),
+            extraCertChain=chain,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
