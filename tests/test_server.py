@@ -78,6 +78,8 @@ def test_null_sender_and_dsn_parameters_kept():
         (b"MAIL FROM:<a@example.com> ENVID=caf+C3+A9", 501),
         (b"MAIL FROM:<a@example.com> ENVID=a+G1", 501),
         (b"MAIL FROM:<a@example.com> RET=FULL RET=HDRS", 501),
+        (b"MAIL FROM:<a@example.com> AUTH", 501),
+        (b"MAIL FROM:<a@example.com> AUTH=a+0D+0A", 501),
         ("MAIL FROM:<a@example.com> SIZE=\u0663".encode(), 501),
     ],
 )

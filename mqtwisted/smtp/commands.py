@@ -133,6 +133,10 @@ def check_mail_params(params: dict[str, str | None], maxsize: int, secure: bool 
             return Reply(530, "REQUIRETLS needs a TLS session (STARTTLS first)", "5.7.10")
         elif key == "RET" and (value or "").upper() not in ("FULL", "HDRS"):
             return Reply(501, "RET must be FULL or HDRS", "5.5.4")
+        elif key == "AUTH" and (value is None or (value != "<>" and not is_printable_xtext(value))):
+            # RFC 4954 §5: the submitter, as xtext, or <>; it is not kept, but a client that
+            # sends it wrong deserves to hear so as for any other parameter
+            return Reply(501, "AUTH must be <> or an xtext mailbox", "5.5.4")
         elif key == "ENVID" and (not value or len(value) > 100 or not is_printable_xtext(value)):
             return Reply(501, "ENVID must be xtext of printable ASCII, at most 100 characters", "5.5.4")
     return None
