@@ -69,6 +69,7 @@ def due_time(json: Mapping[str, Any]) -> float:
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 NOTIFY_KEYWORDS = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
 
 
@@ -82,13 +83,14 @@ def _address_text(key: str, value: Any) -> str:
 
 
 def _report_text(key: str, value: Any) -> str | None:
-    """A value a delivery report repeats as a field (ORCPT, ENVID): a CR or LF in it would
-    write fields of its own into the report."""
+    """ORCPT or ENVID: printable ASCII, as RFC 3461 has them and the SMTP server takes them.  A
+    report repeats them as fields (a CR LF would write fields of its own), and a next hop that
+    checks refuses the MAIL or RCPT that carries anything else, failing the message."""
     if not value:
         return None
     text = str(value)
-    if _CONTROL.search(text):
-        raise DocumentError(key, value, "text without control characters")
+    if not _PRINTABLE.fullmatch(text):
+        raise DocumentError(key, value, "printable ASCII text")
     return text
 
 

@@ -111,6 +111,7 @@ def test_attempt_record_matches_the_attempt() -> None:
         # a report repeats these as fields: a CR LF would add fields of its own
         ({"recipient": "a@b", "dsn": {"envid": "x\r\nAction: delivered"}}, "dsn.envid"),
         ({"recipient": "a@b", "dsn": {"orcpt": "rfc822;a@b\nStatus: 2.0.0"}}, "dsn.orcpt"),
+        ({"recipient": "a@b", "dsn": {"envid": "caf\u00e9"}}, "dsn.envid"),  # a next hop refuses its MAIL
         # MAIL FROM and RCPT TO write these as they are: a CR LF would start a command of its own
         ({"recipient": "x\r\nRSET@example.com"}, "recipient"),
         ({"recipient": "a@b", "envelope": "a@b.example>\r\nRSET"}, "envelope"),
