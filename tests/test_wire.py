@@ -64,3 +64,23 @@ def test_nothing_queued_goes_straight_to_the_socket() -> None:
     finally:
         t.socket.close()
         peer.close()
+
+
+def test_what_write_now_says_lets_a_sole_writer_skip_the_look_at_the_writers() -> None:
+    # The server passes back what the last call said: False means nothing waits, True means the
+    # next call must look.  Order holds either way.
+    t, peer = _pair()
+    try:
+        assert write_now(t, b"220 hi\r\n", maybe_queued=False) is False
+        queued = write_now(t, b"a" * (1 << 18), maybe_queued=False)
+        assert queued is True and has_queued_output(t)
+        queued = write_now(t, b"b" * 10, maybe_queued=queued)
+        assert queued is True
+        assert _drain(t, peer) == b"220 hi\r\n" + b"a" * (1 << 18) + b"b" * 10
+        assert write_now(t, b"250 ok\r\n", maybe_queued=queued) is False
+        assert peer.recv(100) == b"250 ok\r\n"
+    finally:
+        if t in reactor.getWriters():
+            reactor.removeWriter(t)
+        t.socket.close()
+        peer.close()

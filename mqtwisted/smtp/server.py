@@ -95,6 +95,8 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, MessageCommands, smtp.ESMTP):
     def __init__(self, contextFactory: Any = None) -> None:
         smtp.ESMTP.__init__(self, contextFactory=contextFactory)
         self._buffer = b""
+        #: bytes may wait in Twisted's buffer (what the last write_now said)
+        self._queued = True
         self._waiting = False
         self._paused = False
         self._processing = False
@@ -323,7 +325,8 @@ class SMTPServer(ProxyHeaderSession, AuthCommands, MessageCommands, smtp.ESMTP):
         self._write(reply_bytes(reply.code, lines or [reply.text], reply.enhanced))
 
     def _write(self, data: bytes) -> None:
-        write_now(self.transport, data)
+        # Only this method writes to the transport, so what write_now said last time holds.
+        self._queued = write_now(self.transport, data, self._queued)
 
     def _error(self, reply: Reply) -> None:
         self._errors += 1
