@@ -56,6 +56,9 @@ def test_pauses_are_added_listed_removed_and_expire(tmp_path):
         with pytest.raises(ValueError, match=f"^{field}: "):
             pauses.add(**bad)
     assert pauses.list() == [] and pauses.add(tag="two words").tag == "two words"
+    # an address as the shaping file's sources are written, so that it matches them
+    assert pauses.add(source="2001:DB8:0::1").matches("2001:db8::1", None, "a.example", [])
+    assert pauses.add(source="Pool-A").source == "pool-a"
 
 
 def test_a_pause_matches_on_each_field_it_names():

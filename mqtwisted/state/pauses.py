@@ -9,6 +9,7 @@ one left out matches anything.  :class:`PauseList` is the interface operators' t
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import time
 import uuid
@@ -38,6 +39,16 @@ def _field(name: str, value: str | None, lower: bool = True) -> str | None:
     if _CONTROL.search(text) or (lower and " " in text):
         raise ValueError(f"{name}: a blank or a control character in {value!r}")
     return text
+
+
+def _source(value: str | None) -> str | None:
+    """A sending IP in the form delivery compares (``2001:DB8:0::1`` is ``2001:db8::1``, as the
+    shaping file's addresses are), or a pool name."""
+    text = _field("source", value)
+    try:
+        return str(ipaddress.ip_address(text.strip("[]"))) if text is not None else None
+    except ValueError:
+        return text
 
 
 @attrs.frozen
@@ -96,7 +107,7 @@ class PauseList:
         if duration is not None and duration <= 0:
             raise ValueError(f"duration: must be positive, got {duration!r}")
         now = self.clock()
-        pause = Pause(uuid.uuid4().hex[:8], _field("source", source), _field("domain", domain),
+        pause = Pause(uuid.uuid4().hex[:8], _source(source), _field("domain", domain),
                       _field("tag", tag, lower=False),
                       None if duration is None else now + duration, reason, now)
         self.backend.put_pause(pause)
