@@ -7,7 +7,6 @@ process start per message).  Each message's Subject is ``T number`` (see bench/b
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from bench.bulk import message
 from mqtwisted.cli import injected
 from mqtwisted.queue import Body, Publication
-from mqtwisted.wiring import make_queue
+from mqtwisted.wiring import tool_queue
 
 
 def main() -> int:
@@ -31,8 +30,7 @@ def main() -> int:
     from twisted.internet import defer, task
 
     async def run(reactor: Any) -> None:
-        q = make_queue({"queue": args.queue, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1,
-                        "amqp-queue-type": "classic"})
+        q = tool_queue(args.queue, args.data_dir)
         await q.start()
         try:
             now = time.time()

@@ -191,7 +191,7 @@ def cmd_inject(args: argparse.Namespace) -> int:
     from twisted.internet import defer, task
 
     from mqtwisted.queue import Body, Publication
-    from mqtwisted.wiring import make_queue
+    from mqtwisted.wiring import tool_queue
 
     now = time.time()
     if args.json:
@@ -202,11 +202,9 @@ def cmd_inject(args: argparse.Namespace) -> int:
         mime = sys.stdin.buffer.read()
         body = Body(data=mime, size=len(mime))
         pubs = [Publication(args.outbox, injected(args.sender, r, now), body) for r in args.recipients]
-    options = {"queue": args.queue_url, "data-dir": os.path.abspath(args.data_dir), "amqp-prefetch": 1,
-               "amqp-queue-type": args.amqp_queue_type}
 
     async def main(reactor: Any) -> None:
-        q = make_queue(options)
+        q = tool_queue(args.queue_url, args.data_dir, args.amqp_queue_type)
         await q.start()
         try:
             ids = await q.publish(pubs)

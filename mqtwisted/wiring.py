@@ -66,6 +66,18 @@ def make_queue(options: Any, settle_delay: float = 0.0) -> Queue:
     raise ConfigError(f"--queue: expected spool or amqp://..., got {url!r}")
 
 
+def tool_queue(queue: str, data_dir: str, queue_type: str = "classic") -> Queue:
+    """The queue of ``--queue`` for a one-shot tool (``mqmta inject``, ``bench.inject``): the
+    MTA's own option defaults for everything else, so a new queue option cannot be left out,
+    and a prefetch of 1 (a tool consumes nothing)."""
+    from mqtwisted.options import MQOptions
+
+    options = MQOptions()
+    options.parseOptions(["--queue", queue, "--data-dir", os.path.abspath(data_dir),
+                          "--amqp-prefetch", "1", "--amqp-queue-type", queue_type])
+    return make_queue(options)
+
+
 def make_hooks(options: Any) -> PluginHost:
     """The plugin host for ``--plugin-directory`` (no plugins: it answers every hook with None)."""
     return PluginHost(options["plugin-directory"], options["threads"], options["plugin-timeout"])

@@ -82,3 +82,16 @@ async def test_inject_into_a_running_mta_is_delivered(tmp_path) -> None:
     finally:
         await mta.stop()
         await port.stopListening()
+
+
+def test_the_tools_queue_takes_the_mtas_defaults_for_every_other_option(tmp_path) -> None:
+    """``mqmta inject --queue amqp://…`` once failed with a KeyError for each queue option added
+    after it (amqp-queue-type, then amqp-max-backoff): the tools' queue is built from the MTA's
+    own option table now."""
+    from mqtwisted.queue.amqp import AmqpQueue
+    from mqtwisted.queue.spool import SpoolQueue
+    from mqtwisted.wiring import tool_queue
+
+    queue = tool_queue("amqp://guest:guest@127.0.0.1:5672/", str(tmp_path), "quorum")
+    assert isinstance(queue, AmqpQueue) and queue.prefetch == 1
+    assert isinstance(tool_queue("spool", str(tmp_path)), SpoolQueue)
