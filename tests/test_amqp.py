@@ -10,7 +10,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from mqtwisted.queue import Body, Publication, QueueUnavailable, mime_bytes
+from mqtwisted.queue import Body, Lease, Publication, QueueUnavailable, mime_bytes
 from mqtwisted.queue.amqp import AmqpQueue
 from mqtwisted.queue.amqp_wire import decode_document, delay_bucket, encode_document
 from tests.conftest import sleep, wait_until
@@ -242,6 +242,74 @@ def test_unroutable_outcome_fails_settle_and_keeps_the_document(amqp_queue, amqp
     amqp_queue.release(lease)
     again = yield leases.next()
     assert again.id == lease.id and again.document == {"n": 1}
+
+
+def _recording(amqp_queue, channel, events):
+    """Record every publish, confirm and ack of ``amqp_queue`` (``channel``: a consumer's)."""
+    publisher = amqp_queue.link.publisher
+    real_publish, real_ack = publisher.basic_publish, channel.basic_ack
+
+    def publish(*args, **kwargs):
+        events.append("published")
+        return real_publish(*args, **kwargs).addCallback(lambda r: events.append("confirmed") or r)
+
+    publisher.basic_publish = publish
+    channel.basic_ack = lambda *a, **k: (events.append("acked"), real_ack(*a, **k))[1]
+
+    def undo():
+        del publisher.basic_publish
+        del channel.basic_ack
+
+    return undo
+
+
+@pytest_twisted.inlineCallbacks
+def test_settle_many_publishes_together_and_acks_after_every_confirm(amqp_queue):
+    """A reactor turn's settlements cost one wait for the broker's confirms, not one each."""
+    yield amqp_queue.publish([Publication("outbox", {"n": i}) for i in range(3)])
+    leases = Leases()
+    amqp_queue.consume("outbox", leases, prefetch=10)
+    yield wait_until(lambda: len(leases.seen) == 3)
+    events: list[str] = []
+    undo = _recording(amqp_queue, leases.seen[0].token.channel, events)
+    try:
+        errors = yield amqp_queue.settle_many([
+            (leases.seen[0], [Publication("success", {"n": 0}), Publication("results", {"n": 0})]),
+            (leases.seen[1], [Publication("success", {"n": 1})]),
+            (leases.seen[2], [Publication("success", {"n": 2})]),
+        ])
+    finally:
+        undo()
+    assert errors == [None, None, None]
+    assert events == ["published"] * 4 + ["confirmed"] * 4 + ["acked"] * 3
+    stats = yield amqp_queue.stats()
+    assert (stats["outbox"], stats["success"], stats["results"]) == (0, 3, 1)
+
+
+@pytest_twisted.inlineCallbacks
+def test_settle_many_fails_only_the_leases_that_cannot_settle(amqp_queue, amqp_prefix):
+    """An unroutable outcome and a void lease fail alone; the others are settled (their
+    outcomes published again after the batch failed: repeated, never lost)."""
+    yield amqp_queue.publish([Publication("outbox", {"n": i}) for i in range(3)])
+    leases = Leases()
+    amqp_queue.consume("outbox", leases, prefetch=10)
+    yield wait_until(lambda: len(leases.seen) == 3)
+    conn, ch = blocking_channel()
+    ch.queue_delete(amqp_prefix + "failure")  # an operator deleted the result queue
+    conn.close()
+    void = Lease("outbox", "gone", {"n": 9}, token=None)
+    errors = yield amqp_queue.settle_many([
+        (leases.seen[0], [Publication("success", {"n": 0})]),
+        (leases.seen[1], [Publication("failure", {"n": 1})]),
+        (void, [Publication("success", {"n": 9})]),
+        (leases.seen[2], [Publication("success", {"n": 2})]),
+    ])
+    assert errors[0] is None and errors[3] is None
+    assert isinstance(errors[1], QueueUnavailable) and isinstance(errors[2], QueueUnavailable)
+    amqp_queue.release(leases.seen[1])
+    yield wait_until(lambda: len(leases.seen) == 4)
+    yield sleep(0.2)  # time for a wrongly unsettled one to come back as well
+    assert [lease.document for lease in leases.seen[3:]] == [{"n": 1}]  # the failed one only
 
 
 @pytest_twisted.inlineCallbacks

@@ -38,6 +38,7 @@ consumers.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -172,6 +173,10 @@ class AmqpQueue:
         self._pausing: set[Deferred] = set()  # settles waiting to publish a refused outcome again
         #: redeliveries acked without a second delivery (their outcome was already durable)
         self.repeats_skipped = 0
+        # Message ids: random per queue object, then counted (32 hex digits like a uuid4's):
+        # unique as well, and without a getrandom call per published message.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
 
     # TAP files pickle the service tree: keep only configuration.
     def __getstate__(self) -> dict[str, Any]:
@@ -307,7 +312,7 @@ class AmqpQueue:
 
     def _outgoing(self, queue: str, payload: bytes, remaining: float,
                   headers: dict[str, Any] | None = None) -> Outgoing:
-        message_id = uuid.uuid4().hex
+        message_id = f"{self._id_prefix}{next(self._ids):016x}"
         headers = dict(headers or {})
         exchange = ""
         # Publish-side delay is where it is cheap and expected; a document that arrives early
@@ -473,23 +478,35 @@ class AmqpQueue:
 
         Refused outcomes (``basic.nack``: a quorum queue between leaders, a full queue) are sent
         again every :data:`SETTLE_PAUSE` s, up to ``timeout``, while the lease holds."""
-        delivery = lease.token
-        if not isinstance(delivery, _Delivery) or not delivery.valid():
-            return fail(QueueUnavailable(
-                f"lease {lease.id} on {lease.queue} is void (channel lost); it will be redelivered"))
         try:
+            delivery = self._holding(lease)
             outgoing = self._prepare(publications)
         except Exception as e:
             return fail(e)
+        return self._settle_prepared(lease, delivery, outgoing)
+
+    def _holding(self, lease: Lease) -> _Delivery:
+        delivery = lease.token
+        if not isinstance(delivery, _Delivery) or not delivery.valid():
+            raise QueueUnavailable(
+                f"lease {lease.id} on {lease.queue} is void (channel lost); it will be redelivered")
+        return delivery
+
+    def _acknowledge(self, lease: Lease, delivery: _Delivery) -> None:
+        """Ack a lease whose outcomes the broker confirmed."""
+        self._settled.add(lease.id)
+        if not delivery.valid():
+            raise QueueUnavailable(
+                f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
+                "the document will be delivered again")
+        delivery.channel.basic_ack(delivery.tag)
+
+    def _settle_prepared(self, lease: Lease, delivery: _Delivery,
+                         outgoing: list[Outgoing]) -> Deferred[list[str]]:
         deadline = self.reactor.seconds() + self.timeout
 
         def acknowledge(ids: list[str]) -> list[str]:
-            self._settled.add(lease.id)
-            if not delivery.valid():
-                raise QueueUnavailable(
-                    f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
-                    "the document will be delivered again")
-            delivery.channel.basic_ack(delivery.tag)
+            self._acknowledge(lease, delivery)
             return ids
 
         def refused(failure: Failure) -> Any:
@@ -504,11 +521,46 @@ class AmqpQueue:
         return self.link.send(outgoing).addErrback(refused).addCallback(acknowledge)
 
     def settle_many(self, settlements: Sequence[Settlement]) -> Deferred[list[Exception | None]]:
-        """Each lease settles on its own: a broker acks deliveries one by one, and one void
-        lease must not hold the others back."""
-        settling = [self.settle(lease, pubs) for lease, pubs in settlements]
-        return DeferredList(settling, consumeErrors=True).addCallback(
-            lambda results: [None if ok else value.value for ok, value in results])
+        """The outcomes of every valid lease go out together, with one wait for all their
+        confirms, then each lease is acked: a lease's ack still follows its outcomes' confirms.
+        A void lease fails alone.  Should anything of the batch fail (refused, returned as
+        unroutable, timed out, connection lost), each lease then settles on its own as
+        ``settle`` does, so that one bad outcome fails only its lease: outcomes the broker had
+        confirmed are published again, repeated but never lost."""
+        errors: list[Exception | None] = [None] * len(settlements)
+        held: list[tuple[int, Lease, _Delivery, list[Outgoing]]] = []
+        outgoing: list[Outgoing] = []
+        for i, (lease, publications) in enumerate(settlements):
+            try:
+                delivery = self._holding(lease)
+                prepared = self._prepare(publications)
+            except Exception as e:
+                errors[i] = e
+                continue
+            held.append((i, lease, delivery, prepared))
+            outgoing += prepared
+
+        def acknowledge(_: list[str]) -> list[Exception | None]:
+            for i, lease, delivery, _prepared in held:
+                try:
+                    self._acknowledge(lease, delivery)
+                except QueueUnavailable as e:
+                    errors[i] = e
+            return errors
+
+        def one_at_a_time(_: Failure) -> Deferred[list[Exception | None]]:
+            alone = [self._settle_prepared(lease, delivery, prepared)
+                     for _i, lease, delivery, prepared in held]
+            return DeferredList(alone, consumeErrors=True).addCallback(one_by_one)
+
+        def one_by_one(results: list[tuple[bool, Any]]) -> list[Exception | None]:
+            for (i, *_rest), (ok, value) in zip(held, results, strict=True):
+                errors[i] = None if ok else value.value
+            return errors
+
+        if not held:
+            return succeed(errors)
+        return self.link.send(outgoing).addCallbacks(acknowledge, one_at_a_time)
 
     # The broker pushes new documents to every consumer, in whatever process it runs.
     def watch(self, queue: str, callback: Callable[[], None]) -> None:

@@ -21,6 +21,7 @@ import pika
 from pika import exceptions as pika_exceptions
 from pika.adapters.twisted_connection import TwistedChannel, TwistedProtocolConnection
 from twisted.internet import defer
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol
 from twisted.logger import Logger
@@ -30,6 +31,13 @@ from mqtwisted.queue import QueueUnavailable
 from mqtwisted.reactors import LazyReactor
 
 log = Logger()
+
+#: bytes read from the broker's socket per reactor turn (Twisted's default is 64 kB).  A consumer
+#: gets the documents of one read in one turn, and a destination's parked connection takes what
+#: has arrived by the end of that turn: with 5 kB documents, 64 kB made transactions of about 12
+#: recipients where 50 were allowed (a drain's 20,000 recipients in 1,600 transactions, not 450).
+READ_SIZE = 1 << 20
+FRAME_FEED = 1 << 16
 
 
 def on_broker_alarm(conn: TwistedProtocolConnection, blocked: Callable[[], None],
@@ -226,7 +234,9 @@ class AmqpLink:
         else:
             endpoint = TCP4ClientEndpoint(self.reactor, params.host, params.port,
                                           timeout=self.timeout)
-        conn = await connectProtocol(endpoint, TwistedProtocolConnection(params, self.reactor))
+        conn = await connectProtocol(endpoint, _Connection(params, self.reactor))
+        if isinstance(conn.transport, FileDescriptor):  # plain TCP (TLS keeps its own reads)
+            conn.transport.bufferSize = READ_SIZE
         if not self.running:
             abort_transport(conn)
             return
@@ -468,6 +478,15 @@ class AmqpLink:
         finally:
             if channel.is_open:
                 channel.close()
+
+
+class _Connection(TwistedProtocolConnection):
+    """pika's connection fed at most :data:`FRAME_FEED` bytes at a time: pika trims its frame
+    buffer by copying the rest after every frame, so a large read would cost its square."""
+
+    def dataReceived(self, data: bytes) -> None:
+        for start in range(0, len(data), FRAME_FEED):
+            super().dataReceived(data[start:start + FRAME_FEED])
 
 
 def unavailable(failure: Any) -> Exception:
