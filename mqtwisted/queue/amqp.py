@@ -70,6 +70,7 @@ from mqtwisted.queue.amqp_link import AmqpLink, BrokerRefused, Outgoing, unavail
 from mqtwisted.queue.amqp_wire import (
     DELAY_BUCKETS,
     RecentIds,
+    UnackedTags,
     decode_document,
     delay_bucket,
     encode_document,
@@ -106,6 +107,8 @@ class _Consumer:
     channel: TwistedChannel | None = None
     cancelled: bool = False
     retry: Any = None
+    #: the current channel's deliveries not yet acked or rejected
+    unacked: UnackedTags = attrs.Factory(UnackedTags)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -126,6 +129,21 @@ class _Delivery:
     def valid(self) -> bool:
         consumer = self.consumer
         return not consumer.cancelled and consumer.channel is self.channel and self.channel.is_open
+
+
+def _ack(deliveries: Sequence[_Delivery]) -> None:
+    """Ack valid ``deliveries``: one multiple ack per channel for those below every tag still
+    unsettled on it, one each for the rest."""
+    by_channel: dict[TwistedChannel, tuple[_Consumer, list[int]]] = {}
+    for delivery in deliveries:
+        if delivery.valid():
+            by_channel.setdefault(delivery.channel, (delivery.consumer, []))[1].append(delivery.tag)
+    for channel, (consumer, tags) in by_channel.items():
+        upto, singles = consumer.unacked.settle(tags)
+        if upto:
+            channel.basic_ack(upto, multiple=True)
+        for tag in singles:
+            channel.basic_ack(tag)
 
 
 class AmqpQueue:
@@ -365,6 +383,7 @@ class AmqpQueue:
             channel.close()
             return
         consumer.channel = channel
+        consumer.unacked = UnackedTags()
         channel.on_closed.addBoth(self._consumer_channel_closed, consumer, channel, conn)
         await self.link.ensure_declared(conn, [self.name(consumer.queue)])
         await channel.basic_qos(prefetch_count=consumer.prefetch)
@@ -434,6 +453,7 @@ class AmqpQueue:
                      "without delivering it again", queue=consumer.queue, id=properties.message_id)
             channel.basic_ack(tag)
             return
+        consumer.unacked.add(tag)
         remaining = due_time(document) - time.time()
         if remaining > 0:
             self._redelay(consumer, channel, tag, message, remaining)
@@ -456,8 +476,7 @@ class AmqpQueue:
         delivery = _Delivery(consumer, channel, tag)
 
         def confirmed(_: Any) -> None:
-            if delivery.valid():
-                channel.basic_ack(tag)
+            _ack([delivery])
 
         def failed(failure: Failure) -> None:
             log.warn("AMQP {queue}: could not delay a document ({why}); retrying later",
@@ -469,6 +488,7 @@ class AmqpQueue:
 
     def _nack(self, delivery: _Delivery) -> None:
         if delivery.valid():
+            delivery.consumer.unacked.forget(delivery.tag)
             delivery.channel.basic_nack(delivery.tag, requeue=True)
 
     def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
@@ -492,21 +512,21 @@ class AmqpQueue:
                 f"lease {lease.id} on {lease.queue} is void (channel lost); it will be redelivered")
         return delivery
 
-    def _acknowledge(self, lease: Lease, delivery: _Delivery) -> None:
-        """Ack a lease whose outcomes the broker confirmed."""
+    def _stored(self, lease: Lease, delivery: _Delivery) -> None:
+        """The broker confirmed ``lease``'s outcomes: its ack may go (when it still can)."""
         self._settled.add(lease.id)
         if not delivery.valid():
             raise QueueUnavailable(
                 f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
                 "the document will be delivered again")
-        delivery.channel.basic_ack(delivery.tag)
 
     def _settle_prepared(self, lease: Lease, delivery: _Delivery,
                          outgoing: list[Outgoing]) -> Deferred[list[str]]:
         deadline = self.reactor.seconds() + self.timeout
 
         def acknowledge(ids: list[str]) -> list[str]:
-            self._acknowledge(lease, delivery)
+            self._stored(lease, delivery)
+            _ack([delivery])
             return ids
 
         def refused(failure: Failure) -> Any:
@@ -543,9 +563,10 @@ class AmqpQueue:
         def acknowledge(_: list[str]) -> list[Exception | None]:
             for i, lease, delivery, _prepared in held:
                 try:
-                    self._acknowledge(lease, delivery)
+                    self._stored(lease, delivery)
                 except QueueUnavailable as e:
                     errors[i] = e
+            _ack([delivery for _i, _lease, delivery, _prepared in held])
             return errors
 
         def one_at_a_time(_: Failure) -> Deferred[list[Exception | None]]:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import heapq
 import json
+import math
 import re
+from collections.abc import Sequence
 
 import pika
 
@@ -75,3 +78,35 @@ class RecentIds:
 
     def __contains__(self, id: object) -> bool:
         return id in self._ids
+
+
+class UnackedTags:
+    """The delivery tags of one channel not yet acked or rejected, so that the leases settled
+    together go out as one ``multiple`` ack wherever no unsettled tag lies below them (a
+    broker acks every outstanding tag up to the one named)."""
+
+    def __init__(self) -> None:
+        self._heap: list[int] = []
+        self._done: set[int] = set()
+
+    def add(self, tag: int) -> None:
+        heapq.heappush(self._heap, tag)
+
+    def forget(self, tag: int) -> None:
+        """``tag`` was settled some other way (a nack)."""
+        self._done.add(tag)
+        self._trim()
+
+    def settle(self, tags: Sequence[int]) -> tuple[int, list[int]]:
+        """Count ``tags`` settled.  Returns the highest tag a multiple ack may name (0: none)
+        and the tags that need an ack each, because an unsettled one lies below them."""
+        self._done.update(tags)
+        self._trim()
+        lowest = self._heap[0] if self._heap else math.inf
+        upto = max((tag for tag in tags if tag < lowest), default=0)
+        return upto, [tag for tag in tags if tag > lowest]
+
+    def _trim(self) -> None:
+        heap, done = self._heap, self._done
+        while heap and heap[0] in done:
+            done.discard(heapq.heappop(heap))
