@@ -160,6 +160,8 @@ class OutboundSender(smtp.ESMTPSender):
     handle: MessageHandle | None = None
     #: what ends the body being streamed (DATA's dot; nothing after BDAT chunks)
     body_end: bytes = b""
+    #: reads of the socket so far: the table tells a surplus reply by the read that brought it
+    reads: int = 0
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
@@ -208,9 +210,13 @@ class OutboundSender(smtp.ESMTPSender):
         conn.transport = self.transport
         self.run(ev.Connected(conn.local_ip, conn.remote_ip, tls=ISSLTransport.providedBy(self.transport)))
 
+    def dataReceived(self, data: bytes) -> None:
+        self.reads += 1
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
         self.resetTimeout()
-        self.run(ev.Line(line))
+        self.run(ev.Line(line, self.reads))
 
     def timeoutConnection(self) -> None:
         self.run(ev.TimedOut())

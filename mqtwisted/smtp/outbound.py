@@ -5,7 +5,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
 1. Replies are matched to commands in the order the commands were sent; :data:`TABLE` says, for
    each command awaiting its reply, which codes are success and what success or failure does.
    A reply nothing is waiting for ends the session (``invalid``, temporary), except while parked,
-   where it is taken as the server closing an idle connection and ends the session quietly.
+   where it is taken as the server closing an idle connection and ends the session quietly; so
+   does a reply that came in the same read as a command it would answer (it predates it).
    A line that is not a reply (no three-digit code) ends the session at once (``invalid``).
 2. The greeting must be 220; any other ends the connection without QUIT (the server refused us).
    The first word of the greeting is the ``mta`` of every result.
@@ -24,9 +25,8 @@ Rules (everything that decides what the client sends next, and what a reply mean
    inside TLS (``5.7.30``): the messages are returned, never sent in clear or without it.
 5. AUTH only when a user name is configured (a smarthost), with the first mechanism of ours the
    server offers (CRAM-MD5, LOGIN, PLAIN); a refused PLAIN is tried once more with an empty
-   authorization identity.  No usable mechanism, a refusal
-   or a malformed challenge ends the session with QUIT, temporary: bad smarthost credentials are
-   the operator's to fix, not a reason to bounce.
+   authorization identity.  No usable mechanism, a refusal or a malformed challenge ends the
+   session with QUIT, temporary: bad smarthost credentials are the operator's to fix.
 6. Per message: the ``mq_smtp_out_data`` hook, then the message's ``prepare`` step if it has one
    (signing: the MIME to send), either may refuse (state ``data``; no reply timer meanwhile), then
    ``[RSET] MAIL RCPT DATA``, in one write with PIPELINING (RFC 2920), one at a time without.
@@ -136,6 +136,10 @@ class Outbound(AuthSteps, EndingSteps):
     tx: Transaction | None = None
     #: what each command on the wire waits for, oldest first
     awaiting: deque[Await] = attrs.field(factory=deque)
+    #: the read whose line is handled; the read commands were last written in, and replies owed before
+    read: int | None = None
+    send_read: int | None = None
+    owed_before_send: int = 0
     #: transaction commands not yet sent (servers without PIPELINING send one at a time)
     unsent: deque[tuple[Await, bytes]] = attrs.field(factory=deque)
     #: a transaction ended without a reply to its dot: the server needs RSET before the next
@@ -177,10 +181,16 @@ class Outbound(AuthSteps, EndingSteps):
     def on_Connected(self, event: ev.Connected) -> None:
         self.facts.local_ip, self.facts.remote_ip, self.tls = event.local_ip, event.remote_ip, event.tls
         self.state = "intro"
-        self.awaiting.append(Await.GREETING)
+        self.expect(Await.GREETING)
 
     def on_Line(self, event: ev.Line) -> None:
-        line = event.data
+        self.read = event.read
+        try:
+            self.line(event.data)
+        finally:
+            self.read = None
+
+    def line(self, line: bytes) -> None:
         # Twisted's SMTPClient reads replies this way; the client fuzzer's oracle does too.
         try:
             code = int(line[:3])
@@ -197,6 +207,15 @@ class Outbound(AuthSteps, EndingSteps):
 
     def reply(self, code: int, resp: bytes) -> None:
         self.unconfirmed = False
+        if self.read is not None and self.read == self.send_read:
+            # Lines of the read during which commands were written predate them: one more than
+            # was owed before is a surplus reply, else taken for the next command's (BDAT's 250).
+            if not self.owed_before_send:
+                self.fault = self.facts.reply_attempt(self.state, code, resp, result="invalid", permanent=False)
+                self.fault.description = f"reply before its command was sent: {self.fault.description}"
+                self.close()
+                return
+            self.owed_before_send -= 1
         if self.awaiting:
             row = TABLE[self.awaiting.popleft()]
             getattr(self, row.on_ok if code in row.ok else row.on_fail)(row, code, resp)
@@ -303,8 +322,14 @@ class Outbound(AuthSteps, EndingSteps):
 
     # -- greeting, EHLO, STARTTLS, AUTH ----------------------------------------------------------
 
+    def expect(self, *awaited: Await) -> None:
+        """Commands being written wait for these replies (see :meth:`reply`)."""
+        if self.read is not None and self.read != self.send_read:
+            self.send_read, self.owed_before_send = self.read, len(self.awaiting)
+        self.awaiting.extend(awaited)
+
     def send(self, awaited: Await, line: bytes) -> None:
-        self.awaiting.append(awaited)
+        self.expect(awaited)
         self.out.append(ev.Send(line + b"\r\n"))
 
     def send_ehlo(self, row: Row, code: int, resp: bytes) -> None:
@@ -411,7 +436,7 @@ class Outbound(AuthSteps, EndingSteps):
         tx.stage = Stage.ENVELOPE
         if b"PIPELINING" in self.extensions:
             # The whole envelope in one write, so one segment (RFC 2920), BDAT chunks in the same.
-            self.awaiting.extend(awaited for awaited, _ in commands)
+            self.expect(*(awaited for awaited, _ in commands))
             self.state = TABLE[commands[0][0]].state
             envelope_lines = b"".join(line + b"\r\n" for _, line in commands)
             if chunks:
@@ -429,7 +454,7 @@ class Outbound(AuthSteps, EndingSteps):
         assert tx is not None
         n = len(tx.chunks) if pipelined else 1
         data = before + b"".join(tx.chunks.popleft() for _ in range(n))
-        self.awaiting.extend([Await.BDAT] * n)
+        self.expect(*[Await.BDAT] * n)
         tx.stage, tx.body = Stage.BODY, b""
         if not pipelined:
             self.state = "message"
@@ -466,7 +491,7 @@ class Outbound(AuthSteps, EndingSteps):
                 return
             self.state = "message"
             tx.stage = Stage.BODY
-            self.awaiting.append(Await.DOT)
+            self.expect(Await.DOT)
             body, tx.body = tx.body, b""
             self.out.append(ev.SendBody(body))
         elif self.unsent:

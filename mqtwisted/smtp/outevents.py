@@ -75,9 +75,11 @@ class Connected:
 
 @attrs.frozen
 class Line:
-    """One line from the server, without its line ending."""
+    """One line from the server, without its line ending; ``read``: which read of the socket
+    brought it (None when the source does not count reads, as in-memory tests)."""
 
     data: bytes
+    read: int | None = None
 
 
 @attrs.frozen
