@@ -65,8 +65,9 @@ from mqtwisted.queue import (
     Publication,
     QueueUnavailable,
     Settlement,
+    amqp_inspect,
 )
-from mqtwisted.queue.amqp_link import AmqpLink, BrokerRefused, Outgoing, unavailable
+from mqtwisted.queue.amqp_link import AmqpLink, BrokerRefused, Outgoing
 from mqtwisted.queue.amqp_wire import (
     DELAY_BUCKETS,
     RecentIds,
@@ -181,7 +182,7 @@ class AmqpQueue:
         self.prefetch = max(1, prefetch)
         self.prefix = prefix
         self.delayed = frozenset(delayed)
-        self._buckets = {self._bucket_name(s): s for s in DELAY_BUCKETS}
+        self._buckets = {self.bucket_name(s): s for s in DELAY_BUCKETS}
         self.link = AmqpLink(url, reactor, timeout=timeout, max_backoff=max_backoff,
                              topology=self._declare, on_ready=self._connected, on_lost=self._lost,
                              arguments=self._arguments)
@@ -235,7 +236,7 @@ class AmqpQueue:
     def _delay_exchange(self) -> str:
         return f"{self.prefix}mq-delay"
 
-    def _bucket_name(self, seconds: int) -> str:
+    def bucket_name(self, seconds: int) -> str:
         return f"{self._delay_exchange}-{seconds}"
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -595,79 +596,17 @@ class AmqpQueue:
         if isinstance(delivery, _Delivery):
             self._nack(delivery)
 
-    # -- inspection ----------------------------------------------------------------------------
+    # -- inspection (mqtwisted.queue.amqp_inspect) ----------------------------------------------
 
     def stats(self) -> Deferred[dict[str, int]]:
-        """Ready messages per named queue (passive declares), plus ``mq-delay``: documents
-        waiting for their ``nextattempt``.  Leased (unacked) documents are not counted."""
-
-        async def count(channel: TwistedChannel) -> dict[str, int]:
-            counts = {}
-            for queue in QUEUE_NAMES:
-                frame = await channel.queue_declare(self.name(queue), passive=True)
-                counts[queue] = frame.method.message_count
-            delayed = 0
-            for seconds in DELAY_BUCKETS:
-                frame = await channel.queue_declare(self._bucket_name(seconds), passive=True)
-                delayed += frame.method.message_count
-            counts["mq-delay"] = delayed
-            return counts
-
-        return self._inspect(count)
+        """Ready messages per named queue, plus ``mq-delay``: documents waiting for their
+        ``nextattempt``.  Leased (unacked) documents are not counted."""
+        return amqp_inspect.stats(self)
 
     def list(self, queue: str, limit: int = 20) -> Deferred[list[tuple[str, Document]]]:
-        """Peek at the first ``limit`` ready documents (basic_get, then requeued in place).
-        Documents leased to consumers or waiting in a delay bucket are not seen."""
-
-        async def peek(channel: TwistedChannel) -> list[tuple[str, Document]]:
-            found: list[tuple[str, Document]] = []
-            await self._scan(channel, queue, limit, lambda i, doc: found.append((i, doc)))
-            return found
-
-        return self._inspect(peek)
+        """The first ``limit`` ready documents (leased or delayed ones are not seen)."""
+        return amqp_inspect.peek(self, queue, limit)
 
     def show(self, queue: str, id: str, scan: int = 10000) -> Deferred[Document | None]:
         """The document ``id`` if it is among the first ``scan`` ready ones of ``queue``."""
-
-        async def find(channel: TwistedChannel) -> Document | None:
-            found: list[Document] = []
-
-            def visit(message_id: str, document: Document) -> bool:
-                if message_id == id:
-                    found.append(document)
-                return bool(found)
-
-            await self._scan(channel, queue, scan, visit)
-            return found[0] if found else None
-
-        return self._inspect(find)
-
-    async def _scan(self, channel: TwistedChannel, queue: str, limit: int,
-                    visit: Callable[[str, Document], Any]) -> None:
-        """basic_get up to ``limit`` messages, hand each to ``visit`` (which returns true to
-        stop), then give all of them back with one multiple nack."""
-        last = None
-        try:
-            for _ in range(limit):
-                try:
-                    message = await channel.basic_get(self.name(queue))
-                except pika_exceptions.ChannelClosedByBroker as e:
-                    if e.reply_code == 404:  # no such queue: nothing in it
-                        break
-                    raise
-                if message is None:
-                    break
-                last = message.method.delivery_tag
-                try:
-                    document = decode_document(message.body)
-                except ValueError:
-                    document = {"invalid": message.body.decode("utf-8", "replace")}
-                if visit(message_id(message.properties, message.body), document):
-                    break
-        finally:
-            if last is not None and channel.is_open:
-                channel.basic_nack(last, multiple=True, requeue=True)
-
-    def _inspect(self, work: Callable[[TwistedChannel], Any]) -> Deferred:
-        d = defer.ensureDeferred(self.link.with_channel(work))
-        return d.addErrback(lambda f: Failure(unavailable(f)))
+        return amqp_inspect.find(self, queue, id, scan)

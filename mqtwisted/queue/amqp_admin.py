@@ -11,16 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pika import exceptions as pika_exceptions
-from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
-from mqtwisted.queue import Document, Publication
+from mqtwisted.queue import Document, Publication, amqp_inspect
 from mqtwisted.queue.admin import SCAN_LIMIT, Page, matches, summary
 from mqtwisted.queue.amqp import AmqpQueue
-from mqtwisted.queue.amqp_link import unavailable
-from mqtwisted.queue.amqp_wire import decode_document, message_id
 
 
 class AmqpAdmin:
@@ -28,37 +23,13 @@ class AmqpAdmin:
         self.queue = queue
 
     def _work(self, work: Callable[[Any], Any]) -> Deferred:
-        d = defer.ensureDeferred(self.queue.link.with_channel(work))
-        return d.addErrback(lambda f: Failure(unavailable(f)))
+        return amqp_inspect.on_channel(self.queue, work)
 
     async def _scan(self, channel: Any, queue: str, visit: Callable[[str, Document, int], bool]) -> int | None:
         """basic_get until ``visit`` returns true or the queue (or SCAN_LIMIT) ends; the delivery
         tag of the message ``visit`` stopped at is returned unsettled, every other one is
         given back."""
-        last = found = None
-        try:
-            for _ in range(SCAN_LIMIT):
-                try:
-                    message = await channel.basic_get(self.queue.name(queue))
-                except pika_exceptions.ChannelClosedByBroker as e:
-                    if e.reply_code == 404:
-                        break
-                    raise
-                if message is None:
-                    break
-                tag = message.method.delivery_tag
-                try:
-                    document = decode_document(message.body)
-                except ValueError:
-                    document = {"invalid": message.body.decode("utf-8", "replace")}
-                if visit(message_id(message.properties, message.body), document, tag):
-                    found = tag
-                    break
-                last = tag
-        finally:
-            if last is not None and channel.is_open:
-                channel.basic_nack(last, multiple=True, requeue=True)
-        return found
+        return await amqp_inspect.scan(self.queue, channel, queue, SCAN_LIMIT, visit, keep=True)
 
     def browse(self, queue: str, offset: int, limit: int, search: str = "") -> Deferred[Page]:
         async def work(channel: Any) -> Page:
