@@ -156,6 +156,20 @@ def up(*nodes: Node) -> Any:
 
 
 
+def consumers(vhost: str, queue: str = "outbox") -> int:
+    """Consumers attached to ``queue`` of ``vhost`` (0 while it is not declared yet): a node
+    listens for SMTP before its delivery worker consumes, and mail injected meanwhile all goes to
+    the nodes already consuming."""
+    import pika
+
+    params = pika.URLParameters(f"amqp://guest:guest@127.0.0.1:5672/{vhost}")
+    with pika.BlockingConnection(params) as conn:
+        try:
+            return conn.channel().queue_declare(queue, passive=True).method.consumer_count
+        except pika.exceptions.ChannelClosedByBroker:
+            return 0
+
+
 def stop_all(made: list[Any]) -> None:
     """Stop the sinks and nodes a test made, the last made first, whatever state they are in."""
     for thing in reversed(made):

@@ -18,6 +18,7 @@ from twisted.internet import protocol, reactor, threads
 from twisted.protocols.basic import LineReceiver
 
 from tests.conftest import free_port, wait_until
+from tests.conftest_nodes import consumers
 from tests.conftest_redis import redis_url  # noqa: F401  (a fixture)
 from tests.test_amqp_nodes import vhost  # noqa: F401  (a fixture)
 
@@ -108,6 +109,8 @@ async def test_two_nodes_share_a_connection_limit_through_redis(vhost, redis_url
     try:
         for _proc, port, _ in nodes:
             await wait_until(lambda port=port: _listening(port), timeout=60, what="a node listening")
+        # Both must be consuming, or the first one takes every message (the test wants both).
+        await wait_until(lambda: consumers(vhost) >= 2, timeout=60, what="both nodes consuming")
         await threads.deferToThread(inject, nodes[0][1], 0, MESSAGES // 2)
         await threads.deferToThread(inject, nodes[1][1], MESSAGES // 2, MESSAGES // 2)
         await wait_until(lambda: len(receiver.helos) >= MESSAGES, timeout=90, what="every message delivered")
