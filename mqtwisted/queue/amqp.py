@@ -315,6 +315,8 @@ class AmqpQueue:
         """Encode on the caller's turn; a body shared by several documents is read and
         converted once but inlined into each (an AMQP consumer needs the whole JSON)."""
         mimes: dict[int, str] = {}
+        # An outcome goes to several result queues as one document object: encoded once.
+        encoded: dict[int, tuple[bytes, float]] = {}
         now = time.time()
         out = []
         for pub in publications:
@@ -326,7 +328,13 @@ class AmqpQueue:
                 copy = MailerQDocument.of(doc).copy()
                 copy.mime = mime
                 doc = copy.json
-            out.append(self._outgoing(pub.queue, encode_document(doc), due_time(doc) - now))
+                payload, due = encode_document(doc), due_time(doc)
+            else:
+                known = encoded.get(id(doc))
+                if known is None:
+                    known = encoded[id(doc)] = encode_document(doc), due_time(doc)
+                payload, due = known
+            out.append(self._outgoing(pub.queue, payload, due - now))
         return out
 
     def _outgoing(self, queue: str, payload: bytes, remaining: float,
