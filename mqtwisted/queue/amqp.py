@@ -67,6 +67,7 @@ from mqtwisted.queue import (
     Settlement,
     amqp_inspect,
 )
+from mqtwisted.queue.amqp_leases import Consumer, Delivery, ack_deliveries
 from mqtwisted.queue.amqp_link import AmqpLink, BrokerRefused, Outgoing
 from mqtwisted.queue.amqp_wire import (
     DELAY_BUCKETS,
@@ -96,55 +97,6 @@ SETTLED_MEMORY = 100_000
 # Not "x-…": the headers exchange ignores x- headers when matching.
 _DELAY_HEADER = "mq-delay"
 _PERSISTENT = 2
-
-
-@attrs.define(eq=False)
-class _Consumer:
-    queue: str
-    handler: Callable[[Lease], None]
-    prefetch: int
-    #: the connection this consumer was started on: at most one start per connection
-    conn: TwistedProtocolConnection | None = None
-    channel: TwistedChannel | None = None
-    cancelled: bool = False
-    retry: Any = None
-    #: the current channel's deliveries not yet acked or rejected
-    unacked: UnackedTags = attrs.Factory(UnackedTags)
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        if self.retry is not None and self.retry.active():
-            self.retry.cancel()
-        if self.channel is not None and self.channel.is_open:
-            self.channel.close()
-
-
-@attrs.define(eq=False)
-class _Delivery:
-    """A lease's token: valid only while its channel is the consumer's current, open channel."""
-
-    consumer: _Consumer
-    channel: TwistedChannel
-    tag: int
-
-    def valid(self) -> bool:
-        consumer = self.consumer
-        return not consumer.cancelled and consumer.channel is self.channel and self.channel.is_open
-
-
-def _ack(deliveries: Sequence[_Delivery]) -> None:
-    """Ack valid ``deliveries``: one multiple ack per channel for those below every tag still
-    unsettled on it, one each for the rest."""
-    by_channel: dict[TwistedChannel, tuple[_Consumer, list[int]]] = {}
-    for delivery in deliveries:
-        if delivery.valid():
-            by_channel.setdefault(delivery.channel, (delivery.consumer, []))[1].append(delivery.tag)
-    for channel, (consumer, tags) in by_channel.items():
-        upto, singles = consumer.unacked.settle(tags)
-        if upto:
-            channel.basic_ack(upto, multiple=True)
-        for tag in singles:
-            channel.basic_ack(tag)
 
 
 class AmqpQueue:
@@ -186,7 +138,7 @@ class AmqpQueue:
         self.link = AmqpLink(url, reactor, timeout=timeout, max_backoff=max_backoff,
                              topology=self._declare, on_ready=self._connected, on_lost=self._lost,
                              arguments=self._arguments)
-        self._consumers: dict[str, _Consumer] = {}
+        self._consumers: dict[str, Consumer] = {}
         #: message ids whose outcome was made durable
         self._settled = RecentIds(SETTLED_MEMORY)
         self._pausing: set[Deferred] = set()  # settles waiting to publish a refused outcome again
@@ -373,12 +325,12 @@ class AmqpQueue:
         old = self._consumers.pop(queue, None)
         if old is not None:
             old.cancel()
-        consumer = _Consumer(queue, handler, max(1, prefetch or self.prefetch))
+        consumer = Consumer(queue, handler, max(1, prefetch or self.prefetch))
         self._consumers[queue] = consumer
         if self.connected:
             self._start_consumer(consumer)
 
-    def _start_consumer(self, consumer: _Consumer) -> None:
+    def _start_consumer(self, consumer: Consumer) -> None:
         conn = self.link.connection
         if conn is None or consumer.conn is conn or consumer.cancelled:
             return
@@ -386,7 +338,7 @@ class AmqpQueue:
         d = defer.ensureDeferred(self._run_consumer(consumer, conn))
         d.addErrback(self._consumer_failed, consumer, conn)
 
-    async def _run_consumer(self, consumer: _Consumer, conn: TwistedProtocolConnection) -> None:
+    async def _run_consumer(self, consumer: Consumer, conn: TwistedProtocolConnection) -> None:
         channel = await conn.channel()
         if consumer.cancelled or consumer.conn is not conn:
             channel.close()
@@ -403,7 +355,7 @@ class AmqpQueue:
                 return  # the channel is closing; the broker requeues what it had sent
             self._deliver(consumer, channel, message)
 
-    def _consumer_channel_closed(self, reason: Any, consumer: _Consumer,
+    def _consumer_channel_closed(self, reason: Any, consumer: Consumer,
                                  channel: TwistedChannel, conn: TwistedProtocolConnection) -> None:
         # Closed by the broker under a live connection (e.g. a lease held past RabbitMQ's
         # consumer_timeout): that channel's leases are void, the other consumers' are not, so
@@ -417,7 +369,7 @@ class AmqpQueue:
             if consumer.retry is None or not consumer.retry.active():
                 consumer.retry = self.reactor.callLater(1.0, self._restart_consumer, consumer)
 
-    def _consumer_failed(self, failure: Failure, consumer: _Consumer,
+    def _consumer_failed(self, failure: Failure, consumer: Consumer,
                          conn: TwistedProtocolConnection) -> None:
         if consumer.cancelled or not self.link.running:
             return
@@ -434,7 +386,7 @@ class AmqpQueue:
         if consumer.retry is None or not consumer.retry.active():
             consumer.retry = self.reactor.callLater(1.0, self._restart_consumer, consumer)
 
-    def _restart_consumer(self, consumer: _Consumer) -> None:
+    def _restart_consumer(self, consumer: Consumer) -> None:
         consumer.retry = None
         if self._consumers.get(consumer.queue) is consumer and self.connected:
             if consumer.channel is not None and consumer.channel.is_open:
@@ -443,7 +395,7 @@ class AmqpQueue:
             consumer.conn = None
             self._start_consumer(consumer)
 
-    def _deliver(self, consumer: _Consumer, channel: TwistedChannel, message: Any) -> None:
+    def _deliver(self, consumer: Consumer, channel: TwistedChannel, message: Any) -> None:
         tag = message.method.delivery_tag
         try:
             document = decode_document(message.body)
@@ -468,13 +420,13 @@ class AmqpQueue:
             self._redelay(consumer, channel, tag, message, remaining)
             return
         lease = Lease(consumer.queue, message_id(properties, message.body), document,
-                      token=_Delivery(consumer, channel, tag))
+                      token=Delivery(consumer, channel, tag))
         try:
             consumer.handler(lease)
         except Exception:
             log.failure("queue consumer for {queue} raised", queue=consumer.queue)
 
-    def _redelay(self, consumer: _Consumer, channel: TwistedChannel, tag: int, message: Any,
+    def _redelay(self, consumer: Consumer, channel: TwistedChannel, tag: int, message: Any,
                  remaining: float) -> None:
         # The same bytes and id go back into a delay bucket; the original is acked only once
         # the broker confirmed the copy.
@@ -482,10 +434,10 @@ class AmqpQueue:
         msg = self._outgoing(consumer.queue, message.body, remaining, headers)
         msg = attrs.evolve(msg, id=message_id(message.properties, message.body))
         msg.properties.message_id = msg.id
-        delivery = _Delivery(consumer, channel, tag)
+        delivery = Delivery(consumer, channel, tag)
 
         def confirmed(_: Any) -> None:
-            _ack([delivery])
+            ack_deliveries([delivery])
 
         def failed(failure: Failure) -> None:
             log.warn("AMQP {queue}: could not delay a document ({why}); retrying later",
@@ -495,7 +447,7 @@ class AmqpQueue:
 
         self.link.send([msg]).addCallbacks(confirmed, failed)
 
-    def _nack(self, delivery: _Delivery) -> None:
+    def _nack(self, delivery: Delivery) -> None:
         if delivery.valid():
             delivery.consumer.unacked.forget(delivery.tag)
             delivery.channel.basic_nack(delivery.tag, requeue=True)
@@ -514,14 +466,14 @@ class AmqpQueue:
             return fail(e)
         return self._settle_prepared(lease, delivery, outgoing)
 
-    def _holding(self, lease: Lease) -> _Delivery:
+    def _holding(self, lease: Lease) -> Delivery:
         delivery = lease.token
-        if not isinstance(delivery, _Delivery) or not delivery.valid():
+        if not isinstance(delivery, Delivery) or not delivery.valid():
             raise QueueUnavailable(
                 f"lease {lease.id} on {lease.queue} is void (channel lost); it will be redelivered")
         return delivery
 
-    def _stored(self, lease: Lease, delivery: _Delivery) -> None:
+    def _stored(self, lease: Lease, delivery: Delivery) -> None:
         """The broker confirmed ``lease``'s outcomes: its ack may go (when it still can)."""
         self._settled.add(lease.id)
         if not delivery.valid():
@@ -529,13 +481,13 @@ class AmqpQueue:
                 f"lease {lease.id} on {lease.queue} lost before its ack; outcome stored, "
                 "the document will be delivered again")
 
-    def _settle_prepared(self, lease: Lease, delivery: _Delivery,
+    def _settle_prepared(self, lease: Lease, delivery: Delivery,
                          outgoing: list[Outgoing]) -> Deferred[list[str]]:
         deadline = self.reactor.seconds() + self.timeout
 
         def acknowledge(ids: list[str]) -> list[str]:
             self._stored(lease, delivery)
-            _ack([delivery])
+            ack_deliveries([delivery])
             return ids
 
         def refused(failure: Failure) -> Any:
@@ -557,7 +509,7 @@ class AmqpQueue:
         ``settle`` does, so that one bad outcome fails only its lease: outcomes the broker had
         confirmed are published again, repeated but never lost."""
         errors: list[Exception | None] = [None] * len(settlements)
-        held: list[tuple[int, Lease, _Delivery, list[Outgoing]]] = []
+        held: list[tuple[int, Lease, Delivery, list[Outgoing]]] = []
         outgoing: list[Outgoing] = []
         for i, (lease, publications) in enumerate(settlements):
             try:
@@ -575,7 +527,7 @@ class AmqpQueue:
                     self._stored(lease, delivery)
                 except QueueUnavailable as e:
                     errors[i] = e
-            _ack([delivery for _i, _lease, delivery, _prepared in held])
+            ack_deliveries([delivery for _i, _lease, delivery, _prepared in held])
             return errors
 
         def one_at_a_time(_: Failure) -> Deferred[list[Exception | None]]:
@@ -601,7 +553,7 @@ class AmqpQueue:
 
     def release(self, lease: Lease) -> None:
         delivery = lease.token
-        if isinstance(delivery, _Delivery):
+        if isinstance(delivery, Delivery):
             self._nack(delivery)
 
     # -- inspection (mqtwisted.queue.amqp_inspect) ----------------------------------------------
