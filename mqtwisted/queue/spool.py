@@ -309,7 +309,7 @@ class SpoolQueue:
                 (queue, now, exclude, room),
             ).fetchall()
             # A body shared by many recipients is read once, not once per document.
-            bodies = {body: load_body(db, body) for *_, body in rows if body is not None}
+            bodies = {body: load_body(db, body) for body in {row[3] for row in rows} - {None}}
             (nxt,) = db.execute(
                 "SELECT MIN(due) FROM docs WHERE queue = ? AND due > ?", (queue, now)
             ).fetchone()
