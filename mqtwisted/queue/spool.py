@@ -356,49 +356,41 @@ class SpoolQueue:
         consumer.timer = self.reactor.callLater(delay, self._wake, consumer.queue)
 
     def settle(self, lease: Lease, publications: Sequence[Publication]) -> Deferred[list[str]]:
-        rows = self._prepare(publications)
-        row_id = _row_id(lease)
-
-        def settle(db: sqlite3.Connection) -> list[str]:
-            ids, body = settle_one(db, lease.queue, row_id, rows)
-            collect_body(db, body)
-            return ids
-
-        def settled(ids: list[str]) -> list[str]:
-            self._forget(lease.queue, [row_id])
-            return self._published(ids, publications)
-
-        return self._submit(settle, hold=True).addCallback(settled)
+        return self._settle_all([(lease, publications)]).addCallback(lambda ids: ids[0])
 
     def settle_many(self, settlements: Sequence[Settlement]) -> Deferred[list[Exception | None]]:
-        """All of ``settlements`` in one job of the spool thread, so in one transaction: they
-        are durable together or not at all."""
+        """All of ``settlements`` in one transaction: durable together or not at all."""
+        n = len(settlements)
+        return self._settle_all(settlements).addCallbacks(lambda _: [None] * n, lambda f: [f.value] * n)
+
+    def _settle_all(self, settlements: Sequence[Settlement]) -> Deferred[list[list[str]]]:
+        """Every settlement in one job of the spool thread; each one's new ids."""
         try:
             prepared = [(lease.queue, _row_id(lease), self._prepare(pubs)) for lease, pubs in settlements]
         except Exception as e:
             return fail(e)
 
-        def settle(db: sqlite3.Connection) -> None:
-            bodies = set()
+        def settle(db: sqlite3.Connection) -> list[list[str]]:
+            ids, bodies = [], set()
             for queue, row_id, rows in prepared:
-                bodies.add(settle_one(db, queue, row_id, rows)[1])
+                these, body = settle_one(db, queue, row_id, rows)
+                ids.append(these)
+                bodies.add(body)
             # A body that many of them shared is looked at once, after the last of them went.
             for body in bodies:
                 collect_body(db, body)
+            return ids
 
-        def settled(_: None) -> list[Exception | None]:
+        def settled(ids: list[list[str]]) -> list[list[str]]:
             by_queue: dict[str, list[int]] = {}
             for queue, row_id, _ in prepared:
                 by_queue.setdefault(queue, []).append(row_id)
             for queue, row_ids in by_queue.items():
                 self._forget(queue, row_ids)
             self._published([], [pub for _, pubs in settlements for pub in pubs])
-            return [None] * len(prepared)
+            return ids
 
-        def failed(f: Any) -> list[Exception | None]:
-            return [f.value] * len(prepared)
-
-        return self._submit(settle, hold=True).addCallbacks(settled, failed)
+        return self._submit(settle, hold=True).addCallback(settled)
 
     def release(self, lease: Lease) -> None:
         self._forget(lease.queue, [_row_id(lease)])
