@@ -55,7 +55,10 @@ T = TypeVar("T")
 
 #: how much of a message is searched for the end of its header (TLS-Required)
 _HEAD_SCAN = 256 * 1024
-_TLS_REQUIRED_NO = re.compile(r"^tls-required:[ \t]*no[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_TLS_REQUIRED_NO = r"^tls-required:[ \t]*no[ \t]*\r?$"
+#: (the field, a line end, the header's end with CRLF and with LF) for a str and a bytes ``mime``
+_TLS_REQUIRED_TEXT = (re.compile(_TLS_REQUIRED_NO, re.IGNORECASE | re.MULTILINE), "\r\n", "\n\r\n", "\n\n")
+_TLS_REQUIRED_BYTES = (re.compile(_TLS_REQUIRED_NO.encode(), re.IGNORECASE | re.MULTILINE), b"\r\n", b"\n\r\n", b"\n\n")
 
 
 def due_time(json: Mapping[str, Any]) -> float:
@@ -266,11 +269,11 @@ class Bounce:
         return {"recipient": self.recipient, "status": self.status, "action": self.action}
 
 
-#: attempt record field -> JSON key (MailerQ's names: ``from`` is our address, ``to`` the peer's)
 #: the record's fields left out of its JSON when they hold these values
 _RECORD_DEFAULTS = {"code": None, "status": None, "description": "", "mta": None, "local_ip": None,
                     "remote_ip": None, "messages": None, "cipher": None, "dsn": None, "classification": None,
                     "tls_policy": None}
+#: attempt record field -> JSON key (MailerQ's names: ``from`` is our address, ``to`` the peer's)
 _RECORD_KEYS: tuple[tuple[str, str], ...] = (
     ("state", "state"), ("result", "result"), ("code", "code"), ("status", "status"),
     ("description", "description"), ("mta", "mta"), ("local_ip", "from"), ("remote_ip", "to"),
@@ -524,9 +527,11 @@ class OutgoingDocument(Document):
         mime = self.json.get("mime")
         if not isinstance(mime, (str, bytes)) or usable(lambda: self.requiretls, False):
             return False
-        head = mime[:_HEAD_SCAN] if isinstance(mime, str) else mime[:_HEAD_SCAN].decode("latin-1")
-        end = head.find("\n\r\n") if "\r\n" in head else head.find("\n\n")
-        return _TLS_REQUIRED_NO.search(head if end < 0 else head[: end + 1]) is not None
+        # Searched in place, as message.header_block does: no copy of the message per attempt.
+        pattern, crlf, blank_crlf, blank_lf = _TLS_REQUIRED_TEXT if isinstance(mime, str) else _TLS_REQUIRED_BYTES
+        limit = min(len(mime), _HEAD_SCAN)
+        end = mime.find(blank_crlf, 0, limit) if mime.find(crlf, 0, limit) >= 0 else mime.find(blank_lf, 0, limit)
+        return pattern.search(mime, 0, limit if end < 0 else end + 1) is not None
 
     def first_attempt_time(self) -> float | None:
         results = self.results or ()
