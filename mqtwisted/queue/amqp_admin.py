@@ -25,12 +25,6 @@ class AmqpAdmin:
     def _work(self, work: Callable[[Any], Any]) -> Deferred:
         return amqp_inspect.on_channel(self.queue, work)
 
-    async def _scan(self, channel: Any, queue: str, visit: Callable[[str, Document, int], bool]) -> int | None:
-        """basic_get until ``visit`` returns true or the queue (or SCAN_LIMIT) ends; the delivery
-        tag of the message ``visit`` stopped at is returned unsettled, every other one is
-        given back."""
-        return await amqp_inspect.scan(self.queue, channel, queue, SCAN_LIMIT, visit, keep=True)
-
     def browse(self, queue: str, offset: int, limit: int, search: str = "") -> Deferred[Page]:
         async def work(channel: Any) -> Page:
             hits: list[tuple[str, Document]] = []
@@ -42,7 +36,7 @@ class AmqpAdmin:
                     hits.append((id, summary(document)))
                 return False
 
-            await self._scan(channel, queue, visit)
+            await amqp_inspect.scan(self.queue, channel, queue, SCAN_LIMIT, visit)
             return Page(len(hits), hits[offset:offset + limit], partial=seen[0] >= SCAN_LIMIT)
 
         return self._work(work)
@@ -52,9 +46,10 @@ class AmqpAdmin:
 
     def replace(self, queue: str, id: str, publications: Sequence[Publication]) -> Deferred[list[str] | None]:
         async def work(channel: Any) -> list[str] | None:
-            tag = await self._scan(channel, queue, lambda i, d, t: i == id)
-            if tag is None:
+            hit = await amqp_inspect.seek(self.queue, channel, queue, id, SCAN_LIMIT, keep=True)
+            if hit is None:
                 return None
+            tag = hit[0]
             try:
                 ids = await self.queue.publish(publications) if publications else []
             except BaseException:
@@ -69,17 +64,10 @@ class AmqpAdmin:
         # A ready document is due already, unless an outside client gave it a nextattempt ahead:
         # it is published again without one.
         async def work(channel: Any) -> bool:
-            found: list[Document] = []
-
-            def visit(i: str, document: Document, tag: int) -> bool:
-                if i == id:
-                    found.append(document)
-                return bool(found)
-
-            tag = await self._scan(channel, queue, visit)
-            if tag is None:
+            hit = await amqp_inspect.seek(self.queue, channel, queue, id, SCAN_LIMIT, keep=True)
+            if hit is None:
                 return False
-            document = dict(found[0])
+            tag, document = hit[0], dict(hit[1])
             if document.pop("nextattempt", None) is None:
                 channel.basic_nack(tag, requeue=True)
                 return True

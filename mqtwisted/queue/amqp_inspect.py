@@ -53,17 +53,25 @@ def find(queue: AmqpQueue, name: str, id: str, scan_limit: int) -> Deferred[Docu
     """The document ``id`` if it is among the first ``scan_limit`` ready ones of ``name``."""
 
     async def search(channel: TwistedChannel) -> Document | None:
-        found: list[Document] = []
-
-        def visit(message_id: str, document: Document, _tag: int) -> bool:
-            if message_id == id:
-                found.append(document)
-            return bool(found)
-
-        await scan(queue, channel, name, scan_limit, visit)
-        return found[0] if found else None
+        hit = await seek(queue, channel, name, id, scan_limit)
+        return None if hit is None else hit[1]
 
     return on_channel(queue, search)
+
+
+async def seek(queue: AmqpQueue, channel: TwistedChannel, name: str, id: str, limit: int,
+               keep: bool = False) -> tuple[int, Document] | None:
+    """The delivery tag and document of message ``id`` if it is among the first ``limit`` ready
+    ones of ``name``; with ``keep`` it stays unsettled on ``channel`` (see :func:`scan`)."""
+    found: list[Document] = []
+
+    def visit(message_id: str, document: Document, _tag: int) -> bool:
+        if message_id == id:
+            found.append(document)
+        return bool(found)
+
+    tag = await scan(queue, channel, name, limit, visit, keep=keep)
+    return None if tag is None else (tag, found[0])
 
 
 async def scan(queue: AmqpQueue, channel: TwistedChannel, name: str, limit: int,
