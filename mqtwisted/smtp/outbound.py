@@ -79,7 +79,7 @@ from mqtwisted.smtp import outevents as ev
 from mqtwisted.smtp.outauth import AuthSteps
 from mqtwisted.smtp.outbody import NO_NEEDS, transaction_wire, unmet, wire
 from mqtwisted.smtp.outending import EndingSteps
-from mqtwisted.smtp.outstate import Await, Facts, Phase, Stage, Transaction
+from mqtwisted.smtp.outstate import Await, Facts, Phase, Stage, Transaction, recipients
 
 # -- the table -----------------------------------------------------------------------------------
 
@@ -163,7 +163,7 @@ class Outbound(AuthSteps, EndingSteps):
         if self.phase in _ENDING and not isinstance(event, ev.Lost):
             # Nothing the server says matters any more; a message handed over meanwhile goes back.
             if isinstance(event, ev.Offered):
-                self.out += [ev.GiveBack(m) for m in Transaction(event.message, event.handle).rcpts]
+                self.out += [ev.GiveBack(m) for m in recipients(event.message)]
             return self.out
         _HANDLERS[type(event)](self, event)
         return self.out

@@ -75,6 +75,11 @@ class Stage(enum.Enum):
     SENT = "sent"
 
 
+def recipients(message: Any) -> list[Any]:
+    """The messages one transaction carries: ``message`` and its ``also``, one recipient each."""
+    return [message, *getattr(message, "also", ())]
+
+
 @attrs.define
 class Transaction:
     """One message on this connection, from the moment the source hands it over."""
@@ -102,7 +107,7 @@ class Transaction:
 
     @rcpts.default
     def _rcpts(self) -> list[Any]:
-        return [self.message, *getattr(self.message, "also", ())]
+        return recipients(self.message)
 
     @property
     def on_wire(self) -> bool:
