@@ -585,14 +585,14 @@ class Outbound(AuthSteps, EndingSteps):
             self.take_message()
 
     def report(self, attempt: Attempt) -> None:
-        """Every recipient's outcome: its own refusal, else ``attempt`` (one copy each)."""
+        """Every recipient's outcome: its own refusal, else ``attempt`` (the first; a copy each after)."""
         assert self.tx is not None
         tx, self.tx = self.tx, None
         self.reported += len(tx.rcpts)
         for i, message in enumerate(tx.rcpts):
             own = tx.refusals.get(i)
             if own is None:
-                own, attempt = attempt, attrs.evolve(attempt)
+                own, attempt = attempt, attrs.evolve(attempt) if i + 1 < len(tx.rcpts) else attempt
             self.out.append(ev.Report(message, own))
 
 
