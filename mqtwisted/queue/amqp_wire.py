@@ -4,6 +4,7 @@ delay buckets it may wait in.  Pure functions, no I/O (:mod:`mqtwisted.queue.amq
 
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import heapq
@@ -48,11 +49,7 @@ def decode_document(payload: bytes) -> Document:
 def delay_bucket(remaining: float) -> int:
     """The bucket to wait in for a document due in ``remaining`` seconds (rounded down, at
     least the smallest bucket)."""
-    best = DELAY_BUCKETS[0]
-    for bucket in DELAY_BUCKETS:
-        if bucket <= remaining:
-            best = bucket
-    return best
+    return DELAY_BUCKETS[max(0, bisect.bisect_right(DELAY_BUCKETS, remaining) - 1)]
 
 
 def message_id(properties: pika.BasicProperties, body: bytes) -> str:
