@@ -268,24 +268,22 @@ class AmqpQueue:
         converted once but inlined into each (an AMQP consumer needs the whole JSON)."""
         mimes: dict[int, str] = {}
         # An outcome goes to several result queues as one document object: encoded once.
-        encoded: dict[int, tuple[bytes, float]] = {}
+        encoded: dict[tuple[int, int], tuple[bytes, float]] = {}
         now = time.time()
         out = []
         for pub in publications:
-            doc = pub.document
-            if pub.body is not None:
-                mime = mimes.get(id(pub.body))
-                if mime is None:
-                    mime = mimes[id(pub.body)] = mime_text(pub.body.read())
-                copy = MailerQDocument.of(doc).copy()
-                copy.mime = mime
-                doc = copy.json
-                payload, due = encode_document(doc), due_time(doc)
-            else:
-                known = encoded.get(id(doc))
-                if known is None:
-                    known = encoded[id(doc)] = encode_document(doc), due_time(doc)
-                payload, due = known
+            known = encoded.get((id(pub.document), id(pub.body)))
+            if known is None:
+                doc = pub.document
+                if pub.body is not None:
+                    mime = mimes.get(id(pub.body))
+                    if mime is None:
+                        mime = mimes[id(pub.body)] = mime_text(pub.body.read())
+                    copy = MailerQDocument.of(doc).copy()
+                    copy.mime = mime
+                    doc = copy.json
+                known = encoded[id(pub.document), id(pub.body)] = encode_document(doc), due_time(doc)
+            payload, due = known
             out.append(self._outgoing(pub.queue, payload, due - now))
         return out
 
