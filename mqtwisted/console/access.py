@@ -22,6 +22,7 @@ import hmac
 import secrets
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -48,13 +49,14 @@ class Session:
 class Sessions:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.table: dict[str, Session] = {}
+        #: least recently seen first (``get`` moves a session to the end): the ones to expire or
+        #: evict are at the front, without sorting the table at every new session
+        self.table: OrderedDict[str, Session] = OrderedDict()
 
     def create(self, user: str) -> tuple[str, Session]:
         self.expire()
-        if len(self.table) >= MAX_SESSIONS:
-            for old in sorted(self.table, key=lambda k: self.table[k].seen)[: len(self.table) - MAX_SESSIONS + 1]:
-                del self.table[old]
+        while len(self.table) >= MAX_SESSIONS:
+            self.table.popitem(last=False)
         key = secrets.token_urlsafe(32)
         session = self.table[key] = Session(user, secrets.token_urlsafe(32), self.clock())
         return key, session
@@ -68,6 +70,7 @@ class Sessions:
             del self.table[key]  # type: ignore[arg-type]
             return None
         session.seen = now
+        self.table.move_to_end(key)  # type: ignore[arg-type]
         return session
 
     def end(self, key: str | None) -> None:
@@ -76,8 +79,8 @@ class Sessions:
 
     def expire(self) -> None:
         now = self.clock()
-        for key in [k for k, s in self.table.items() if now - s.seen > IDLE_TIMEOUT]:
-            del self.table[key]
+        while self.table and now - next(iter(self.table.values())).seen > IDLE_TIMEOUT:
+            self.table.popitem(last=False)
 
 
 class Guard:
