@@ -509,10 +509,10 @@ class Outbound(AuthSteps, EndingSteps):
         if code not in row.ok:
             tx.refusals[tx.answered] = self.facts.reply_attempt(row.state, code, resp)
         tx.answered += 1
-        if tx.answered == len(tx.rcpts) and len(tx.refusals) == tx.answered:
-            code, resp = 554, b"5.5.1 No valid recipients"  # stands for the refusals, never reported
-        else:
-            code = 250
+        if tx.answered < len(tx.rcpts) or len(tx.refusals) < tx.answered:
+            code = 250  # another recipient is or may yet be accepted: the transaction goes on
+        # else this is the last refusal of all, which fails the transaction as it is (each
+        # recipient is still reported with its own)
         self.transaction_reply(row, code, resp)
 
     def lone_dot_reply(self, row: Row, code: int, resp: bytes) -> None:
