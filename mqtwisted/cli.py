@@ -32,10 +32,10 @@ def _run_queue(args: argparse.Namespace, call: Any) -> Any:
     from twisted.internet import defer, reactor
     from twisted.python.failure import Failure
 
-    from mqtwisted.queue.amqp import AmqpQueue
+    from mqtwisted.wiring import tool_queue
 
     async def main() -> Any:
-        q = AmqpQueue(args.queue_url, queue_type=args.amqp_queue_type)
+        q = tool_queue(args.queue_url, args.data_dir, args.amqp_queue_type)
         await q.start()
         try:
             return await call(q)
