@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 class EndingSteps:
-    """The ways a session ends; the state they use (``facts``, ``fault``, ``phase``, ``tx``,
-    ``awaiting``, ``out``) and ``send``/``report`` are the table's."""
+    """The ways a session ends; the state they use (``policy``, ``facts``, ``fault``, ``phase``,
+    ``state``, ``tx``, ``awaiting``, ``out``) and ``send``/``report`` are the table's."""
 
     def tls_refused(self, description: str, status: str = "5.7.10") -> None:
         """TLS as the policy requires it cannot be had: temporary (the host or the policy may
