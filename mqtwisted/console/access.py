@@ -27,9 +27,10 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.web import resource
 
 from mqtwisted.anvil import EventLimit, Rate
-from mqtwisted.console.http import ApiError
+from mqtwisted.console.http import ApiError, write_json
 
 COOKIE = b"mqmta_session"
 #: a session unused this long ends
@@ -139,6 +140,26 @@ class Guard:
     def token_ok(self, token: str) -> bool:
         digest = hashlib.sha256(token.encode()).digest()
         return any(hmac.compare_digest(digest, known) for known in self.tokens or ())
+
+
+class Guarded(resource.Resource):
+    """A console resource of its own (not a :class:`~mqtwisted.console.http.Router` route)
+    behind ``guard``."""
+
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def refused(self, request: Any, writes: bool) -> bool:
+        """True when the guard refused ``request``: answered already, with its JSON 401/403."""
+        try:
+            self.guard(request, writes)
+        except ApiError as e:
+            write_json(request, e.status, e.body(), e.headers)
+            return True
+        return False
 
 
 def same_origin(request: Any) -> bool:

@@ -12,9 +12,9 @@ import json
 from typing import Any
 
 from twisted.internet import task
-from twisted.web import resource, server
+from twisted.web import server
 
-from mqtwisted.console.http import ApiError, write_json
+from mqtwisted.console.access import Guarded
 from mqtwisted.metrics import METRICS
 
 FLUSH = 0.25
@@ -82,20 +82,11 @@ class _Stream:
             self.loop.stop()
 
 
-class Events(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, guard: Any) -> None:
-        super().__init__()
-        self.guard = guard
-
+class Events(Guarded):
     def render_GET(self, request: Any) -> Any:
         from twisted.internet import reactor
 
-        try:
-            self.guard(request, False)
-        except ApiError as e:
-            write_json(request, e.status, e.body(), e.headers)
+        if self.refused(request, False):
             return server.NOT_DONE_YET
         request.setHeader(b"content-type", b"text/event-stream")
         request.setHeader(b"cache-control", b"no-store")

@@ -17,8 +17,8 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.web import resource, server, static
 
-from mqtwisted.console.access import COOKIE, Guard, same_origin
-from mqtwisted.console.http import ApiError, json_error_page, write_json
+from mqtwisted.console.access import COOKIE, Guard, Guarded, same_origin
+from mqtwisted.console.http import json_error_page
 
 log = Logger()
 
@@ -43,13 +43,7 @@ def _redirect(request: Any, to: bytes) -> bytes:
     return b""
 
 
-class Index(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, guard: Guard) -> None:
-        super().__init__()
-        self.guard = guard
-
+class Index(Guarded):
     def render_GET(self, request: Any) -> bytes:
         if request.postpath and request.postpath != [b""]:
             request.setResponseCode(404)
@@ -60,16 +54,13 @@ class Index(resource.Resource):
         return _page(request, "index.html")
 
 
-class Login(resource.Resource):
+class Login(Guarded):
     """The login form.  The logins of one client IP are checked one after the other: the
     ``www-auth-failures`` limit is asked before each, so a burst of guesses sent at once cannot
     all pass it while the first ones are still being checked."""
 
-    isLeaf = True
-
     def __init__(self, guard: Guard) -> None:
-        super().__init__()
-        self.guard = guard
+        super().__init__(guard)
         self.turns: dict[str, defer.DeferredLock] = {}
 
     def render_GET(self, request: Any) -> bytes:
@@ -131,18 +122,9 @@ class Login(resource.Resource):
         return b"/login?failed=1"
 
 
-class Logout(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, guard: Guard) -> None:
-        super().__init__()
-        self.guard = guard
-
+class Logout(Guarded):
     def render_POST(self, request: Any) -> Any:
-        try:
-            self.guard(request, True)
-        except ApiError as e:
-            write_json(request, e.status, e.body(), e.headers)
+        if self.refused(request, True):
             return server.NOT_DONE_YET
         key = request.getCookie(COOKIE)
         self.guard.sessions.end(key.decode("ascii", "replace") if key else None)
@@ -150,14 +132,8 @@ class Logout(resource.Resource):
         return _redirect(request, b"/login" if self.guard.checker is not None else b"/")
 
 
-class SessionInfo(resource.Resource):
+class SessionInfo(Guarded):
     """``/console/session``: who is logged in and the CSRF token the page sends back."""
-
-    isLeaf = True
-
-    def __init__(self, guard: Guard) -> None:
-        super().__init__()
-        self.guard = guard
 
     def render_GET(self, request: Any) -> bytes:
         session = self.guard.page_session(request)
