@@ -106,12 +106,7 @@ class RedisStore(PersistentStore):
             else:
                 self.reactor.callLater(RETRY, self.ready, key)
 
-        def failed(f: Any) -> None:
-            self.asking.discard(asking)
-            self.not_answering(f)
-            self.reactor.callLater(RETRY, self.ready, key)
-
-        d.addCallbacks(answered, failed)
+        d.addCallbacks(answered, self._unanswered, errbackArgs=(asking, key))
 
     def release(self, key: Key) -> None:
         members = self.in_use.get(key)
@@ -168,12 +163,13 @@ class RedisStore(PersistentStore):
                          "than the round trip to Redis)", key=key, interval=interval)
             self.ready(key)
 
-        def failed(f: Any) -> None:
-            self.asking.discard(asking)
-            self.not_answering(f)
-            self.reactor.callLater(RETRY, self.ready, key)
+        d.addCallbacks(answered, self._unanswered, errbackArgs=(asking, key))
 
-        d.addCallbacks(answered, failed)
+    def _unanswered(self, f: Any, asking: tuple[str, Key], key: Key) -> None:
+        """A slot or a turn asked for ``key`` got no answer: delivery asks again later."""
+        self.asking.discard(asking)
+        self.not_answering(f)
+        self.reactor.callLater(RETRY, self.ready, key)
 
     def not_answering(self, f: Any) -> None:
         # Once per outage: delivery asks again every RETRY seconds meanwhile.
