@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mqtwisted import bounce
 from mqtwisted import hooks as hook_names
@@ -95,10 +96,9 @@ class Cleanup:
             d.addErrback(self._local_error, conn)
             return d
         except Exception:
-            log.failure("cleanup failed for session {id}", id=conn.id)
-            return defer.succeed(LOCAL_ERROR)
+            return defer.succeed(self._local_error(Failure(), conn))
 
-    def _local_error(self, failure: Any, conn: Connection) -> Reply:
+    def _local_error(self, failure: Failure, conn: Connection) -> Reply:
         log.failure("cleanup failed for session {id}", failure, id=conn.id)
         return LOCAL_ERROR
 
