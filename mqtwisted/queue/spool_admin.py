@@ -7,7 +7,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 
 from mqtwisted.queue import Document, Publication
 from mqtwisted.queue.admin import Page
@@ -49,6 +49,9 @@ def retry(db: sqlite3.Connection, queue: str, id: str) -> bool:
 
 
 class SpoolAdmin:
+    """Ids on the spool are row numbers: any other id is not there (answered without a job on
+    the spool's thread)."""
+
     def __init__(self, spool: SpoolQueue) -> None:
         self.spool = spool
 
@@ -57,17 +60,17 @@ class SpoolAdmin:
 
     def show(self, queue: str, id: str) -> Deferred[Document | None]:
         if not id.isdigit():
-            return self.spool.execute(lambda db: None, reads=True)
+            return succeed(None)
         return self.spool.show(queue, id)
 
     def replace(self, queue: str, id: str, publications: Sequence[Publication]) -> Deferred[list[str] | None]:
         if not id.isdigit():
-            return self.spool.execute(lambda db: None, reads=True)
+            return succeed(None)
         return self.spool.rewrite(queue, id, publications)
 
     def retry(self, queue: str, id: str) -> Deferred[bool]:
         if not id.isdigit():
-            return self.spool.execute(lambda db: False, reads=True)
+            return succeed(False)
 
         def woken(found: bool) -> bool:
             if found:
