@@ -61,8 +61,9 @@ class EventLimit:
 
     def exceeded(self, ip: str) -> bool:
         """True when ``ip`` had ``count`` events in the last ``seconds`` (the next is refused)."""
-        if self.exempt(ip):
-            return False
+        return not self.exempt(ip) and self._full(ip)
+
+    def _full(self, ip: str) -> bool:
         times = self.events.get(ip)
         if times is None or len(times) < self.rate.count:
             return False
@@ -76,8 +77,10 @@ class EventLimit:
 
     def record(self, ip: str) -> None:
         """Count one event of ``ip`` now."""
-        if self.exempt(ip):
-            return
+        if not self.exempt(ip):
+            self._add(ip)
+
+    def _add(self, ip: str) -> None:
         times = self.events.get(ip)
         if times is None:
             times = self.events[ip] = deque(maxlen=self.rate.count)
@@ -89,7 +92,10 @@ class EventLimit:
 
     def admit(self, ip: str) -> bool:
         """Count an event of ``ip`` unless it is over the limit: False means refuse it."""
-        if self.exceeded(ip):
+        # exempt() once: it parses the address (every new SMTP connection comes here)
+        if self.exempt(ip):
+            return True
+        if self._full(ip):
             return False
-        self.record(ip)
+        self._add(ip)
         return True
