@@ -103,6 +103,11 @@ async def test_bdat_from_mqmta_to_mqmta_keeps_binary_and_text_byte_for_byte(tmp_
             return len(await receiver.documents("outbox")) == len(sent)
 
         await wait_until(arrived, 60, "every message at the receiver")
+
+        async def settled() -> bool:  # the sender stores its outcomes a moment after the 250s
+            return len(await sender.documents("success")) == len(sent)
+
+        await wait_until(settled, 30, "every outcome at the sender")
         for kept in await receiver.documents("outbox"):
             mime, binary = sent[kept["recipient"]]
             assert mime_bytes(kept["mime"]) == mime, kept["recipient"]
@@ -137,13 +142,17 @@ async def test_bdat_to_postfix_which_keeps_the_message_as_sent(tmp_path, postfix
             # has no stuffing to undo), a last line without its end given one.
             ending = b"" if mime.endswith(b"\r\n") else b"\r\n"
             assert kept.replace(b"\n", b"\r\n").endswith(b"\r\n" + mime + ending)
-        # Postfix's debug log shows each message's MAIL and BDAT commands as it received them.
-        received = [line.rsplit(": ", 1)[-1] for line in postfix.log().splitlines() if f"[{VERBOSE_PEER}]: " in line]
+        # Postfix's debug log shows each message's MAIL and BDAT commands as it received them;
+        # mqmta sends over several connections at once, so each smtpd process's lines apart.
+        received = [(line.split("smtpd[", 1)[-1].split("]", 1)[0], line.rsplit(": ", 1)[-1])
+                    for line in postfix.log().splitlines() if f"[{VERBOSE_PEER}]: " in line]
         for mime in sent.values():
             size = len(mime)
-            (at,) = [i for i, c in enumerate(received) if (c + " ").startswith(f"MAIL FROM:<a@example.org> SIZE={size} ")]
+            (at,) = [i for i, (_, c) in enumerate(received)
+                     if (c + " ").startswith(f"MAIL FROM:<a@example.org> SIZE={size} ")]
             chunks = [f"BDAT {CHUNK_SIZE}"] * ((size - 1) // CHUNK_SIZE) + [f"BDAT {(size - 1) % CHUNK_SIZE + 1} LAST"]
-            commands = [c for c in received[at + 1 :] if c.startswith(("BDAT", "DATA", "MAIL"))]
+            session = received[at][0]
+            commands = [c for pid, c in received[at + 1 :] if pid == session and c.startswith(("BDAT", "DATA", "MAIL"))]
             assert commands[: len(chunks)] == chunks
         assert not [c for c in received if "binary@example.org" in c]
         await wait_until(lambda: sender.documents("failure"), 30, "the binary message's failure")
